@@ -1,0 +1,3 @@
+from ranking_lib.cli import main
+
+raise SystemExit(main())

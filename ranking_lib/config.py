@@ -1,0 +1,167 @@
+"""`RunConfig`: the one place every run setting lives.
+
+Each field maps one-to-one to a CLI flag (``--field-name``) and to a notebook parameter of the
+same name. The config is saved as ``config.json`` in the run directory and inside every
+checkpoint, so a checkpoint always says how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ranking_lib.errors import RankingError
+
+# Fields that define the network's shape: a checkpoint whose values differ cannot be loaded.
+ARCHITECTURE_FIELDS = ("backbone", "embedding_dim", "head", "normalize_embeddings")
+
+
+@dataclass
+class RunConfig:
+    # --- data -------------------------------------------------------------------------
+    data_dir: str = "data/tiny-imagenet-200"
+    """Root of a dataset in the original ``tiny-imagenet-200`` layout."""
+    run_dir: str = "runs/default"
+    """Where triplets, checkpoints, logs, embeddings, metrics and figures go."""
+    max_classes: int | None = None
+    """Use only the first N classes of ``wnids.txt`` (200 for the standard set)."""
+    cache_dir: str | None = None
+    """Decoded-image cache; default ``<data_dir>/.ranking_cache`` (or a user cache dir)."""
+    skip_corrupt: bool = False
+    """Skip undecodable images (and report them) instead of stopping."""
+
+    # --- triplets ---------------------------------------------------------------------
+    num_triplets: int = 100_000
+    """Training triplets sampled beforehand (query, in-class positive, out-of-class negative)."""
+    val_triplets: int = 10_000
+    """Triplets drawn from val images only, for val triplet accuracy."""
+    seed: int = 0
+    """Seeds triplet sampling, weight init of the head, data order and augmentation."""
+
+    # --- model ------------------------------------------------------------------------
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    input_size: int = 128
+    """Images (64 px) are resized to this before the backbone."""
+    embedding_dim: int = 128
+    head: str = "linear"
+    """Embedding head: ``linear`` (pooled features -> dim) or ``mlp`` (-> 1024 -> dim)."""
+    normalize_embeddings: bool = True
+    """L2-normalise embeddings (distances then lie in [0, 2])."""
+    freeze_stages: int = 0
+    """Number of leading backbone stages kept frozen (0 = fine-tune everything)."""
+    channels_last: bool = True
+
+    # --- ranking loss -----------------------------------------------------------------
+    gap: float = 1.0
+    """Hinge gap g in max(0, g + D(q,p) - D(q,n)); must be > 0."""
+    squared_distance: bool = False
+    """Use squared Euclidean distance in the loss (the paper's form); default plain Euclidean."""
+    miner: str = "none"
+    """``none`` = the pre-sampled triplets as they are; ``batch_hard`` = additionally use the
+    hardest out-of-class negative for each query among all images in the batch."""
+
+    # --- optimisation -----------------------------------------------------------------
+    batch_size: int = 32
+    """Triplets per step (each step runs 3 x batch_size images through one network)."""
+    steps: int = 1000
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 0
+    augment: bool = True
+    """Random horizontal flip + small random crop of training images."""
+    device: str = "auto"
+    amp: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+    num_threads: int | None = None
+    """torch CPU threads (default: torch's choice)."""
+    num_workers: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 10
+
+    # --- evaluation / inference -------------------------------------------------------
+    ks: tuple[int, ...] = (1, 10, 30)
+    train_eval_queries: int = 10_000
+    """Train queries used for train precision@k (seeded subset; all when larger than the split)."""
+    embed_batch_size: int = 256
+    search_backend: str = "auto"
+    num_query_examples: int = 5
+    query_seed: int = 0
+    top_k_show: int = 10
+
+    # ---------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.ks = tuple(int(k) for k in self.ks)
+        self.validate()
+
+    def validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise RankingError(msg)
+
+        need(self.gap > 0, f"gap must be > 0 (got {self.gap})")
+        need(self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})")
+        need(self.steps >= 0, f"steps must be >= 0 (got {self.steps})")
+        need(self.lr > 0, f"lr must be > 0 (got {self.lr})")
+        need(self.num_triplets >= 1, f"num_triplets must be >= 1 (got {self.num_triplets})")
+        need(self.val_triplets >= 1, f"val_triplets must be >= 1 (got {self.val_triplets})")
+        need(self.embedding_dim >= 1, f"embedding_dim must be >= 1 (got {self.embedding_dim})")
+        need(self.input_size >= 32, f"input_size must be >= 32 (got {self.input_size})")
+        need(self.optimizer in ("sgd", "adam", "adamw"),
+             f"optimizer must be sgd, adam or adamw (got {self.optimizer!r})")
+        need(self.lr_schedule in ("cosine", "constant"),
+             f"lr_schedule must be cosine or constant (got {self.lr_schedule!r})")
+        need(self.miner in ("none", "batch_hard"),
+             f"miner must be none or batch_hard (got {self.miner!r})")
+        need(self.head in ("linear", "mlp"), f"head must be linear or mlp (got {self.head!r})")
+        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"device must be auto, cpu or cuda (got {self.device!r})")
+        need(all(k >= 1 for k in self.ks) and len(self.ks) > 0, f"ks must be >= 1 (got {self.ks})")
+        need(self.max_classes is None or self.max_classes >= 2,
+             f"max_classes must be >= 2 (got {self.max_classes})")
+        need(self.freeze_stages >= 0, f"freeze_stages must be >= 0 (got {self.freeze_stages})")
+        need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1 (got {self.checkpoint_every})")
+
+    # --- conversion -------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        unknown = sorted(set(d) - set(cls.field_names()))
+        if unknown:
+            raise RankingError(f"unknown config field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ks"] = list(self.ks)
+        return d
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise RankingError(f"config file not found: {path}")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir)

@@ -1,0 +1,107 @@
+"""`EmbeddingNet`: backbone + embedding head, taking uint8 images and returning embeddings.
+
+The three networks of the paper (query, positive, negative) share one set of weights, so the
+trainer runs a triplet batch of B as one batch of 3B images through one `EmbeddingNet`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ranking_lib.backbones import Backbone, create_backbone
+from ranking_lib.errors import RankingError
+
+
+class EmbeddingNet(nn.Module):
+    """Maps uint8 images (N, H, W, 3) to embeddings (N, embedding_dim).
+
+    Args:
+        backbone: registry name (see :data:`ranking_lib.backbones.BACKBONES`).
+        embedding_dim: size of the embedding.
+        pretrained: load the backbone's ImageNet weights.
+        input_size: images are resized (bilinear) to input_size x input_size.
+        head: ``linear`` (pooled features -> embedding) or ``mlp`` (-> 1024 -> ReLU -> embedding).
+        normalize: L2-normalise the embedding.
+        freeze_stages: the first N backbone stages keep their weights and BN statistics.
+        channels_last: run convolutions in channels-last memory format (faster on CPU and GPU).
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", embedding_dim: int = 128,
+                 pretrained: bool = True, input_size: int = 128, head: str = "linear",
+                 normalize: bool = True, freeze_stages: int = 0, channels_last: bool = True) -> None:
+        super().__init__()
+        self.backbone: Backbone = create_backbone(backbone, pretrained)
+        if freeze_stages > self.backbone.num_stages:
+            raise RankingError(
+                f"freeze_stages={freeze_stages} but {backbone} has {self.backbone.num_stages} stages")
+        self.backbone_name = backbone
+        self.embedding_dim = embedding_dim
+        self.input_size = input_size
+        self.normalize = normalize
+        self.freeze_stages = freeze_stages
+        self.channels_last = channels_last
+        f = self.backbone.feature_dim
+        if head == "linear":
+            self.head = nn.Linear(f, embedding_dim)
+        elif head == "mlp":
+            self.head = nn.Sequential(nn.Linear(f, 1024), nn.ReLU(inplace=True), nn.Linear(1024, embedding_dim))
+        else:
+            raise RankingError(f"head must be linear or mlp (got {head!r})")
+        self.register_buffer("mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False)
+        for stage in self.backbone.stages[:freeze_stages]:
+            for p in stage.parameters():
+                p.requires_grad_(False)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    # ---- pieces ------------------------------------------------------------------------
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> float (N, 3, S, S), resized and normalised."""
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise RankingError(f"expected uint8 images of shape (N, H, W, 3), got {tuple(images.shape)} {images.dtype}")
+        x = images.permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                              align_corners=False, antialias=x.shape[-1] > self.input_size)
+        x = (x - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def train(self, mode: bool = True) -> "EmbeddingNet":
+        super().train(mode)
+        for stage in self.backbone.stages[: self.freeze_stages]:
+            stage.eval()  # frozen stages keep their BN statistics
+            for m in stage.modules():
+                m.eval()
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features of preprocessed input."""
+        k = self.freeze_stages
+        if k:
+            with torch.no_grad():
+                x = self.backbone.forward_stages(x, 0, k)
+        return self.backbone.pool(self.backbone.forward_stages(x, k))
+
+    def embed_features(self, feats: torch.Tensor) -> torch.Tensor:
+        z = self.head(feats.float())
+        return F.normalize(z, dim=1) if self.normalize else z
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed_features(self.features(self.preprocess(images)))
+
+    def architecture(self) -> dict:
+        return {"backbone": self.backbone_name, "embedding_dim": self.embedding_dim,
+                "head": "mlp" if isinstance(self.head, nn.Sequential) else "linear",
+                "normalize_embeddings": self.normalize}
+
+
+def build_model(cfg) -> EmbeddingNet:
+    """The `EmbeddingNet` a `RunConfig` describes (head initialised from cfg.seed)."""
+    torch.manual_seed(cfg.seed)
+    return EmbeddingNet(cfg.backbone, cfg.embedding_dim, cfg.pretrained, cfg.input_size, cfg.head,
+                        cfg.normalize_embeddings, cfg.freeze_stages, cfg.channels_last)
