@@ -1,0 +1,50 @@
+"""Checkpoints: written atomically, checked against the model they are loaded into."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ranking_lib.errors import CheckpointError
+
+FORMAT = "ranking_lib-checkpoint/1"
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write `payload` to `path` via a temp file + rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save({"format": FORMAT, **payload}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} (run the 'train' step first)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0]) from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a ranking_lib checkpoint")
+    return ckpt
+
+
+def load_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path = "checkpoint") -> None:
+    """Load weights after checking the checkpoint was made for this architecture."""
+    want = model.architecture()
+    have = ckpt.get("architecture", {})
+    diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+    if diff:
+        desc = ", ".join(f"{k}={a!r} (model has {b!r})" for k, (a, b) in diff.items())
+        raise CheckpointError(f"checkpoint {path} was made for a different network: {desc}")
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit the model: {str(e).splitlines()[0]}") from e

@@ -1,0 +1,157 @@
+"""Command line: ``python -m ranking_lib <command> [--field value ...]``.
+
+Every `RunConfig` field is a flag of the same name (``--input-size 128``, ``--no-pretrained``),
+so CLI runs, notebook parameters and profiles are interchangeable. ``--profile NAME`` loads
+``profiles/NAME.yaml`` first; ``--config FILE`` loads a saved ``config.json``; explicit flags win.
+
+Commands: prepare, sample, train, embed, evaluate, query, all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from ranking_lib.config import RunConfig
+from ranking_lib.errors import RankingError
+
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
+NON_CONFIG_KEYS = {"make_demo_data", "env"}  # profile keys read by the runner, not RunConfig
+
+
+def _parse_type(type_str: str):
+    t = type_str.replace(" ", "")
+    if t.startswith("int"):
+        return int
+    if t.startswith("float"):
+        return float
+    return str
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for f in fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        t = str(f.type).replace(" ", "")
+        if t == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif t.startswith("tuple"):
+            parser.add_argument(flag, dest=f.name, type=int, nargs="+", default=None)
+        else:
+            parser.add_argument(flag, dest=f.name, type=_parse_type(t), default=None)
+
+
+def load_profile(name: str) -> dict:
+    import yaml
+
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        avail = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+        raise RankingError(f"profile not found: {path} (available: {avail})")
+    data = yaml.safe_load(path.read_text()) or {}
+    return {k: v for k, v in data.items() if k not in NON_CONFIG_KEYS}
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    base: dict = {}
+    if args.profile:
+        base.update(load_profile(args.profile))
+    if args.config:
+        base.update(RunConfig.load(args.config).to_dict())
+    for f in fields(RunConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            base[f.name] = v
+    return RunConfig.from_dict(base)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ranking_lib", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    helps = {
+        "prepare": "decode the dataset once into the uint8 cache",
+        "sample": "sample and save training and val triplets",
+        "train": "train the ranking network (resumes from the run's last checkpoint)",
+        "embed": "embed train (database) and val (queries); writes embeddings_<model>_<split>.npz",
+        "evaluate": "triplet accuracy and retrieval metrics; prints and writes metrics_<model>.json",
+        "query": "top-k and bottom-k training images for val indices or an image file",
+        "all": "prepare, sample, train, embed and evaluate (trained and baseline)",
+    }
+    for name, h in helps.items():
+        sp = sub.add_parser(name, help=h, description=h)
+        sp.add_argument("--profile", help="profiles/<NAME>.yaml (or a .yaml path) as base settings")
+        sp.add_argument("--config", help="a config.json to start from (e.g. a run's)")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+        add_config_flags(sp)
+        if name in ("embed", "evaluate", "query"):
+            sp.add_argument("--model", choices=("trained", "baseline"), default="trained")
+        if name == "query":
+            sp.add_argument("--val-index", type=int, nargs="+", help="val image indices")
+            sp.add_argument("--image", help="an image file to query with")
+            sp.add_argument("--k", type=int, default=None, help="how many nearest/farthest (default top_k_show)")
+        if name == "train":
+            sp.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    return p
+
+
+def _print_metrics(metrics: dict) -> None:
+    keys = [k for k in next(iter(metrics.values())) if k not in ("num_queries", "num_triplets")]
+    print("split  " + "  ".join(f"{k:>12}" for k in keys))
+    for split, m in metrics.items():
+        print(f"{split:<6} " + "  ".join(f"{m[k]:>12.2f}" for k in keys))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except RankingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from ranking_lib import workflow
+
+    cfg = config_from_args(args)
+    progress = not args.quiet
+    cmd = args.command
+    if cmd in ("prepare", "all"):
+        caches = workflow.prepare(cfg, progress=progress)
+        for s, c in caches.items():
+            print(f"{s}: {len(c)} images, {len(set(c.labels.tolist()))} classes, {len(c.skipped)} skipped")
+    if cmd in ("sample", "all"):
+        t = workflow.sample(cfg)
+        print(f"sampled {len(t['train'])} train and {len(t['val'])} val triplets (seed {cfg.seed}) into {cfg.run_dir}")
+    if cmd in ("train", "all"):
+        r = workflow.train(cfg, progress=progress, resume=not getattr(args, "no_resume", False))
+        print(f"trained to step {r.steps} in {r.wall_s:.1f} s ({r.triplets_per_s:.1f} triplets/s); "
+              f"checkpoint {r.checkpoint}")
+    models = ("trained", "baseline") if cmd == "all" else (getattr(args, "model", "trained"),)
+    if cmd in ("embed", "all"):
+        for m in models:
+            workflow.embed(cfg, m, progress=progress)
+    if cmd in ("evaluate", "all"):
+        for m in models:
+            metrics = workflow.evaluate(cfg, m)
+            print(f"[{m}] metrics (percent) written to {Path(cfg.run_dir) / f'metrics_{m}.json'}")
+            _print_metrics(metrics)
+    if cmd == "query":
+        if bool(args.val_index) == bool(args.image):
+            raise RankingError("query needs exactly one of --val-index N [N ...] or --image FILE")
+        results = ([workflow.query_image_file(cfg, args.image, args.k, args.model)] if args.image
+                   else workflow.query(cfg, args.val_index, args.k, args.model))
+        db = workflow.load_index(cfg, args.model, "train")
+        for r in results:
+            print(f"query {r.query_path}" + (f" (class {r.query_class})" if r.query_class else ""))
+            for title, idx, dist in (("top", r.top_indices, r.top_distances), ("bottom", r.bottom_indices, r.bottom_distances)):
+                print(f"  {title}-{len(idx)}:")
+                for i, d in zip(idx, dist):
+                    print(f"    {d:8.4f}  {db.paths[i]}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

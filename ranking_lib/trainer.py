@@ -1,0 +1,215 @@
+"""`Trainer`: a plain training loop for the ranking network, readable top to bottom.
+
+Each step takes the next `batch_size` pre-sampled triplets, gathers their images from the
+decoded uint8 cache, runs query, positive and negative images as ONE batch of 3B through one
+network (the three networks share weights), and minimises the ranking hinge loss.
+
+Everything random in a step (triplet order, augmentation) is derived from (seed, step), so a
+run resumed from a checkpoint reproduces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ranking_lib.augment import flip_and_shift
+from ranking_lib.checkpoint import load_model_state, read_checkpoint, save_checkpoint
+from ranking_lib.config import RunConfig
+from ranking_lib.errors import CheckpointError, RankingError
+from ranking_lib.losses import RankingLoss
+from ranking_lib.miners import batch_hard_negatives
+from ranking_lib.model import EmbeddingNet
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    loss_log: Path
+    steps: int
+    wall_s: float
+    triplets_per_s: float
+    final_loss: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RankingError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def build_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: RunConfig, step: int) -> float:
+    """Multiplier of cfg.lr at `step`: linear warm-up, then constant or cosine decay to 0."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant" or cfg.steps <= cfg.warmup_steps:
+        return 1.0
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def batch_triplets(triplets: np.ndarray, step: int, batch_size: int, seed: int) -> np.ndarray:
+    """The triplets of `step`: walks a per-epoch seeded permutation of all triplets."""
+    n = len(triplets)
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        take = perm[offset: offset + batch_size - len(out)]
+        out.extend(take.tolist())
+    return triplets[np.asarray(out)]
+
+
+class Trainer:
+    """Trains an `EmbeddingNet` on pre-sampled triplets of one image cache.
+
+    Args:
+        cfg: the run configuration (optimiser, schedule, steps, checkpointing...).
+        model: the network to train.
+        images: uint8 array (N, H, W, 3), typically the memory-mapped decoded cache.
+        labels: int array (N,) of class indices.
+        triplets: int array (T, 3) of (query, positive, negative) indices into `images`.
+        run_dir: where `loss_log.csv` and `checkpoints/last.pt` are written.
+    """
+
+    def __init__(self, cfg: RunConfig, model: EmbeddingNet, images: np.ndarray, labels: np.ndarray,
+                 triplets: np.ndarray, run_dir: str | Path | None = None) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.images = images
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+        self.triplets = np.asarray(triplets)
+        self.loss_fn = RankingLoss(cfg.gap, cfg.squared_distance)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.run_dir = Path(run_dir or cfg.run_dir)
+        self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
+        self.loss_log_path = self.run_dir / "loss_log.csv"
+        self.step = 0
+
+    # ---- checkpoints ---------------------------------------------------------------
+    def save(self) -> Path:
+        return save_checkpoint(self.checkpoint_path, {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "sampler_seed": self.cfg.seed,
+            "architecture": self.model.architecture(),
+        })
+
+    def resume(self) -> bool:
+        """Continue from `checkpoints/last.pt` if it exists; returns whether it did."""
+        if not self.checkpoint_path.is_file():
+            return False
+        ckpt = read_checkpoint(self.checkpoint_path)
+        load_model_state(self.model, ckpt, self.checkpoint_path)
+        if ckpt.get("sampler_seed") != self.cfg.seed:
+            raise CheckpointError(
+                f"checkpoint {self.checkpoint_path} was trained with seed {ckpt.get('sampler_seed')}, "
+                f"this run uses seed {self.cfg.seed}; use another run_dir or the same seed")
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step = int(ckpt["step"])
+        self._truncate_log(self.step)
+        return True
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log rows written after the checkpoint we resume from."""
+        if not self.loss_log_path.is_file():
+            return
+        with open(self.loss_log_path, newline="") as f:
+            rows = list(csv.reader(f))
+        keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < step]
+        with open(self.loss_log_path, "w", newline="") as f:
+            csv.writer(f).writerows(keep)
+
+    # ---- one step --------------------------------------------------------------------
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t = batch_triplets(self.triplets, step, self.cfg.batch_size, self.cfg.seed)
+        idx = t.T.reshape(-1)  # queries, then positives, then negatives
+        order = np.argsort(idx, kind="stable")  # sorted reads are kinder to a memory map
+        imgs = np.empty((len(idx),) + self.images.shape[1:], dtype=np.uint8)
+        imgs[order] = self.images[idx[order]]
+        x = torch.from_numpy(imgs).to(self.device, non_blocking=True)
+        if self.cfg.augment:
+            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+            x = flip_and_shift(x, g)
+        return x, self.labels[torch.from_numpy(idx)].to(self.device)
+
+    def train_step(self, step: int) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * lr_factor(self.cfg, step)
+        x, y = self._batch(step)
+        b = self.cfg.batch_size
+        use_amp = self.cfg.amp and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            z = self.model(x).float()
+        q, p, n = z[:b], z[b:2 * b], z[2 * b:]
+        loss = self.loss_fn(q, p, n)
+        if self.cfg.miner == "batch_hard":
+            hard = batch_hard_negatives(q, y[:b], z, y, self.cfg.squared_distance)
+            ok = hard >= 0
+            if ok.any():
+                loss = 0.5 * (loss + self.loss_fn(q[ok], p[ok], z[hard[ok]]))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    # ---- the loop --------------------------------------------------------------------
+    def fit(self, resume: bool = True, stop_at: int | None = None, progress: bool = True) -> TrainResult:
+        """Train until cfg.steps (or `stop_at`, to simulate an interruption)."""
+        if resume:
+            self.resume()
+        end = self.cfg.steps if stop_at is None else min(stop_at, self.cfg.steps)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        new_log = not self.loss_log_path.is_file()
+        log = open(self.loss_log_path, "a", newline="")
+        writer = csv.writer(log)
+        if new_log:
+            writer.writerow(["step", "loss", "lr", "elapsed_s"])
+        self.model.train()
+        t0 = time.perf_counter()
+        start_step, loss = self.step, float("nan")
+        bar = tqdm(range(self.step, end), initial=self.step, total=self.cfg.steps, desc="train",
+                   disable=not progress, unit="step")
+        try:
+            for step in bar:
+                loss = self.train_step(step)
+                if not math.isfinite(loss):
+                    raise RankingError(f"loss became {loss} at step {step}: lower the learning rate")
+                self.step = step + 1
+                writer.writerow([step, f"{loss:.6f}", f"{self.optimizer.param_groups[0]['lr']:.6g}",
+                                 f"{time.perf_counter() - t0:.3f}"])
+                if self.step % self.cfg.log_every == 0:
+                    log.flush()
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                if self.step % self.cfg.checkpoint_every == 0 and self.step < end:
+                    log.flush()
+                    self.save()
+        finally:
+            log.close()
+        self.save()
+        wall = time.perf_counter() - t0
+        done = self.step - start_step
+        return TrainResult(self.checkpoint_path, self.loss_log_path, self.step, wall,
+                           done * self.cfg.batch_size / wall if wall > 0 else 0.0, loss)

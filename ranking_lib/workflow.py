@@ -1,0 +1,255 @@
+"""The pipeline's steps, each a function of a `RunConfig`: used by the CLI and the notebooks.
+
+    prepare -> sample -> train -> embed -> evaluate -> query
+
+Every step reads what earlier steps wrote into ``cfg.run_dir``:
+
+    config.json, triplets_train.npy, triplets_val.npy, checkpoints/last.pt, loss_log.csv,
+    embeddings_<model>_<split>.npz, metrics_<model>.json, figures/
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ranking_lib.checkpoint import load_model_state, read_checkpoint
+from ranking_lib.config import RunConfig
+from ranking_lib.data import ImageCache, TinyImageNet, load_image_rgb, load_or_build_cache
+from ranking_lib.errors import RankingError
+from ranking_lib.index import EmbeddingIndex
+from ranking_lib.metrics import retrieval_metrics, triplet_accuracy_from_index
+from ranking_lib.model import EmbeddingNet, build_model
+from ranking_lib.samplers import TripletSampler, load_triplets, save_triplets
+from ranking_lib.trainer import Trainer, TrainResult, resolve_device
+
+MODELS = ("trained", "baseline")
+SPLITS = ("train", "val")
+
+
+# ---- setup ---------------------------------------------------------------------------
+def setup_torch(cfg: RunConfig) -> None:
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+
+
+def run_path(cfg: RunConfig, *parts: str) -> Path:
+    p = Path(cfg.run_dir).joinpath(*parts)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def load_dataset(cfg: RunConfig) -> TinyImageNet:
+    return TinyImageNet(cfg.data_dir, max_classes=cfg.max_classes)
+
+
+def load_caches(cfg: RunConfig, progress: bool = True) -> dict[str, ImageCache]:
+    ds = load_dataset(cfg)
+    return {s: load_or_build_cache(ds, s, cfg.cache_dir, skip_corrupt=cfg.skip_corrupt, progress=progress)
+            for s in SPLITS}
+
+
+# ---- steps ---------------------------------------------------------------------------
+def prepare(cfg: RunConfig, progress: bool = True) -> dict[str, ImageCache]:
+    """Build (or verify) the decoded uint8 caches of train and val; save the run config."""
+    caches = load_caches(cfg, progress)
+    cfg.save(run_path(cfg, "config.json"))
+    return caches
+
+
+def sample(cfg: RunConfig) -> dict[str, np.ndarray]:
+    """Sample training triplets (train split) and evaluation triplets (val split only)."""
+    caches = load_caches(cfg, progress=False)
+    out = {}
+    for split, n, seed in (("train", cfg.num_triplets, cfg.seed), ("val", cfg.val_triplets, cfg.seed + 1)):
+        t = TripletSampler(caches[split].labels, seed=seed).sample(n)
+        save_triplets(run_path(cfg, f"triplets_{split}.npy"), t,
+                      {"split": split, "seed": seed, "num_images": len(caches[split])})
+        out[split] = t
+    return out
+
+
+def load_run_triplets(cfg: RunConfig, split: str, num_images: int) -> np.ndarray:
+    return load_triplets(run_path(cfg, f"triplets_{split}.npy"), num_images)
+
+
+def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: int | None = None) -> TrainResult:
+    """Train the ranking network on the pre-sampled training triplets."""
+    setup_torch(cfg)
+    caches = load_caches(cfg, progress=False)
+    triplets = load_run_triplets(cfg, "train", len(caches["train"]))
+    model = build_model(cfg)
+    trainer = Trainer(cfg, model, caches["train"].images, caches["train"].labels, triplets, cfg.run_dir)
+    cfg.save(run_path(cfg, "config.json"))
+    return trainer.fit(resume=resume, stop_at=stop_at, progress=progress)
+
+
+def load_model(cfg: RunConfig, model: str = "trained") -> EmbeddingNet:
+    """The trained network from the run's checkpoint, or the untrained `baseline`."""
+    if model not in MODELS:
+        raise RankingError(f"model must be one of {MODELS} (got {model!r})")
+    net = build_model(cfg)
+    if model == "trained":
+        path = run_path(cfg, "checkpoints", "last.pt")
+        load_model_state(net, read_checkpoint(path), path)
+    return net.eval()
+
+
+@torch.inference_mode()
+def embed_images(net: EmbeddingNet, images: np.ndarray, batch_size: int = 256, device: str = "auto",
+                 baseline: bool = False, progress: bool = True, desc: str = "embed") -> np.ndarray:
+    """Embed uint8 images (N, H, W, 3) with one network, in batches.
+
+    `baseline=True` returns the backbone's pooled features, L2-normalised, without the
+    (untrained) head: the frozen pretrained network the ranking training starts from.
+    """
+    dev = resolve_device(device)
+    net = net.to(dev).eval()
+    out = []
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, unit="batch"):
+        x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            if baseline:
+                z = torch.nn.functional.normalize(net.features(net.preprocess(x)).float(), dim=1)
+            else:
+                z = net(x)
+        out.append(z.float().cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def embeddings_path(cfg: RunConfig, model: str, split: str) -> Path:
+    return run_path(cfg, f"embeddings_{model}_{split}.npz")
+
+
+def embed(cfg: RunConfig, model: str = "trained", progress: bool = True) -> dict[str, Path]:
+    """Embed the train split (the database) and the val split (the queries)."""
+    setup_torch(cfg)
+    caches = load_caches(cfg, progress=False)
+    net = load_model(cfg, model)
+    out = {}
+    for split in SPLITS:
+        c = caches[split]
+        t0 = time.perf_counter()
+        z = embed_images(net, c.images, cfg.embed_batch_size, cfg.device, baseline=model == "baseline",
+                         progress=progress, desc=f"embed {split} ({model})")
+        EmbeddingIndex(z, c.labels, list(c.paths)).save(embeddings_path(cfg, model, split))
+        out[split] = embeddings_path(cfg, model, split)
+        if progress:
+            print(f"embedded {len(c)} {split} images in {time.perf_counter() - t0:.1f} s")
+    return out
+
+
+def load_index(cfg: RunConfig, model: str, split: str) -> EmbeddingIndex:
+    path = embeddings_path(cfg, model, split)
+    if not path.is_file():
+        raise RankingError(f"embeddings not found: {path} (run the 'embed' step for model {model!r})")
+    return EmbeddingIndex.load(path, backend=cfg.search_backend)
+
+
+def evaluate(cfg: RunConfig, model: str = "trained") -> dict[str, dict]:
+    """All metrics on train and val; written to ``metrics_<model>.json``.
+
+    * triplet_acc: % of the split's triplets with D(q,p) < D(q,n) (train: the training
+      triplets; val: triplets drawn from val images only).
+    * precision@k, any_hit@k, knn1, map@r: retrieval of the nearest *training* images; train
+      queries are a seeded subset of `train_eval_queries` training images, each excluded
+      from its own result; val queries are all val images.
+    """
+    db = load_index(cfg, model, "train")
+    val = load_index(cfg, model, "val")
+    metrics: dict[str, dict] = {}
+    for split, queries in (("train", db), ("val", val)):
+        trip = load_run_triplets(cfg, split, len(queries))
+        m = {"triplet_acc": triplet_accuracy_from_index(queries.embeddings, trip), "num_triplets": int(len(trip))}
+        if split == "train":
+            n = min(cfg.train_eval_queries, len(db))
+            ids = np.sort(np.random.default_rng(cfg.seed).choice(len(db), size=n, replace=False))
+            m.update(retrieval_metrics(db, db.embeddings[ids], db.labels[ids], ks=cfg.ks,
+                                       exclude_self=True, query_ids=ids))
+        else:
+            m.update(retrieval_metrics(db, val.embeddings, val.labels, ks=cfg.ks))
+        metrics[split] = m
+    out = run_path(cfg, f"metrics_{model}.json")
+    out.write_text(json.dumps({"model": model, "config": cfg.to_dict(), **metrics}, indent=2) + "\n")
+    return metrics
+
+
+def load_metrics(cfg: RunConfig, model: str = "trained") -> dict:
+    path = run_path(cfg, f"metrics_{model}.json")
+    if not path.is_file():
+        raise RankingError(f"metrics not found: {path} (run the 'evaluate' step)")
+    return json.loads(path.read_text())
+
+
+# ---- queries -------------------------------------------------------------------------
+@dataclass
+class QueryResult:
+    query_index: int | None
+    query_path: str
+    query_label: int | None
+    query_class: str | None
+    top_indices: np.ndarray
+    top_distances: np.ndarray
+    top_labels: np.ndarray
+    bottom_indices: np.ndarray
+    bottom_distances: np.ndarray
+    bottom_labels: np.ndarray
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()}
+
+
+def select_query_examples(cfg: RunConfig, n: int | None = None) -> list[int]:
+    """`n` val indices from `n` different classes, chosen with cfg.query_seed."""
+    n = n or cfg.num_query_examples
+    labels = load_caches(cfg, progress=False)["val"].labels
+    classes = np.unique(labels)
+    if n > len(classes):
+        raise RankingError(f"asked for {n} query examples from different classes but val has {len(classes)} classes")
+    rng = np.random.default_rng(cfg.query_seed)
+    chosen = rng.choice(classes, size=n, replace=False)
+    return [int(rng.choice(np.flatnonzero(labels == c))) for c in chosen]
+
+
+def query(cfg: RunConfig, val_indices: list[int], k: int | None = None, model: str = "trained") -> list[QueryResult]:
+    """Top-k and bottom-k training images for val images, by Euclidean distance."""
+    k = k or cfg.top_k_show
+    db, val = load_index(cfg, model, "train"), load_index(cfg, model, "val")
+    class_names = load_dataset(cfg).class_names
+    bad = [i for i in val_indices if not 0 <= i < len(val)]
+    if bad:
+        raise RankingError(f"val index {bad[0]} out of range (val has {len(val)} images)")
+    q = val.embeddings[np.asarray(val_indices)]
+    ti, td = db.topk(q, k)
+    bi, bd = db.bottomk(q, k)
+    return [QueryResult(int(v), val.paths[v], int(val.labels[v]), class_names[int(val.labels[v])],
+                        ti[j], td[j], db.labels[ti[j]], bi[j], bd[j], db.labels[bi[j]])
+            for j, v in enumerate(val_indices)]
+
+
+def query_image_file(cfg: RunConfig, image_path: str | Path, k: int | None = None, model: str = "trained") -> QueryResult:
+    """Top-k and bottom-k training images for any image file (resized to 64 px like the data)."""
+    k = k or cfg.top_k_show
+    img = load_image_rgb(image_path)
+    net = load_model(cfg, model)
+    z = embed_images(net, img[None], device=cfg.device, baseline=model == "baseline", progress=False)[0]
+    db = load_index(cfg, model, "train")
+    ti, td = db.topk(z, k)
+    bi, bd = db.bottomk(z, k)
+    return QueryResult(None, str(image_path), None, None, ti, td, db.labels[ti], bi, bd, db.labels[bi])
+
+
+def load_loss_log(cfg: RunConfig):
+    import pandas as pd
+
+    path = run_path(cfg, "loss_log.csv")
+    if not path.is_file():
+        raise RankingError(f"loss log not found: {path} (run the 'train' step)")
+    return pd.read_csv(path)
