@@ -132,17 +132,9 @@ _LITE0_STAGES = [
 ]
 
 
-class _Seq(nn.Module):
-    """Calls modules in order without owning them (they are registered elsewhere)."""
-
-    def __init__(self, fns: list[Callable[[torch.Tensor], torch.Tensor]]) -> None:
-        super().__init__()
-        self._fns = fns
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for fn in self._fns:
-            x = fn(x)
-        return x
+class _Seq(nn.Sequential):
+    """A view of modules owned by the network: the `Backbone` keeps stages in a plain list,
+    so their parameters are registered (and saved) once, under the network's own names."""
 
 
 class EfficientNetLite0(nn.Module):
@@ -167,9 +159,9 @@ class EfficientNetLite0(nn.Module):
 
     def stage_modules(self) -> list[nn.Module]:
         """stem, the seven block stages, then the 1x1 head conv: nine stages in all."""
-        stem = _Seq([self._conv_stem, self._bn0, F.relu6])
-        stages = [_Seq(list(self._blocks[a:b])) for a, b in self.stage_ranges]
-        head = _Seq([self._conv_head, self._bn1, F.relu6])
+        stem = _Seq(self._conv_stem, self._bn0, nn.ReLU6())
+        stages = [_Seq(*self._blocks[a:b]) for a, b in self.stage_ranges]
+        head = _Seq(self._conv_head, self._bn1, nn.ReLU6())
         return [stem, *stages, head]
 
 

@@ -1,0 +1,52 @@
+import math
+
+import pytest
+import torch
+
+from ranking_lib.errors import RankingError
+from ranking_lib.losses import RankingLoss
+
+
+def test_hand_computed_values():
+    q = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+    p = torch.tensor([[3.0, 4.0], [1.0, 0.0]])   # D(q,p) = 5, 1
+    n = torch.tensor([[0.0, 2.0], [0.0, 10.0]])  # D(q,n) = 2, 10
+    # row 1: max(0, 1 + 5 - 2) = 4 ; row 2: max(0, 1 + 1 - 10) = 0 ; mean = 2
+    assert RankingLoss(gap=1.0)(q, p, n).item() == pytest.approx(2.0, abs=1e-5)
+    # squared: row 1: 1 + 25 - 4 = 22 ; row 2: 1 + 1 - 100 < 0 -> 0 ; mean 11
+    assert RankingLoss(gap=1.0, squared=True)(q, p, n).item() == pytest.approx(11.0, abs=1e-4)
+    # gap 0.5: row 1: 3.5
+    assert RankingLoss(gap=0.5)(q, p, n).item() == pytest.approx(1.75, abs=1e-5)
+
+
+def test_zero_when_satisfied_by_more_than_gap():
+    q = torch.zeros(3, 4)
+    p = torch.full((3, 4), 0.1)
+    n = torch.full((3, 4), 2.0)  # D(q,n) - D(q,p) = 3.8 > gap
+    assert RankingLoss(gap=1.0)(q, p, n).item() == 0.0
+    # exactly at the margin boundary minus epsilon is positive
+    n2 = torch.full((3, 4), 0.1 + 1.0 / 2 - 0.01)  # D(q,n) - D(q,p) = 0.98 < 1
+    assert RankingLoss(gap=1.0)(q, p, n2).item() > 0
+
+
+def test_gradient_flows_to_all_three_inputs():
+    torch.manual_seed(0)
+    q, p, n = (torch.randn(8, 16, requires_grad=True) for _ in range(3))
+    loss = RankingLoss(gap=10.0)(q, p, n)  # big gap: every triplet active
+    loss.backward()
+    for t in (q, p, n):
+        assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+
+def test_gradient_finite_when_query_equals_positive():
+    q = torch.ones(2, 3, requires_grad=True)
+    p = q.detach().clone().requires_grad_(True)
+    n = torch.zeros(2, 3)
+    RankingLoss(gap=5.0)(q, p, n).backward()
+    assert torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("gap", [0.0, -1.0, math.nan])
+def test_gap_must_be_positive(gap):
+    with pytest.raises(RankingError, match="gap must be > 0"):
+        RankingLoss(gap=gap)
