@@ -113,7 +113,7 @@ def embed_images(net: EmbeddingNet, images: np.ndarray, batch_size: int = 256, d
     net = net.to(dev).eval()
     out = []
     for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, unit="batch"):
-        x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(dev)
+        x = torch.from_numpy(np.array(images[i:i + batch_size])).to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             if baseline:
                 z = torch.nn.functional.normalize(net.features(net.preprocess(x)).float(), dim=1)
