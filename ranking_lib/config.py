@@ -69,6 +69,10 @@ class RunConfig:
     """Triplets per step (each step runs 3 x batch_size images through one network)."""
     steps: int = 1000
     lr: float = 0.01
+    backbone_lr_scale: float = 0.1
+    """The backbone learns at lr * backbone_lr_scale (the new head at lr)."""
+    freeze_bn: bool = True
+    """Keep the pretrained BatchNorm statistics fixed (small triplet batches make poor ones)."""
     optimizer: str = "sgd"
     weight_decay: float = 1e-4
     momentum: float = 0.9
@@ -109,6 +113,7 @@ class RunConfig:
         need(self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})")
         need(self.steps >= 0, f"steps must be >= 0 (got {self.steps})")
         need(self.lr > 0, f"lr must be > 0 (got {self.lr})")
+        need(self.backbone_lr_scale >= 0, f"backbone_lr_scale must be >= 0 (got {self.backbone_lr_scale})")
         need(self.num_triplets >= 1, f"num_triplets must be >= 1 (got {self.num_triplets})")
         need(self.val_triplets >= 1, f"val_triplets must be >= 1 (got {self.val_triplets})")
         need(self.embedding_dim >= 1, f"embedding_dim must be >= 1 (got {self.embedding_dim})")

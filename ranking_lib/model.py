@@ -26,11 +26,13 @@ class EmbeddingNet(nn.Module):
         normalize: L2-normalise the embedding.
         freeze_stages: the first N backbone stages keep their weights and BN statistics.
         channels_last: run convolutions in channels-last memory format (faster on CPU and GPU).
+        freeze_bn: keep every backbone BatchNorm in eval mode while training (fixed statistics).
     """
 
     def __init__(self, backbone: str = "efficientnet_lite0", embedding_dim: int = 128,
                  pretrained: bool = True, input_size: int = 128, head: str = "linear",
-                 normalize: bool = True, freeze_stages: int = 0, channels_last: bool = True) -> None:
+                 normalize: bool = True, freeze_stages: int = 0, channels_last: bool = True,
+                 freeze_bn: bool = False) -> None:
         super().__init__()
         self.backbone: Backbone = create_backbone(backbone, pretrained)
         if freeze_stages > self.backbone.num_stages:
@@ -42,6 +44,7 @@ class EmbeddingNet(nn.Module):
         self.normalize = normalize
         self.freeze_stages = freeze_stages
         self.channels_last = channels_last
+        self.freeze_bn = freeze_bn
         f = self.backbone.feature_dim
         if head == "linear":
             self.head = nn.Linear(f, embedding_dim)
@@ -75,8 +78,10 @@ class EmbeddingNet(nn.Module):
         super().train(mode)
         for stage in self.backbone.stages[: self.freeze_stages]:
             stage.eval()  # frozen stages keep their BN statistics
-            for m in stage.modules():
-                m.eval()
+        if self.freeze_bn:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,4 +109,4 @@ def build_model(cfg) -> EmbeddingNet:
     """The `EmbeddingNet` a `RunConfig` describes (head initialised from cfg.seed)."""
     torch.manual_seed(cfg.seed)
     return EmbeddingNet(cfg.backbone, cfg.embedding_dim, cfg.pretrained, cfg.input_size, cfg.head,
-                        cfg.normalize_embeddings, cfg.freeze_stages, cfg.channels_last)
+                        cfg.normalize_embeddings, cfg.freeze_stages, cfg.channels_last, cfg.freeze_bn)

@@ -47,8 +47,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(cfg: RunConfig, model: EmbeddingNet) -> torch.optim.Optimizer:
+    """Two parameter groups: the pretrained backbone (lr * backbone_lr_scale) and the head (lr)."""
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    head = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+    params = [{"params": head, "lr_scale": 1.0}]
+    if backbone:
+        params.append({"params": backbone, "lr_scale": cfg.backbone_lr_scale})
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     if cfg.optimizer == "adam":
@@ -157,7 +162,7 @@ class Trainer:
 
     def train_step(self, step: int) -> float:
         for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.lr * lr_factor(self.cfg, step)
+            group["lr"] = self.cfg.lr * group["lr_scale"] * lr_factor(self.cfg, step)
         x, y = self._batch(step)
         b = self.cfg.batch_size
         use_amp = self.cfg.amp and self.device.type == "cuda"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -97,13 +96,10 @@ def test_demo_cli_and_overwrite_guard(tmp_path):
     assert (foreign / "keep.txt").exists()
 
 
-def test_demo_default_size_is_fast(tmp_path):
-    t = time.perf_counter()
+def test_demo_default_size(tmp_path):
     out = make_demo_dataset(tmp_path / "full")
-    elapsed = time.perf_counter() - t
     ds = TinyImageNet(out)
     assert ds.num_classes == 10 and len(ds.items("train")) == 1000 and len(ds.items("val")) == 200
-    assert elapsed < 15, f"default demo dataset took {elapsed:.1f}s"
 
 
 # ----------------------------------------------------------------------------- download script

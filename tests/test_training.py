@@ -1,0 +1,125 @@
+"""End-to-end training on the real sample: loss falls, val triplet accuracy rises, resume is exact."""
+
+import numpy as np
+import pytest
+import torch
+
+from ranking_lib import workflow
+from ranking_lib.checkpoint import read_checkpoint, save_checkpoint
+from ranking_lib.config import RunConfig
+from ranking_lib.errors import CheckpointError, RankingError
+from ranking_lib.metrics import triplet_accuracy_from_index
+from ranking_lib.model import build_model
+from ranking_lib.trainer import batch_triplets, lr_factor
+
+
+def _cfg(sample_dir, cache_dir, run_dir, **kw):
+    base = dict(data_dir=str(sample_dir), cache_dir=str(cache_dir), run_dir=str(run_dir),
+                input_size=64, embedding_dim=32, batch_size=16, steps=30, lr=0.05,
+                num_triplets=480, val_triplets=600, gap=0.5, checkpoint_every=10, log_every=5,
+                augment=True, seed=0)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def _val_triplet_acc(cfg, model):
+    caches = workflow.load_caches(cfg, progress=False)
+    trip = workflow.load_run_triplets(cfg, "val", len(caches["val"]))
+    net = build_model(cfg)
+    if model == "trained":
+        ckpt = read_checkpoint(workflow.run_path(cfg, "checkpoints", "last.pt"))
+        net.load_state_dict(ckpt["model"])
+    z = workflow.embed_images(net, caches["val"].images, 128, "cpu", progress=False)
+    return triplet_accuracy_from_index(z, trip)
+
+
+def test_training_lowers_loss_and_raises_val_triplet_accuracy(sample_dir, sample_cache_dir, tmp_path):
+    cfg = _cfg(sample_dir, sample_cache_dir, tmp_path / "run")
+    workflow.prepare(cfg, progress=False)
+    workflow.sample(cfg)
+    before = _val_triplet_acc(cfg, "untrained")
+    result = workflow.train(cfg, progress=False)
+    log = workflow.load_loss_log(cfg)
+    assert list(log["step"]) == list(range(30))
+    first, last = log["loss"][:10].mean(), log["loss"][-10:].mean()
+    assert last < 0.8 * first, f"loss {first:.3f} -> {last:.3f}"
+    after = _val_triplet_acc(cfg, "trained")
+    assert after > before + 3, f"val triplet accuracy {before:.1f} -> {after:.1f}"
+    assert result.steps == 30 and result.checkpoint.is_file()
+
+
+def test_resume_after_stop_gives_same_weights(sample_dir, sample_cache_dir, tmp_path):
+    kw = dict(steps=12, checkpoint_every=4, num_triplets=96, batch_size=8, miner="batch_hard")
+    a = _cfg(sample_dir, sample_cache_dir, tmp_path / "a", **kw)
+    b = _cfg(sample_dir, sample_cache_dir, tmp_path / "b", **kw)
+    for cfg in (a, b):
+        workflow.prepare(cfg, progress=False)
+        workflow.sample(cfg)
+    workflow.train(a, progress=False)
+    workflow.train(b, progress=False, stop_at=6)   # "interrupted" at step 6 (checkpoint written)
+    assert read_checkpoint(workflow.run_path(b, "checkpoints", "last.pt"))["step"] == 6
+    workflow.train(b, progress=False)              # resumes from step 6
+    sa = read_checkpoint(workflow.run_path(a, "checkpoints", "last.pt"))
+    sb = read_checkpoint(workflow.run_path(b, "checkpoints", "last.pt"))
+    assert sa["step"] == sb["step"] == 12
+    for k, v in sa["model"].items():
+        assert torch.equal(v, sb["model"][k]), k
+    la, lb = workflow.load_loss_log(a), workflow.load_loss_log(b)
+    assert list(lb["step"]) == list(range(12))
+    np.testing.assert_allclose(la["loss"], lb["loss"])
+
+
+def test_checkpoint_of_other_network_is_refused(sample_dir, sample_cache_dir, tmp_path):
+    cfg = _cfg(sample_dir, sample_cache_dir, tmp_path / "run", steps=1, num_triplets=16)
+    workflow.prepare(cfg, progress=False)
+    workflow.sample(cfg)
+    workflow.train(cfg, progress=False)
+    other = cfg.replace(embedding_dim=64)
+    with pytest.raises(CheckpointError, match="embedding_dim=32 .*model has 64"):
+        workflow.load_model(other, "trained")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        read_checkpoint(junk)
+    torch.save({"weights": 1}, junk)
+    with pytest.raises(CheckpointError, match="not a ranking_lib checkpoint"):
+        read_checkpoint(junk)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        read_checkpoint(tmp_path / "none.pt")
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"step": 1})
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"step": 2})
+    assert read_checkpoint(path)["step"] == 1  # the old checkpoint survives intact
+
+
+def test_batches_walk_seeded_epochs():
+    t = np.arange(30).reshape(10, 3)
+    seen = np.concatenate([batch_triplets(t, s, 4, seed=1) for s in range(5)])  # 20 = 2 epochs
+    assert sorted(seen[:10, 0].tolist()) == sorted(t[:, 0].tolist())  # first epoch covers all
+    np.testing.assert_array_equal(batch_triplets(t, 3, 4, 1), batch_triplets(t, 3, 4, 1))
+
+
+def test_lr_schedule():
+    cfg = RunConfig(steps=100, warmup_steps=10, lr_schedule="cosine")
+    assert lr_factor(cfg, 0) == pytest.approx(0.1)
+    assert lr_factor(cfg, 10) == pytest.approx(1.0)
+    assert lr_factor(cfg, 55) == pytest.approx(0.5)
+    assert lr_factor(cfg, 99) < 0.01
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("gap", 0.0, "gap must be > 0"), ("gap", -1.0, "gap must be > 0"),
+    ("batch_size", 0, "batch_size"), ("optimizer", "lbfgs", "optimizer"), ("miner", "x", "miner"),
+])
+def test_bad_config_values(field, value, msg):
+    with pytest.raises(RankingError, match=msg):
+        RunConfig(**{field: value})
