@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,9 @@ class RunConfig:
     """L2-normalise embeddings (distances then lie in [0, 2])."""
     freeze_stages: int = 0
     """Number of leading backbone stages kept frozen (0 = fine-tune everything)."""
+    cache_stage_features: bool = False
+    """Compute the frozen stages' outputs once (float16, beside the image cache) and train and
+    embed from them; needs freeze_stages >= 1. Augmentation is then a feature-map flip."""
     channels_last: bool = True
 
     # --- ranking loss -----------------------------------------------------------------
@@ -131,6 +134,8 @@ class RunConfig:
         need(self.max_classes is None or self.max_classes >= 2,
              f"max_classes must be >= 2 (got {self.max_classes})")
         need(self.freeze_stages >= 0, f"freeze_stages must be >= 0 (got {self.freeze_stages})")
+        need(not self.cache_stage_features or self.freeze_stages >= 1,
+             "cache_stage_features needs freeze_stages >= 1")
         need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1 (got {self.checkpoint_every})")
 
     # --- conversion -------------------------------------------------------------------

@@ -92,6 +92,13 @@ class EmbeddingNet(nn.Module):
                 x = self.backbone.forward_stages(x, 0, k)
         return self.backbone.pool(self.backbone.forward_stages(x, k))
 
+    def features_from_stage(self, maps: torch.Tensor) -> torch.Tensor:
+        """Pooled features from the output of the frozen stages (see `stage_cache`)."""
+        x = maps.float()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone.pool(self.backbone.forward_stages(x, self.freeze_stages))
+
     def embed_features(self, feats: torch.Tensor) -> torch.Tensor:
         z = self.head(feats.float())
         return F.normalize(z, dim=1) if self.normalize else z

@@ -90,7 +90,8 @@ class Trainer:
     Args:
         cfg: the run configuration (optimiser, schedule, steps, checkpointing...).
         model: the network to train.
-        images: uint8 array (N, H, W, 3), typically the memory-mapped decoded cache.
+        images: uint8 array (N, H, W, 3), typically the memory-mapped decoded cache; or float16
+            outputs (N, C, H, W) of the model's frozen stages (see `stage_cache`).
         labels: int array (N,) of class indices.
         triplets: int array (T, 3) of (query, positive, negative) indices into `images`.
         run_dir: where `loss_log.csv` and `checkpoints/last.pt` are written.
@@ -102,6 +103,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
         self.images = images
+        self.from_stage = images.dtype == np.float16
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         self.triplets = np.asarray(triplets)
         self.loss_fn = RankingLoss(cfg.gap, cfg.squared_distance)
@@ -152,12 +154,16 @@ class Trainer:
         t = batch_triplets(self.triplets, step, self.cfg.batch_size, self.cfg.seed)
         idx = t.T.reshape(-1)  # queries, then positives, then negatives
         order = np.argsort(idx, kind="stable")  # sorted reads are kinder to a memory map
-        imgs = np.empty((len(idx),) + self.images.shape[1:], dtype=np.uint8)
+        imgs = np.empty((len(idx),) + self.images.shape[1:], dtype=self.images.dtype)
         imgs[order] = self.images[idx[order]]
         x = torch.from_numpy(imgs).to(self.device, non_blocking=True)
         if self.cfg.augment:
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
-            x = flip_and_shift(x, g)
+            if self.from_stage:
+                flip = (torch.rand(len(x), generator=g) < 0.5).to(self.device)
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            else:
+                x = flip_and_shift(x, g)
         return x, self.labels[torch.from_numpy(idx)].to(self.device)
 
     def train_step(self, step: int) -> float:
@@ -167,7 +173,10 @@ class Trainer:
         b = self.cfg.batch_size
         use_amp = self.cfg.amp and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            z = self.model(x).float()
+            if self.from_stage:
+                z = self.model.embed_features(self.model.features_from_stage(x)).float()
+            else:
+                z = self.model(x).float()
         q, p, n = z[:b], z[b:2 * b], z[2 * b:]
         loss = self.loss_fn(q, p, n)
         if self.cfg.miner == "batch_hard":

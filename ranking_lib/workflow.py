@@ -21,12 +21,18 @@ from tqdm.auto import tqdm
 
 from ranking_lib.checkpoint import load_model_state, read_checkpoint
 from ranking_lib.config import RunConfig
-from ranking_lib.data import ImageCache, TinyImageNet, load_image_rgb, load_or_build_cache
+from ranking_lib.data import (
+    ImageCache,
+    TinyImageNet,
+    load_image_rgb,
+    load_or_build_cache,
+)
 from ranking_lib.errors import RankingError
 from ranking_lib.index import EmbeddingIndex
 from ranking_lib.metrics import retrieval_metrics, triplet_accuracy_from_index
 from ranking_lib.model import EmbeddingNet, build_model
 from ranking_lib.samplers import TripletSampler, load_triplets, save_triplets
+from ranking_lib.stage_cache import load_or_build_stage_features
 from ranking_lib.trainer import Trainer, TrainResult, resolve_device
 
 MODELS = ("trained", "baseline")
@@ -85,7 +91,8 @@ def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: i
     caches = load_caches(cfg, progress=False)
     triplets = load_run_triplets(cfg, "train", len(caches["train"]))
     model = build_model(cfg)
-    trainer = Trainer(cfg, model, caches["train"].images, caches["train"].labels, triplets, cfg.run_dir)
+    inputs = stage_inputs(cfg, model, caches["train"], progress) if cfg.cache_stage_features else caches["train"].images
+    trainer = Trainer(cfg, model, inputs, caches["train"].labels, triplets, cfg.run_dir)
     cfg.save(run_path(cfg, "config.json"))
     return trainer.fit(resume=resume, stop_at=stop_at, progress=progress)
 
@@ -101,6 +108,12 @@ def load_model(cfg: RunConfig, model: str = "trained") -> EmbeddingNet:
     return net.eval()
 
 
+def stage_inputs(cfg: RunConfig, net: EmbeddingNet, cache: ImageCache, progress: bool = True) -> np.ndarray:
+    """Cached outputs of the frozen stages of the *pretrained* network for one split."""
+    return load_or_build_stage_features(net, cache, cfg.pretrained, cfg.embed_batch_size,
+                                        resolve_device(cfg.device), progress)
+
+
 @torch.inference_mode()
 def embed_images(net: EmbeddingNet, images: np.ndarray, batch_size: int = 256, device: str = "auto",
                  baseline: bool = False, progress: bool = True, desc: str = "embed") -> np.ndarray:
@@ -108,17 +121,20 @@ def embed_images(net: EmbeddingNet, images: np.ndarray, batch_size: int = 256, d
 
     `baseline=True` returns the backbone's pooled features, L2-normalised, without the
     (untrained) head: the frozen pretrained network the ranking training starts from.
+    `images` may also be float16 outputs of the network's frozen stages (see `stage_cache`).
     """
     dev = resolve_device(device)
     net = net.to(dev).eval()
+    from_stage = images.dtype == np.float16  # outputs of the frozen stages (stage_cache)
     out = []
     for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, unit="batch"):
         x = torch.from_numpy(np.array(images[i:i + batch_size])).to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            feats = net.features_from_stage(x) if from_stage else net.features(net.preprocess(x))
             if baseline:
-                z = torch.nn.functional.normalize(net.features(net.preprocess(x)).float(), dim=1)
+                z = torch.nn.functional.normalize(feats.float(), dim=1)
             else:
-                z = net(x)
+                z = net.embed_features(feats)
         out.append(z.float().cpu().numpy())
     return np.concatenate(out).astype(np.float32)
 
@@ -136,7 +152,10 @@ def embed(cfg: RunConfig, model: str = "trained", progress: bool = True) -> dict
     for split in SPLITS:
         c = caches[split]
         t0 = time.perf_counter()
-        z = embed_images(net, c.images, cfg.embed_batch_size, cfg.device, baseline=model == "baseline",
+        inputs = c.images
+        if cfg.cache_stage_features:  # the frozen stages are shared by trained and baseline
+            inputs = stage_inputs(cfg, build_model(cfg), c, progress)
+        z = embed_images(net, inputs, cfg.embed_batch_size, cfg.device, baseline=model == "baseline",
                          progress=progress, desc=f"embed {split} ({model})")
         EmbeddingIndex(z, c.labels, list(c.paths)).save(embeddings_path(cfg, model, split))
         out[split] = embeddings_path(cfg, model, split)

@@ -1,0 +1,97 @@
+"""Outputs of the frozen backbone stages, computed once per image and reused.
+
+With ``freeze_stages = k``, stages ``[0, k)`` of the backbone never change during training, so
+their output for an image is the same at every step. Computing it once (float16, next to the
+decoded image cache) and training only stages ``[k, end)`` + the head makes each triplet step
+several times cheaper on a CPU. The cached maps also serve the final embedding pass.
+
+Augmentation on cached maps is a horizontal flip of the feature map (convolutions are
+nearly flip-equivariant); pixel shifts are not available on this path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ranking_lib.data import ImageCache
+from ranking_lib.errors import RankingError
+from ranking_lib.model import EmbeddingNet
+
+FORMAT = 1
+
+
+def _key(net: EmbeddingNet, cache: ImageCache, pretrained: bool) -> str:
+    src = cache.cache_file
+    st = os.stat(src) if src is not None and Path(src).exists() else None
+    parts = [FORMAT, net.backbone_name, pretrained, net.input_size, net.freeze_stages, str(src),
+             st.st_size if st else None, st.st_mtime_ns if st else None, len(cache)]
+    return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def stage_features_file(cache: ImageCache, net: EmbeddingNet, pretrained: bool) -> Path:
+    if cache.cache_file is None:
+        raise RankingError("stage features need an on-disk image cache")
+    d = Path(cache.cache_file).parent
+    name = f"stage_{cache.split}_{net.backbone_name}_{net.input_size}px_k{net.freeze_stages}_{_key(net, cache, pretrained)}.npy"
+    return d / name
+
+
+@torch.inference_mode()
+def compute_stage_features(net: EmbeddingNet, images: np.ndarray, out: np.ndarray, batch_size: int = 256,
+                           device: torch.device | str = "cpu", progress: bool = True, desc: str = "stage features") -> None:
+    """Fill `out` (N, C, H, W) float16 with stages [0, freeze_stages) of `net` on `images`."""
+    net = net.to(device).eval()
+    k = net.freeze_stages
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, unit="batch"):
+        x = torch.from_numpy(np.array(images[i:i + batch_size])).to(device)
+        f = net.backbone.forward_stages(net.preprocess(x), 0, k)
+        out[i:i + len(x)] = f.float().cpu().numpy().astype(np.float16)
+
+
+def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, pretrained: bool, batch_size: int = 256,
+                                 device: torch.device | str = "cpu", progress: bool = True) -> np.ndarray:
+    """Memory-mapped float16 outputs of the frozen stages for every image of `cache`.
+
+    Built once (atomically: temp file, then rename) and keyed by the image cache file, the
+    backbone, its weights, the input size and the number of frozen stages.
+    """
+    if net.freeze_stages < 1:
+        raise RankingError("stage features need freeze_stages >= 1")
+    path = stage_features_file(cache, net, pretrained)
+    if path.is_file():
+        try:
+            arr = np.load(path, mmap_mode="r")
+            if arr.shape[0] == len(cache) and arr.dtype == np.float16:
+                return arr
+        except (OSError, ValueError):
+            pass
+    with torch.inference_mode():
+        probe = net.to(device).eval().backbone.forward_stages(
+            net.preprocess(torch.from_numpy(np.array(cache.images[:1])).to(device)), 0, net.freeze_stages)
+    shape = (len(cache),) + tuple(probe.shape[1:])
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npy", dir=path.parent)
+    os.close(fd)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        t0 = time.perf_counter()
+        compute_stage_features(net, cache.images, out, batch_size, device, progress,
+                               desc=f"frozen stages ({cache.split})")
+        out.flush()
+        del out
+        os.replace(tmp, path)
+        if progress:
+            print(f"computed frozen-stage features of {len(cache)} {cache.split} images "
+                  f"{shape[1:]} in {time.perf_counter() - t0:.1f} s -> {path.name}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return np.load(path, mmap_mode="r")

@@ -1,0 +1,51 @@
+"""Training and embedding from cached outputs of the frozen stages."""
+
+import numpy as np
+import torch
+
+from ranking_lib import workflow
+from ranking_lib.config import RunConfig
+from ranking_lib.model import build_model
+from ranking_lib.stage_cache import load_or_build_stage_features
+
+
+def _cfg(sample_dir, cache_dir, run_dir, **kw):
+    base = dict(data_dir=str(sample_dir), cache_dir=str(cache_dir), run_dir=str(run_dir),
+                input_size=64, embedding_dim=16, batch_size=16, steps=20, lr=1e-3, optimizer="adamw",
+                num_triplets=320, val_triplets=500, gap=0.2, freeze_stages=7, cache_stage_features=True,
+                miner="none", train_eval_queries=200, seed=0)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_stage_features_match_the_full_forward_pass(sample_dir, sample_cache_dir):
+    cfg = _cfg(sample_dir, sample_cache_dir, "unused")
+    caches = workflow.load_caches(cfg, progress=False)
+    net = build_model(cfg).eval()
+    feats = load_or_build_stage_features(net, caches["val"], cfg.pretrained, progress=False)
+    assert feats.dtype == np.float16 and feats.shape[0] == len(caches["val"])
+    again = load_or_build_stage_features(net, caches["val"], cfg.pretrained, progress=False)
+    assert again.filename == feats.filename  # reused, not rebuilt
+    imgs = torch.from_numpy(np.array(caches["val"].images[:8]))
+    with torch.no_grad():
+        full = net(imgs)
+        from_stage = net.embed_features(net.features_from_stage(torch.from_numpy(np.array(feats[:8]))))
+    torch.testing.assert_close(from_stage, full, atol=2e-2, rtol=0)  # float16 storage of the maps
+
+
+def test_train_from_stage_features_improves_and_embeds(sample_dir, sample_cache_dir, tmp_path):
+    cfg = _cfg(sample_dir, sample_cache_dir, tmp_path / "run")
+    workflow.prepare(cfg, progress=False)
+    workflow.sample(cfg)
+    workflow.train(cfg, progress=False)
+    for model in ("trained", "baseline"):
+        workflow.embed(cfg, model, progress=False)
+        workflow.evaluate(cfg, model)
+    log = workflow.load_loss_log(cfg)
+    assert log["loss"][-5:].mean() < log["loss"][:5].mean()
+    trained = workflow.load_metrics(cfg, "trained")
+    # the frozen stages are untouched: their weights equal the pretrained ones
+    net, pre = workflow.load_model(cfg, "trained"), build_model(cfg)
+    for (n, a), (_, b) in zip(net.backbone.stages[0].named_parameters(), pre.backbone.stages[0].named_parameters()):
+        assert torch.equal(a, b), n
+    assert trained["val"]["triplet_acc"] > 50
