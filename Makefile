@@ -1,0 +1,54 @@
+# Deep Ranking workflow: setup, headless notebook runs and the PDF report.
+#   make setup                 # .venv + package + Jupyter kernel + PDF toolchain
+#   make report                # demo profile -> runs/demo/report.pdf
+#   make report PROFILE=sample RUN=runs/sample-1 DATA=../shared/tiny-imagenet-sample
+#   make test
+
+PYTHON   ?= python3
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+PROFILE  ?= demo
+DATA     ?=
+RUN      ?= runs/$(PROFILE)
+SET      ?=
+NOTEBOOKS ?=
+RUN_ARGS := --profile $(PROFILE) --run-dir $(RUN) $(if $(DATA),--data-dir $(DATA)) \
+            $(if $(SET),--set $(SET)) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))
+
+.PHONY: setup pdf-deps report html test test-fast demo-data notebooks check-notebooks clean
+
+setup: $(VENV)/.installed pdf-deps
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ranking_lib)"
+	touch $@
+
+pdf-deps:
+	scripts/install_pdf_deps.sh
+
+report:
+	$(PY) data_scripts/run_pipeline.py $(RUN_ARGS)
+
+html:
+	$(PY) data_scripts/run_pipeline.py $(RUN_ARGS) --no-pdf
+
+test:
+	$(PY) -m pytest
+
+test-fast:
+	$(PY) -m pytest -m "not slow"
+
+demo-data:
+	$(PY) data_scripts/make_demo_dataset.py --out runs/demo-data
+
+notebooks:
+	$(PY) notebooks/_build_notebooks.py
+
+check-notebooks:
+	$(PY) notebooks/_build_notebooks.py --check
+
+clean:
+	rm -rf runs/demo runs/demo-data .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,363 @@
+"""Run the numbered notebooks headless with papermill, then build the report with nbconvert.
+
+    python data_scripts/run_pipeline.py --profile demo
+    python data_scripts/run_pipeline.py --profile sample --run-dir runs/sample-lr3 --set lr=0.003
+    python data_scripts/run_pipeline.py --profile demo --notebooks 03,04,05 --no-pdf
+
+Settings come from one place: ``profiles/<profile>.yaml`` (RunConfig fields, plus the runner's
+keys ``make_demo_data`` and ``env``), overridden by ``--data-dir``, ``--run-dir`` and
+``--set key=value`` (values parsed as YAML: ``--set ks=[1,5] max_classes=null``). Each notebook
+receives the parameters its ``parameters`` cell declares; other RunConfig fields travel in its
+``extra`` dict. Executed notebooks go to ``<run-dir>/notebooks/``; the run stops at the first
+failing notebook with one line naming it and the failing cell. Then ``05_report`` is converted
+to ``<run-dir>/report.html`` and ``<run-dir>/report.pdf`` (code hidden unless ``--show-code``).
+
+Exit status: 0 success, 1 a notebook failed, 2 bad arguments/profile, 3 report conversion failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+PROFILE_DIR = ROOT / "profiles"
+RUNNER_KEYS = {"make_demo_data", "env"}  # profile keys for the runner, not RunConfig fields
+PATH_KEYS = ("data_dir", "run_dir", "cache_dir")
+REPORT_NOTEBOOK = "05_report.ipynb"
+KERNEL = "python3"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+class RunnerError(Exception):
+    """A problem with the runner's arguments or profile (exit status 2)."""
+
+
+# ---- settings ------------------------------------------------------------------------------
+def load_profile(name: str) -> dict:
+    import yaml
+
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        avail = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+        raise RunnerError(f"profile not found: {path} (available: {avail})")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise RunnerError(f"profile {path} must be a mapping of settings")
+    # YAML 1.1 reads 1e-4 as a string
+    return {k: float(v) if isinstance(v, str) and _SCI.match(v) else v for k, v in data.items()}
+
+
+_SCI = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _scalar(value: str):
+    """YAML value, with numbers like 1e-4 (a string in YAML 1.1) read as floats."""
+    import yaml
+
+    v = yaml.safe_load(value) if value.strip() else None
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+def parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RunnerError(f"--set expects key=value (got {item!r})")
+        out[key.strip().replace("-", "_")] = _scalar(value)
+    return out
+
+
+def resolve_settings(args) -> tuple[dict, dict]:
+    """(config settings, runner settings): profile < --data-dir/--run-dir < --set.
+
+    Relative paths of the profile are relative to the repository; those given on the command
+    line are relative to the current directory. All are made absolute for the notebooks.
+    """
+    from ranking_lib.config import RunConfig
+
+    profile = load_profile(args.profile)
+    runner = {k: profile.pop(k) for k in list(profile) if k in RUNNER_KEYS}
+    settings = {k: (str((ROOT / v).resolve()) if k in PATH_KEYS and v is not None else v) for k, v in profile.items()}
+    cli = parse_set(args.set or [])
+    for k in RUNNER_KEYS & set(cli):
+        runner[k] = cli.pop(k)
+    if args.data_dir:
+        cli["data_dir"] = args.data_dir
+    if args.run_dir:
+        cli["run_dir"] = args.run_dir
+    for k, v in cli.items():
+        settings[k] = str(Path(v).expanduser().resolve()) if k in PATH_KEYS and v is not None else v
+    unknown = sorted(set(settings) - set(RunConfig.field_names()))
+    if unknown:
+        raise RunnerError(f"unknown setting(s): {', '.join(unknown)} (not RunConfig fields)")
+    if "run_dir" not in settings:
+        settings["run_dir"] = str((ROOT / "runs" / Path(args.profile).stem).resolve())
+    if "data_dir" not in settings:
+        raise RunnerError("no data_dir: set it in the profile or pass --data-dir")
+    return settings, runner
+
+
+def declared_parameters(nb) -> list[str]:
+    """Names assigned in the notebook's cell tagged `parameters` (its first code cell)."""
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            names = []
+            for node in ast.parse(cell.source).body:
+                targets = node.targets if isinstance(node, ast.Assign) else \
+                    [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+                names += [t.id for t in targets if isinstance(t, ast.Name)]
+            return names
+    return []
+
+
+def notebook_parameters(declared: list[str], settings: dict) -> dict:
+    """The settings a notebook declares; the rest in its `extra` dict (if it has one)."""
+    params = {k: v for k, v in settings.items() if k in declared}
+    rest = {k: v for k, v in settings.items() if k not in declared}
+    if rest:
+        if "extra" not in declared:
+            raise RunnerError(f"notebook declares neither {', '.join(sorted(rest))} nor `extra`")
+        params["extra"] = rest
+    return params
+
+
+def select_notebooks(spec: str | None) -> list[Path]:
+    all_nbs = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if not all_nbs:
+        raise RunnerError(f"no notebooks found in {NOTEBOOK_DIR}")
+    if not spec:
+        return all_nbs
+    chosen = []
+    for tok in (t.strip() for t in spec.split(",") if t.strip()):
+        match = [p for p in all_nbs if p.name.startswith(tok.zfill(2) if tok.isdigit() else tok)]
+        if not match:
+            raise RunnerError(f"no notebook matches {tok!r} (have: {', '.join(p.stem for p in all_nbs)})")
+        chosen += [p for p in match if p not in chosen]
+    return sorted(chosen)
+
+
+# ---- execution -----------------------------------------------------------------------------
+def kernel_env(extra_env: dict | None) -> None:
+    """The kernels inherit this process's environment: make the repository importable."""
+    pp = os.environ.get("PYTHONPATH", "")
+    if str(ROOT) not in pp.split(os.pathsep):
+        os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + pp if pp else "")
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    for k, v in (extra_env or {}).items():
+        os.environ[str(k)] = str(v)
+
+
+def ensure_kernel() -> None:
+    """papermill's `python3` kernel must run this interpreter (where ranking_lib's deps are)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL)
+        exe = spec.argv[0]
+    except NoSuchKernel:
+        exe = None
+    # jupyter_client runs specs whose argv[0] is plain "python" with sys.executable
+    if exe in ("python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}"):
+        return
+    if exe and Path(exe).resolve() == Path(sys.executable).resolve():
+        return
+    from ipykernel.kernelspec import install
+
+    install(prefix=sys.prefix, kernel_name=KERNEL)  # same as python -m ipykernel install --sys-prefix
+
+
+def kernel_manager_config() -> dict:
+    """Encrypt the kernel's local connection when possible (silences ipykernel's TCP warning)."""
+    from jupyter_client.manager import KernelManager
+    from traitlets.config import Config
+
+    if "transport_encryption" not in KernelManager.class_trait_names():
+        return {}
+    return {"config": Config({"KernelManager": {"transport_encryption": "auto"}})}
+
+
+def failure_line(nb_path: Path, out_path: Path, err) -> str:
+    """One line: notebook, failing cell (index and execution count, first source line), error."""
+    import nbformat
+
+    idx = getattr(err, "cell_index", None)
+    where, src = f"cell {idx}", ""
+    try:
+        nb = nbformat.read(out_path, as_version=4)
+        cell = nb.cells[idx]
+        src = next((ln.strip() for ln in cell.source.splitlines() if ln.strip() and not ln.strip().startswith("#")), "")
+        if cell.get("execution_count"):
+            where += f" [exec {cell.execution_count}]"
+    except Exception:  # noqa: BLE001 - the error line must still come out
+        pass
+    ename = getattr(err, "ename", type(err).__name__)
+    evalue = (getattr(err, "evalue", None) or str(err)).strip().splitlines()
+    evalue = evalue[0] if evalue else ""
+    src = f" `{src[:60]}{'...' if len(src) > 60 else ''}`" if src else ""
+    return f"error: {nb_path.name} failed in {where}{src}: {ename}: {evalue} (executed notebook: {out_path})"
+
+
+def execute(nb_path: Path, out_path: Path, settings: dict, log_output: bool, timeout: int | None) -> float:
+    import nbformat
+    import papermill as pm
+
+    params = notebook_parameters(declared_parameters(nbformat.read(nb_path, as_version=4)), settings)
+    t0 = time.perf_counter()
+    pm.execute_notebook(str(nb_path), str(out_path), parameters=params, kernel_name=KERNEL,
+                        cwd=str(NOTEBOOK_DIR), progress_bar=False, log_output=log_output,
+                        execution_timeout=timeout, **kernel_manager_config())
+    return time.perf_counter() - t0
+
+
+# ---- report --------------------------------------------------------------------------------
+def report_notebook(executed: Path, title: str | None = None):
+    """The executed report notebook, ready for export: stderr and empty outputs dropped."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
+    if title:
+        nb.metadata["title"] = title
+    return nb
+
+
+def build_report(executed: Path, run_dir: Path, pdf: bool, show_code: bool, title: str | None) -> list[Path]:
+    from nbconvert import HTMLExporter, PDFExporter
+
+    nb = report_notebook(executed, title)
+    quiet = logging.getLogger("run_pipeline.nbconvert")  # nbconvert's warnings and LaTeX dumps
+    quiet.setLevel(logging.CRITICAL + 1)
+    opts = dict(exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True, log=quiet)
+    written = []
+    html, _ = HTMLExporter(**opts).from_notebook_node(copy.deepcopy(nb))
+    (run_dir / "report.html").write_text(html)
+    written.append(run_dir / "report.html")
+    if pdf:
+        from nbconvert.exporters.pdf import LatexFailed
+
+        exporter = PDFExporter(**opts)
+        try:
+            data, _ = exporter.from_notebook_node(copy.deepcopy(nb), resources={"metadata": {"name": "report"}})
+        except LatexFailed as e:
+            log = run_dir / "report_latex.log"
+            log.write_text(e.output or "")
+            raise RuntimeError(f"xelatex failed (its output is in {log})") from None
+        (run_dir / "report.pdf").write_bytes(data)
+        written.append(run_dir / "report.pdf")
+    return written
+
+
+# ---- main ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="demo", help="profiles/<NAME>.yaml or a .yaml path (default: demo)")
+    p.add_argument("--data-dir", help="dataset root (overrides the profile)")
+    p.add_argument("--run-dir", help="run directory (overrides the profile)")
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend", default=[],
+                   help="override settings, e.g. --set steps=50 lr=0.003")
+    p.add_argument("--notebooks", help="comma-separated subset, e.g. 01,02 (default: all)")
+    p.add_argument("--no-pdf", action="store_true", help="build report.html only")
+    p.add_argument("--no-report", action="store_true", help="only execute the notebooks")
+    p.add_argument("--show-code", action="store_true", help="include code cells in the report")
+    p.add_argument("--title", help="report title (default: the report notebook's)")
+    p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default: none)")
+    p.add_argument("-v", "--verbose", action="store_true", help="stream the notebooks' outputs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if not args.verbose:
+        logging.getLogger("papermill").setLevel(logging.ERROR)
+    try:
+        settings, runner = resolve_settings(args)
+        notebooks = select_notebooks(args.notebooks)
+    except RunnerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # RankingError from the config module
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    run_dir = Path(settings["run_dir"])
+    out_dir = run_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if runner.get("make_demo_data"):
+        data_dir = Path(settings["data_dir"])
+        if not (data_dir / "wnids.txt").is_file():
+            from data_scripts.make_demo_dataset import make_demo_dataset
+
+            print(f"generating the synthetic demo dataset in {data_dir} ...", flush=True)
+            make_demo_dataset(data_dir)
+    kernel_env(runner.get("env"))
+    ensure_kernel()
+
+    import papermill as pm
+
+    for nb in notebooks:
+        out = out_dir / nb.name
+        print(f"running {nb.name} ...", end=" ", flush=True)
+        try:
+            secs = execute(nb, out, settings, args.verbose, args.timeout)
+        except pm.PapermillExecutionError as e:
+            print("FAILED", flush=True)
+            print(failure_line(nb, out, e), file=sys.stderr)
+            return 1
+        except Exception as e:  # kernel died, timeout, bad notebook ...
+            print("FAILED", flush=True)
+            msg = str(e).strip().splitlines()
+            print(f"error: {nb.name} failed: {type(e).__name__}: {msg[0] if msg else ''} "
+                  f"(executed notebook: {out})", file=sys.stderr)
+            return 1
+        print(f"done in {secs:.0f} s", flush=True)
+
+    if args.no_report:
+        return 0
+    executed = out_dir / REPORT_NOTEBOOK
+    ran_report = any(p.name == REPORT_NOTEBOOK for p in notebooks)
+    stale = executed.is_file() and not ran_report and \
+        executed.stat().st_mtime < max((out_dir / p.name).stat().st_mtime for p in notebooks)
+    if not executed.is_file() or stale:
+        print(f"note: no up-to-date executed {REPORT_NOTEBOOK} in {out_dir}; report not built "
+              "(add 05 to --notebooks to build it)")
+        return 0
+    print("building the report ...", end=" ", flush=True)
+    try:
+        written = build_report(executed, run_dir, pdf=not args.no_pdf, show_code=args.show_code, title=args.title)
+    except Exception as e:  # LaTeX missing or failing
+        print("FAILED", flush=True)
+        msg = str(e).strip().splitlines()
+        hint = " (install the PDF toolchain: scripts/install_pdf_deps.sh, or pass --no-pdf)" if not args.no_pdf else ""
+        print(f"error: report conversion failed: {type(e).__name__}: {msg[0] if msg else ''}{hint}", file=sys.stderr)
+        return 3
+    print("done", flush=True)
+    for p in written:
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The notebook workflow: committed notebooks are clean, the runner executes them with papermill
+and builds the PDF report, and a failing notebook stops the run with one line naming the cell."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+RUNNER = ROOT / "data_scripts" / "run_pipeline.py"
+NOTEBOOKS = ["01_data_prep.ipynb", "02_train.ipynb", "03_precision_tables.ipynb",
+             "04_query_examples.ipynb", "05_report.ipynb"]
+SECTIONS = ["Method", "Data", "Training loss", "Similarity precision", "Query examples", "Discussion",
+            "Improvements"]
+# small budget: the whole run takes ~2-3 minutes on 2 CPU cores
+QUICK = ["steps=6", "batch_size=8", "num_triplets=300", "val_triplets=300", "train_eval_queries=200",
+         "warmup_steps=0", "checkpoint_every=3", "log_every=1"]
+
+
+def _runner_module():
+    spec = importlib.util.spec_from_file_location("run_pipeline", RUNNER)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(*args, timeout=900):
+    return subprocess.run([sys.executable, str(RUNNER), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# ---- committed notebooks -------------------------------------------------------------------
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_is_stripped_and_parameterised(name):
+    nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and "parameters" in code[0].metadata.get("tags", []), "first code cell must be tagged 'parameters'"
+    for c in code:
+        assert c.outputs == [], f"{name}: a code cell has outputs (strip them)"
+        assert c.execution_count is None, f"{name}: a code cell has an execution count"
+    assert nb.metadata.kernelspec.name == "python3"
+    assert "papermill" not in nb.metadata
+
+
+def test_notebooks_match_their_generator():
+    r = subprocess.run([sys.executable, str(NOTEBOOK_DIR / "_build_notebooks.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_every_notebook_declares_the_same_parameters():
+    run = _runner_module()
+    declared = {n: run.declared_parameters(nbformat.read(NOTEBOOK_DIR / n, as_version=4)) for n in NOTEBOOKS}
+    first = declared[NOTEBOOKS[0]]
+    assert {"data_dir", "run_dir", "gap", "steps", "extra"} <= set(first)
+    assert all(d == first for d in declared.values())
+
+
+def test_parameters_not_declared_travel_in_extra():
+    run = _runner_module()
+    p = run.notebook_parameters(["data_dir", "gap", "extra"], {"data_dir": "/d", "gap": 0.5, "miner": "batch_hard"})
+    assert p == {"data_dir": "/d", "gap": 0.5, "extra": {"miner": "batch_hard"}}
+    with pytest.raises(run.RunnerError):
+        run.notebook_parameters(["data_dir"], {"data_dir": "/d", "gap": 0.5})
+    assert run.parse_set(["ks=[1,5]", "max_classes=null", "lr=3e-3", "device=cpu"]) == \
+        {"ks": [1, 5], "max_classes": None, "lr": 0.003, "device": "cpu"}
+
+
+@pytest.mark.parametrize("profile", ["demo", "sample", "cpu", "gpu"])
+def test_profiles_are_valid_configs(profile):
+    from ranking_lib.config import RunConfig
+
+    run = _runner_module()
+    settings = run.load_profile(profile)
+    cfg_keys = {k: v for k, v in settings.items() if k not in run.RUNNER_KEYS}
+    RunConfig.from_dict(cfg_keys)  # raises on unknown fields / invalid values
+    assert "data_dir" in settings and "run_dir" in settings
+
+
+def test_runner_rejects_unknown_setting():
+    r = _run("--profile", "demo", "--set", "no_such_field=1", "--no-pdf")
+    assert r.returncode == 2
+    assert "no_such_field" in r.stderr
+
+
+# ---- failures ------------------------------------------------------------------------------
+def test_failing_notebook_stops_the_run_with_one_line(tmp_path):
+    r = _run("--profile", "demo", "--data-dir", str(tmp_path / "no-data"), "--run-dir", str(tmp_path / "run"),
+             "--set", "gap=-1", "make_demo_data=false", timeout=300)
+    assert r.returncode == 1
+    errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(errors) == 1, r.stderr
+    line = errors[0]
+    assert line.startswith("error: 01_data_prep.ipynb failed in cell ")
+    assert "gap must be > 0" in line and "RankingError" in line
+    assert "02_train" not in r.stdout  # stopped at the first failure
+    assert (tmp_path / "run" / "notebooks" / "01_data_prep.ipynb").is_file()
+    assert not (tmp_path / "run" / "report.pdf").exists()
+
+
+# ---- end to end ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("demo")
+    run_dir = base / "run"
+    r = _run("--profile", "demo", "--data-dir", str(base / "data"), "--run-dir", str(run_dir), "--set", *QUICK)
+    return r, run_dir
+
+
+@pytest.mark.slow
+def test_demo_run_executes_every_notebook(demo_run):
+    r, run_dir = demo_run
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in NOTEBOOKS:
+        nb = nbformat.read(run_dir / "notebooks" / name, as_version=4)
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+        assert not errors, f"{name}: {errors[0].ename}: {errors[0].evalue}"
+        assert nb.metadata.papermill.get("exception") in (None, False)
+        assert all(c.execution_count for c in nb.cells if c.cell_type == "code" and c.source.strip())
+    for f in ["config.json", "loss_log.csv", "metrics_trained.json", "metrics_baseline.json",
+              "precision_table.csv", "query_examples.json", "figures/loss_curve.png"] + \
+             [f"figures/query_{i}.png" for i in range(1, 6)]:
+        assert (run_dir / f).is_file(), f
+
+
+@pytest.mark.slow
+def test_demo_report_pdf(demo_run):
+    from pypdf import PdfReader
+
+    r, run_dir = demo_run
+    assert r.returncode == 0, r.stdout + r.stderr
+    pdf = run_dir / "report.pdf"
+    assert pdf.is_file() and (run_dir / "report.html").is_file()
+    reader = PdfReader(pdf)
+    assert len(reader.pages) >= 5
+    text = "\n".join(p.extract_text() for p in reader.pages)
+    flat = " ".join(text.split())
+    for title in SECTIONS:
+        assert title in text, f"section {title!r} missing"
+    # numbers in the report come from the run's metrics
+    trained = json.loads((run_dir / "metrics_trained.json").read_text())
+    baseline = json.loads((run_dir / "metrics_baseline.json").read_text())
+    for m in (trained, baseline):
+        for split in ("train", "val"):
+            for key in ("triplet_acc", "precision@1", "precision@10", "map@r"):
+                assert f"{m[split][key]:.2f}" in flat, f"{key} ({split}) = {m[split][key]:.2f} not in the PDF"
+    assert f"{trained['val']['precision@1']:.2f}%" in flat  # also in the prose
+    # code is hidden
+    assert "plots.show" not in flat and "workflow." not in flat
+    # figures: sample grid, triplets, loss, precision bars and five query figures
+    n_images = sum(len(p.images) for p in reader.pages)
+    assert n_images >= 1 + 5 + 3, n_images
+    query = json.loads((run_dir / "query_examples.json").read_text())
+    assert len(query) == 5 and len({q["query_label"] for q in query}) == 5
+    for q in query:
+        assert f"d={min(q['top_distances']):.3f}" in flat
