@@ -28,16 +28,16 @@ $(VENV)/.installed: pyproject.toml
 pdf-deps:
 	scripts/install_pdf_deps.sh
 
-report:
+report: setup
 	$(PY) data_scripts/run_pipeline.py $(RUN_ARGS)
 
-html:
+html: $(VENV)/.installed
 	$(PY) data_scripts/run_pipeline.py $(RUN_ARGS) --no-pdf
 
-test:
+test: setup
 	$(PY) -m pytest
 
-test-fast:
+test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"
 
 demo-data:

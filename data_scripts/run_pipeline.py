@@ -22,21 +22,20 @@ import ast
 import copy
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
-PROFILE_DIR = ROOT / "profiles"
-RUNNER_KEYS = {"make_demo_data", "env"}  # profile keys for the runner, not RunConfig fields
 PATH_KEYS = ("data_dir", "run_dir", "cache_dir")
 REPORT_NOTEBOOK = "05_report.ipynb"
 KERNEL = "python3"
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from ranking_lib.config import RUNNER_KEYS  # noqa: E402
 
 
 class RunnerError(Exception):
@@ -45,20 +44,13 @@ class RunnerError(Exception):
 
 # ---- settings ------------------------------------------------------------------------------
 def load_profile(name: str) -> dict:
-    import yaml
+    from ranking_lib.config import load_profile as _load
+    from ranking_lib.errors import RankingError
 
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
-    if not path.is_file():
-        avail = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
-        raise RunnerError(f"profile not found: {path} (available: {avail})")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise RunnerError(f"profile {path} must be a mapping of settings")
-    # YAML 1.1 reads 1e-4 as a string
-    return {k: float(v) if isinstance(v, str) and _SCI.match(v) else v for k, v in data.items()}
-
-
-_SCI = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+    try:
+        return _load(name)
+    except RankingError as e:
+        raise RunnerError(str(e)) from None
 
 
 def _scalar(value: str):

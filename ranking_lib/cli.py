@@ -14,11 +14,9 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from ranking_lib.config import RunConfig
+from ranking_lib.config import RUNNER_KEYS, RunConfig, load_profile
 from ranking_lib.errors import RankingError
 
-PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
-NON_CONFIG_KEYS = {"make_demo_data", "env"}  # profile keys read by the runner, not RunConfig
 
 
 def _parse_type(type_str: str):
@@ -42,21 +40,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, type=_parse_type(t), default=None)
 
 
-def load_profile(name: str) -> dict:
-    import yaml
-
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
-    if not path.is_file():
-        avail = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
-        raise RankingError(f"profile not found: {path} (available: {avail})")
-    data = yaml.safe_load(path.read_text()) or {}
-    return {k: v for k, v in data.items() if k not in NON_CONFIG_KEYS}
-
-
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     base: dict = {}
     if args.profile:
-        base.update(load_profile(args.profile))
+        base.update({k: v for k, v in load_profile(args.profile).items() if k not in RUNNER_KEYS})
     if args.config:
         base.update(RunConfig.load(args.config).to_dict())
     for f in fields(RunConfig):

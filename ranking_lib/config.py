@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,53 @@ from ranking_lib.errors import RankingError
 
 # Fields that define the network's shape: a checkpoint whose values differ cannot be loaded.
 ARCHITECTURE_FIELDS = ("backbone", "embedding_dim", "head", "normalize_embeddings")
+
+
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
+RUNNER_KEYS = frozenset({"make_demo_data", "env"})  # profile keys for the notebook runner only
+_SCI = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def load_profile(name: str | Path) -> dict[str, Any]:
+    """Settings of ``profiles/<name>.yaml`` (or of a .yaml path): RunConfig fields plus the
+    runner's keys (:data:`RUNNER_KEYS`). YAML 1.1 reads ``1e-4`` as a string: made a float."""
+    import yaml
+
+    name = str(name)
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        avail = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+        raise RankingError(f"profile not found: {path} (available: {avail})")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise RankingError(f"profile {path} must be a mapping of settings")
+    return {k: float(v) if isinstance(v, str) and _SCI.match(v) else v for k, v in data.items()}
+
+
+_TYPES = {"int": int, "float": float}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Values from YAML/CLI/JSON to the field's type ('1e-4' -> 1e-4); clear error otherwise."""
+    t = str(next(f.type for f in fields(RunConfig) if f.name == name)).replace(" ", "")
+    if value is None:
+        return None
+    base = t.split("|")[0]
+    try:
+        if base in _TYPES and not isinstance(value, bool):
+            out = _TYPES[base](value)
+            if base == "int" and isinstance(value, float) and out != value:
+                raise ValueError
+            return out
+        if base == "bool":
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+    except (TypeError, ValueError):
+        raise RankingError(f"config field {name} expects {t}, got {value!r}") from None
+    return value
 
 
 @dataclass
@@ -148,7 +196,7 @@ class RunConfig:
         unknown = sorted(set(d) - set(cls.field_names()))
         if unknown:
             raise RankingError(f"unknown config field(s): {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**{k: _coerce(k, v) for k, v in d.items()})
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
