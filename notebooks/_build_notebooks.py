@@ -133,12 +133,8 @@ through one network (shared weights) and the hinge loss max(0, g + D(q,p) - D(q,
 minimised. The run resumes from `checkpoints/last.pt` if one exists.
 """, [
     code("""
-result = workflow.train(cfg)
-import json
-from dataclasses import asdict
-summary = {k: (str(v) if hasattr(v, "__fspath__") else v) for k, v in asdict(result).items()}
-workflow.run_path(cfg, "train_summary.json").write_text(json.dumps(summary, indent=2))
-summary
+result = workflow.train(cfg)  # also writes train_summary.json
+result
 """),
     md("## Training loss"),
     code("""

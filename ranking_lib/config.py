@@ -97,6 +97,9 @@ class RunConfig:
     embedding_dim: int = 128
     head: str = "linear"
     """Embedding head: ``linear`` (pooled features -> dim) or ``mlp`` (-> 1024 -> dim)."""
+    head_init: str = "random"
+    """``random``, or ``classifier``: row j of a linear head starts as the pretrained ImageNet
+    classifier's row for dataset class j (Tiny ImageNet classes are ImageNet synsets)."""
     normalize_embeddings: bool = True
     """L2-normalise embeddings (distances then lie in [0, 2])."""
     freeze_stages: int = 0
@@ -175,6 +178,8 @@ class RunConfig:
              f"lr_schedule must be cosine or constant (got {self.lr_schedule!r})")
         need(self.miner in ("none", "batch_hard"),
              f"miner must be none or batch_hard (got {self.miner!r})")
+        need(self.head_init in ("random", "classifier"),
+             f"head_init must be random or classifier (got {self.head_init!r})")
         need(self.head in ("linear", "mlp"), f"head must be linear or mlp (got {self.head!r})")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"device must be auto, cpu or cuda (got {self.device!r})")

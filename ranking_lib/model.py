@@ -6,6 +6,8 @@ trainer runs a triplet batch of B as one batch of 3B images through one `Embeddi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -110,6 +112,35 @@ class EmbeddingNet(nn.Module):
         return {"backbone": self.backbone_name, "embedding_dim": self.embedding_dim,
                 "head": "mlp" if isinstance(self.head, nn.Sequential) else "linear",
                 "normalize_embeddings": self.normalize}
+
+
+def imagenet_synsets() -> list[str]:
+    """The 1,000 ImageNet-1k synset ids in the order of the classifiers' outputs."""
+    return (Path(__file__).parent / "resources" / "imagenet_synsets.txt").read_text().split()
+
+
+def init_head_from_classifier(net: EmbeddingNet, wnids: list[str]) -> int:
+    """Start the linear head from the backbone's ImageNet classifier rows of the dataset's classes.
+
+    Tiny ImageNet's classes are ImageNet synsets, so the pretrained classifier already scores
+    them; row j of the head becomes the classifier row of class j (classes beyond
+    `embedding_dim` are dropped; rows without a matching synset keep their random init).
+    Returns how many rows were copied; 0 means no dataset class is an ImageNet synset.
+    """
+    if not isinstance(net.head, nn.Linear):
+        raise RankingError("head_init=classifier needs head=linear")
+    clf = net.backbone._classifier[0] if net.backbone._classifier else None
+    if clf is None or clf.in_features != net.head.in_features:
+        raise RankingError(f"backbone {net.backbone_name} has no classifier to start the head from")
+    index = {w: i for i, w in enumerate(imagenet_synsets())}
+    copied = 0
+    with torch.no_grad():
+        for j, w in enumerate(wnids[: net.embedding_dim]):
+            if w in index:
+                net.head.weight[j] = clf.weight[index[w]]
+                net.head.bias[j] = clf.bias[index[w]]
+                copied += 1
+    return copied
 
 
 def build_model(cfg) -> EmbeddingNet:

@@ -5,6 +5,7 @@
 Every step reads what earlier steps wrote into ``cfg.run_dir``:
 
     config.json, triplets_train.npy, triplets_val.npy, checkpoints/last.pt, loss_log.csv,
+    train_summary.json,
     embeddings_<model>_<split>.npz, metrics_<model>.json, figures/
 """
 
@@ -30,7 +31,7 @@ from ranking_lib.data import (
 from ranking_lib.errors import RankingError
 from ranking_lib.index import EmbeddingIndex
 from ranking_lib.metrics import retrieval_metrics, triplet_accuracy_from_index
-from ranking_lib.model import EmbeddingNet, build_model
+from ranking_lib.model import EmbeddingNet, build_model, init_head_from_classifier
 from ranking_lib.samplers import TripletSampler, load_triplets, save_triplets
 from ranking_lib.stage_cache import load_or_build_stage_features
 from ranking_lib.trainer import Trainer, TrainResult, resolve_device
@@ -91,10 +92,17 @@ def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: i
     caches = load_caches(cfg, progress=False)
     triplets = load_run_triplets(cfg, "train", len(caches["train"]))
     model = build_model(cfg)
+    if cfg.head_init == "classifier":
+        copied = init_head_from_classifier(model, caches["train"].wnids)
+        if progress:
+            print(f"head initialised from the ImageNet classifier rows of {copied} dataset classes")
     inputs = stage_inputs(cfg, model, caches["train"], progress) if cfg.cache_stage_features else caches["train"].images
     trainer = Trainer(cfg, model, inputs, caches["train"].labels, triplets, cfg.run_dir)
     cfg.save(run_path(cfg, "config.json"))
-    return trainer.fit(resume=resume, stop_at=stop_at, progress=progress)
+    result = trainer.fit(resume=resume, stop_at=stop_at, progress=progress)
+    summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
+    run_path(cfg, "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return result
 
 
 def load_model(cfg: RunConfig, model: str = "trained") -> EmbeddingNet:
