@@ -94,3 +94,21 @@ def test_pretrained_efficientnet_classifies_real_tiny_imagenet(sample_dir, sampl
     among20 = (logits[:, imagenet_ids].argmax(1) == torch.from_numpy(labels)).float().mean().item()
     assert top5 > 0.40, f"top-5 {top5:.2f}"
     assert among20 > 0.60, f"20-way accuracy {among20:.2f}"
+
+
+def test_head_init_from_classifier_reproduces_class_logits(sample_dir, sample_cache_dir):
+    ds = TinyImageNet(sample_dir)
+    val = load_or_build_cache(ds, "val", sample_cache_dir, progress=False)
+    from ranking_lib.model import init_head_from_classifier
+
+    net = EmbeddingNet(embedding_dim=len(ds.wnids), input_size=64, normalize=False).eval()
+    assert init_head_from_classifier(net, ds.wnids) == len(ds.wnids)
+    imgs = torch.from_numpy(np.array(val.images[:4]))
+    with torch.no_grad():
+        z = net(imgs)
+        logits = net.backbone.classify(net.preprocess(imgs))
+    ids = [SYNSETS.index(w) for w in ds.wnids]
+    torch.testing.assert_close(z, logits[:, ids])
+    with pytest.raises(RankingError, match="needs head=linear"):
+        init_head_from_classifier(EmbeddingNet(head="mlp", pretrained=False), ds.wnids)
+    assert init_head_from_classifier(EmbeddingNet(pretrained=False), ["d0000001"]) == 0

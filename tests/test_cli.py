@@ -1,0 +1,76 @@
+"""The command line: the whole prepare -> query chain on the real sample, and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ranking_lib.cli import main
+
+FAST = ["--input-size", "64", "--embedding-dim", "16", "--num-triplets", "64", "--val-triplets", "200",
+        "--steps", "3", "--batch-size", "8", "--train-eval-queries", "100", "--embed-batch-size", "500", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def cli_run(sample_dir, sample_cache_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli_run")
+    args = ["--data-dir", str(sample_dir), "--cache-dir", str(sample_cache_dir), "--run-dir", str(run), *FAST]
+    assert main(["all", *args]) == 0
+    return run, args
+
+
+def test_all_writes_every_artifact(cli_run):
+    run, _ = cli_run
+    for name in ("config.json", "triplets_train.npy", "triplets_val.npy", "checkpoints/last.pt", "loss_log.csv",
+                 "train_summary.json", "embeddings_trained_train.npz", "embeddings_baseline_val.npz",
+                 "metrics_trained.json", "metrics_baseline.json"):
+        assert (run / name).is_file(), name
+    m = json.loads((run / "metrics_trained.json").read_text())
+    for split in ("train", "val"):
+        for key in ("triplet_acc", "precision@1", "precision@10", "precision@30", "any_hit@30", "knn1", "map@r"):
+            assert 0 <= m[split][key] <= 100, (split, key)
+    assert m["val"]["num_queries"] == 1000 and m["train"]["num_queries"] == 100
+
+
+def test_query_by_val_index_and_by_image_file(cli_run, sample_dir, capsys):
+    run, args = cli_run
+    assert main(["query", *args, "--val-index", "0", "5", "--k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("top-3:") == 2 and out.count("bottom-3:") == 2
+    image = next((sample_dir / "val" / "images").iterdir())
+    assert main(["query", *args, "--image", str(image), "--k", "2"]) == 0
+    assert "top-2:" in capsys.readouterr().out
+
+
+def test_embeddings_are_deterministic(cli_run, tmp_path):
+    import numpy as np
+
+    run, args = cli_run
+    before = np.load(run / "embeddings_trained_val.npz")["embeddings"]
+    assert main(["embed", *args, "--model", "trained"]) == 0
+    np.testing.assert_array_equal(np.load(run / "embeddings_trained_val.npz")["embeddings"], before)
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["query", "--val-index", "0", "--k", "5000"], "k=5000"),
+    (["query", "--val-index", "99999"], "out of range"),
+    (["query"], "exactly one of"),
+    (["train", "--gap", "0"], "gap must be > 0"),
+    (["train", "--gap", "-1"], "gap must be > 0"),
+    (["embed", "--embedding-dim", "32"], "different network"),
+])
+def test_bad_input_gives_one_line_error(cli_run, capsys, extra, msg):
+    run, args = cli_run
+    cmd, rest = extra[0], extra[1:]
+    assert main([cmd, *args, *rest]) == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and len(err.splitlines()) == 1, err
+
+
+def test_missing_dataset_dir_exit_code_and_message(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ranking_lib", "prepare", "--data-dir", str(tmp_path / "nope"),
+                           "--run-dir", str(tmp_path / "run")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: dataset directory not found")
+    assert len(proc.stderr.strip().splitlines()) == 1
