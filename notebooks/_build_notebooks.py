@@ -302,10 +302,10 @@ for i, q in enumerate(queries, 1):
     st = int(np.sum(np.asarray(q["top_labels"]) == q["query_label"]))
     sb = int(np.sum(np.asarray(q["bottom_labels"]) == q["query_label"]))
     same_top.append(st); same_bottom.append(sb)
-    plots.show(fig_path(f"query_{i}.png"))
     say(f\"\"\"**Query {i}**: `{q['query_path'].split('/')[-1]}`, class *{q['query_class']}*: {st} of the top-{len(q['top_labels'])}
 and {sb} of the bottom-{len(q['bottom_labels'])} training images are of the query's class; distances range from
 d={min(q['top_distances']):.3f} (nearest) to d={max(q['bottom_distances']):.3f} (farthest).\"\"\")
+    plots.show(fig_path(f"query_{i}.png"))
 """),
     md("# Discussion"),
     code("""
