@@ -104,6 +104,10 @@ class Trainer:
         self.model = model.to(self.device)
         self.images = images
         self.from_stage = images.dtype == np.float16
+        # On a GPU the whole uint8 cache (1.2 GB for Tiny ImageNet) moves to the device once;
+        # each step then gathers its images there instead of copying them from host memory.
+        self.device_images = (torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+                              if self.device.type == "cuda" else None)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         self.triplets = np.asarray(triplets)
         self.loss_fn = RankingLoss(cfg.gap, cfg.squared_distance)
@@ -153,10 +157,13 @@ class Trainer:
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         t = batch_triplets(self.triplets, step, self.cfg.batch_size, self.cfg.seed)
         idx = t.T.reshape(-1)  # queries, then positives, then negatives
-        order = np.argsort(idx, kind="stable")  # sorted reads are kinder to a memory map
-        imgs = np.empty((len(idx),) + self.images.shape[1:], dtype=self.images.dtype)
-        imgs[order] = self.images[idx[order]]
-        x = torch.from_numpy(imgs).to(self.device, non_blocking=True)
+        if self.device_images is not None:
+            x = self.device_images[torch.from_numpy(idx).to(self.device)]
+        else:
+            order = np.argsort(idx, kind="stable")  # sorted reads are kinder to a memory map
+            imgs = np.empty((len(idx),) + self.images.shape[1:], dtype=self.images.dtype)
+            imgs[order] = self.images[idx[order]]
+            x = torch.from_numpy(imgs)
         if self.cfg.augment:
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
             if self.from_stage:
