@@ -70,7 +70,7 @@ def triplet_accuracy(anchor, positive, negative) -> float:
     return float(100.0 * np.mean(d_ap < d_an))
 
 
-def triplet_accuracy_from_index(embeddings, triplets) -> float:
+def triplet_accuracy_from_index(embeddings, triplets, chunk_size: int = 16384) -> float:
     """:func:`triplet_accuracy` of ``embeddings[triplets[:, 0]]`` (anchor/query),
     ``embeddings[triplets[:, 1]]`` (positive) and ``embeddings[triplets[:, 2]]`` (negative).
 
@@ -78,7 +78,7 @@ def triplet_accuracy_from_index(embeddings, triplets) -> float:
         embeddings: (N, d) array or tensor.
         triplets: (T, 3) integer row indices into ``embeddings``.
     """
-    e = _to_numpy(embeddings, "embeddings", np.float64)
+    e = _to_numpy(embeddings, "embeddings")
     t = _to_numpy(triplets, "triplets")
     if e.ndim != 2:
         raise RankingError(
@@ -92,7 +92,14 @@ def triplet_accuracy_from_index(embeddings, triplets) -> float:
         raise RankingError(
             f"triplet indices must be in [0, {len(e) - 1}] (there are {len(e)} embeddings)"
         )
-    return triplet_accuracy(e[t[:, 0]], e[t[:, 1]], e[t[:, 2]])
+    if len(t) == 0:
+        raise RankingError("triplet accuracy needs at least one triplet")
+    # in chunks: 600k triplets x 1280-d in float64 would need ~18 GB at once
+    correct = 0.0
+    for s in range(0, len(t), chunk_size):
+        c = t[s : s + chunk_size]
+        correct += triplet_accuracy(e[c[:, 0]], e[c[:, 1]], e[c[:, 2]]) * len(c)
+    return float(correct / len(t))
 
 
 # ---------------------------------------------------------------------------------- retrieval

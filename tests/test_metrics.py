@@ -154,3 +154,18 @@ def test_retrieval_metrics_external_queries_by_hand():
     assert m["map@r"] == pytest.approx(100 / 3)
     with pytest.raises(RankingError, match=r"exceed the 6 searchable"):
         retrieval_metrics(index, q, ql, ks=(1, 7))
+
+
+def test_triplet_accuracy_from_index_chunking_matches_one_shot():
+    import numpy as np
+
+    from ranking_lib.metrics import triplet_accuracy_from_index
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(50, 4)).astype(np.float32)
+    trip = rng.integers(0, 50, size=(1001, 3))
+    one = triplet_accuracy_from_index(emb, trip, chunk_size=10_000)
+    assert triplet_accuracy_from_index(emb, trip, chunk_size=7) == pytest.approx(one, abs=1e-9)
+    a, p, n = (emb[trip[:, i]].astype(np.float64) for i in range(3))
+    ref = 100 * np.mean(np.linalg.norm(a - p, axis=1) < np.linalg.norm(a - n, axis=1))
+    assert one == pytest.approx(ref, abs=1e-9)
