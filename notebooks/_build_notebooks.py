@@ -330,10 +330,13 @@ say("\\n".join(lines))
 tail = log["loss"].iloc[-2 * n:]
 still_falling = len(tail) >= 2 * n and tail.iloc[n:].mean() < 0.95 * tail.iloc[:n].mean()
 items = [
-    f"1. **In-class negatives and online triplet sampling** (as in the paper). All negatives here are out-of-class and sampled "
-    f"before training, so {pct('trained', 'train', 'triplet_acc')} of the training triplets are already ranked correctly and give "
-    "little gradient. Mining hard negatives online from the current embedding (`miner: batch_hard`), and in-class negatives "
-    "ranked by a pairwise relevance score, would teach the fine-grained differences that precision@1 measures.",
+    f"1. **In-class negatives and online triplet sampling** (as in the paper). All pre-sampled negatives here are out-of-class, "
+    f"so {pct('trained', 'train', 'triplet_acc')} of the training triplets end up ranked correctly and give little gradient. "
+    + ("This run already adds the hardest out-of-class negative of each batch (`miner: batch_hard`); the paper's in-class "
+       "negatives, ranked by a pairwise relevance score, and hard negatives mined from the whole database between epochs "
+       "are the next step." if cfg.miner == "batch_hard" else
+       "Mining hard negatives online from the current embedding (`miner: batch_hard`), and in-class negatives ranked by a "
+       "pairwise relevance score, would teach the fine-grained differences that precision@1 measures."),
     "2. **Multiscale network.** The paper adds two shallow, low-resolution convolutional paths to the deep network and "
     "concatenates their embeddings, keeping colour and texture detail that the deep path discards; with 64-pixel images this "
     f"is cheap. Likewise a larger input size than {cfg.input_size} pixels or a stronger backbone.",
