@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import copy
 import logging
 import os
@@ -207,15 +208,36 @@ def failure_line(nb_path: Path, out_path: Path, err) -> str:
     return f"error: {nb_path.name} failed in {where}{src}: {ename}: {evalue} (executed notebook: {out_path})"
 
 
+@contextlib.contextmanager
+def stderr_to(log_path: Path | None):
+    """Send file descriptor 2 (this process's and the kernel subprocess's stderr) to a log file,
+    so kernel chatter (e.g. "KeyboardInterrupt caught in kernel" at shutdown) never mixes with
+    the runner's one-line error. `None` leaves stderr alone (--verbose)."""
+    if log_path is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def execute(nb_path: Path, out_path: Path, settings: dict, log_output: bool, timeout: int | None) -> float:
     import nbformat
     import papermill as pm
 
     params = notebook_parameters(declared_parameters(nbformat.read(nb_path, as_version=4)), settings)
     t0 = time.perf_counter()
-    pm.execute_notebook(str(nb_path), str(out_path), parameters=params, kernel_name=KERNEL,
-                        cwd=str(NOTEBOOK_DIR), progress_bar=False, log_output=log_output,
-                        execution_timeout=timeout, **kernel_manager_config())
+    with stderr_to(None if log_output else out_path.parent / "kernels.log"):
+        pm.execute_notebook(str(nb_path), str(out_path), parameters=params, kernel_name=KERNEL,
+                            cwd=str(NOTEBOOK_DIR), progress_bar=False, log_output=log_output,
+                            execution_timeout=timeout, **kernel_manager_config())
     return time.perf_counter() - t0
 
 
