@@ -189,6 +189,8 @@ class RunConfig:
         need(self.freeze_stages >= 0, f"freeze_stages must be >= 0 (got {self.freeze_stages})")
         need(not self.cache_stage_features or self.freeze_stages >= 1,
              "cache_stage_features needs freeze_stages >= 1")
+        need(self.top_k_show >= 1, f"top_k_show must be >= 1 (got {self.top_k_show})")
+        need(self.num_query_examples >= 1, f"num_query_examples must be >= 1 (got {self.num_query_examples})")
         need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1 (got {self.checkpoint_every})")
 
     # --- conversion -------------------------------------------------------------------

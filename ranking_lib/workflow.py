@@ -235,11 +235,11 @@ class QueryResult:
 
 def select_query_examples(cfg: RunConfig, n: int | None = None) -> list[int]:
     """`n` val indices from `n` different classes, chosen with cfg.query_seed."""
-    n = n or cfg.num_query_examples
+    n = cfg.num_query_examples if n is None else n
     labels = load_caches(cfg, progress=False)["val"].labels
     classes = np.unique(labels)
-    if n > len(classes):
-        raise RankingError(f"asked for {n} query examples from different classes but val has {len(classes)} classes")
+    if n < 1 or n > len(classes):
+        raise RankingError(f"asked for {n} query examples from different classes; val has {len(classes)} classes (use 1..{len(classes)})")
     rng = np.random.default_rng(cfg.query_seed)
     chosen = rng.choice(classes, size=n, replace=False)
     return [int(rng.choice(np.flatnonzero(labels == c))) for c in chosen]
@@ -247,7 +247,7 @@ def select_query_examples(cfg: RunConfig, n: int | None = None) -> list[int]:
 
 def query(cfg: RunConfig, val_indices: list[int], k: int | None = None, model: str = "trained") -> list[QueryResult]:
     """Top-k and bottom-k training images for val images, by Euclidean distance."""
-    k = k or cfg.top_k_show
+    k = cfg.top_k_show if k is None else k
     db, val = load_index(cfg, model, "train"), load_index(cfg, model, "val")
     class_names = load_dataset(cfg).class_names
     bad = [i for i in val_indices if not 0 <= i < len(val)]
@@ -263,7 +263,7 @@ def query(cfg: RunConfig, val_indices: list[int], k: int | None = None, model: s
 
 def query_image_file(cfg: RunConfig, image_path: str | Path, k: int | None = None, model: str = "trained") -> QueryResult:
     """Top-k and bottom-k training images for any image file (resized to 64 px like the data)."""
-    k = k or cfg.top_k_show
+    k = cfg.top_k_show if k is None else k
     img = load_image_rgb(image_path)
     net = load_model(cfg, model)
     z = embed_images(net, img[None], device=cfg.device, baseline=model == "baseline", progress=False)[0]

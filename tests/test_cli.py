@@ -54,6 +54,7 @@ def test_embeddings_are_deterministic(cli_run, tmp_path):
 
 @pytest.mark.parametrize("extra,msg", [
     (["query", "--val-index", "0", "--k", "5000"], "k=5000"),
+    (["query", "--val-index", "0", "--k", "0"], "k=0"),
     (["query", "--val-index", "99999"], "out of range"),
     (["query"], "exactly one of"),
     (["train", "--gap", "0"], "gap must be > 0"),

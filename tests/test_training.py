@@ -118,7 +118,7 @@ def test_lr_schedule():
 
 @pytest.mark.parametrize("field,value,msg", [
     ("gap", 0.0, "gap must be > 0"), ("gap", -1.0, "gap must be > 0"),
-    ("batch_size", 0, "batch_size"), ("optimizer", "lbfgs", "optimizer"), ("miner", "x", "miner"),
+    ("batch_size", 0, "batch_size"), ("top_k_show", 0, "top_k_show"), ("num_query_examples", 0, "num_query_examples"), ("optimizer", "lbfgs", "optimizer"), ("miner", "x", "miner"),
 ])
 def test_bad_config_values(field, value, msg):
     with pytest.raises(RankingError, match=msg):
