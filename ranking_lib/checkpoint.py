@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ranking_lib.errors import CheckpointError
+from ranking_lib.fileio import atomic_path
 
 FORMAT = "ranking_lib-checkpoint/1"
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write `payload` to `path` via a temp file + rename, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **payload}, tmp)
+    return Path(path)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ranking_lib.errors import RankingError
+from ranking_lib.fileio import atomic_path
 
 # Fields that define the network's shape: a checkpoint whose values differ cannot be loaded.
 ARCHITECTURE_FIELDS = ("backbone", "embedding_dim", "head", "normalize_embeddings")
@@ -214,11 +215,8 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":

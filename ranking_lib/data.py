@@ -16,13 +16,13 @@ import multiprocessing
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ranking_lib.errors import CorruptImageError, DatasetError
+from ranking_lib.fileio import atomic_path
 
 __all__ = [
     "TinyImageNet",
@@ -335,16 +335,10 @@ def _try_load(npy: Path, meta_file: Path, fingerprint: str, image_size: int):
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quiet(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _unlink_quiet(path) -> None:
@@ -375,11 +369,9 @@ def _build(dataset, split, items, npy, meta_file, fingerprint, skip_corrupt, ima
     _unlink_quiet(meta_file)
     root = str(dataset.root)
     jobs = [(os.path.join(root, rel), image_size) for rel, _ in items]
-    fd, tmp = tempfile.mkstemp(prefix=f".{npy.stem}.", suffix=".tmp.npy", dir=npy.parent)
-    os.close(fd)
     kept_idx: list[int] = []
     skipped: list[str] = []
-    try:
+    with atomic_path(npy) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                         shape=(len(items), image_size, image_size, 3))
         n = 0
@@ -404,22 +396,12 @@ def _build(dataset, split, items, npy, meta_file, fingerprint, skip_corrupt, ima
         del arr
         if n < len(items):  # shrink: rewrite the header-compatible prefix into a new file
             src = np.load(tmp, mmap_mode="r")
-            fd2, tmp2 = tempfile.mkstemp(prefix=f".{npy.stem}.", suffix=".tmp.npy", dir=npy.parent)
-            os.close(fd2)
-            try:
+            with atomic_path(tmp) as tmp2:
                 dst = np.lib.format.open_memmap(tmp2, mode="w+", dtype=np.uint8,
                                                 shape=(n, image_size, image_size, 3))
                 dst[:] = src[:n]
                 dst.flush()
                 del dst, src
-            except BaseException:
-                _unlink_quiet(tmp2)
-                raise
-            os.replace(tmp2, tmp)
-        os.replace(tmp, npy)
-    except BaseException:
-        _unlink_quiet(tmp)
-        raise
     paths = [items[i][0] for i in kept_idx]
     labels = [int(items[i][1]) for i in kept_idx]
     meta = {

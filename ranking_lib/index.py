@@ -23,8 +23,6 @@ uses the torch path (FAISS has no farthest-neighbour search for L2).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 
 from ranking_lib.errors import RankingError
+from ranking_lib.fileio import atomic_path
 
 BACKENDS = ("auto", "torch", "faiss", "faiss-ivf", "faiss-hnsw")
 NPZ_KEYS = ("embeddings", "labels", "paths")
@@ -165,21 +164,9 @@ class EmbeddingIndex:
         """Write ``embeddings`` (float32 N x d), ``labels`` (int64 N), ``paths`` (str, N or 0 when
         there are no paths) to an ``.npz`` file, atomically (temporary file + ``os.replace``)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         paths = np.array(self.paths if self.paths is not None else [], dtype=str)
-        fd, tmp = tempfile.mkstemp(
-            prefix=path.name + ".", suffix=".tmp", dir=path.parent
-        )
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(
-                    fh, embeddings=self.embeddings, labels=self.labels, paths=paths
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, embeddings=self.embeddings, labels=self.labels, paths=paths)
         return path
 
     @classmethod

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ranking_lib.errors import RankingError
+from ranking_lib.fileio import atomic_path
 
 
 class TripletSampler:
@@ -73,10 +74,8 @@ class TripletSampler:
 def save_triplets(path: str | Path, triplets: np.ndarray, meta: dict | None = None) -> Path:
     """Save triplets as ``.npy`` (atomically) with a ``.json`` sidecar describing them."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, np.asarray(triplets, dtype=np.int64))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, np.asarray(triplets, dtype=np.int64))
     side = path.with_suffix(".json")
     side.write_text(json.dumps({"num_triplets": int(len(triplets)), **(meta or {})}, indent=2))
     return path

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ranking_lib.data import ImageCache
 from ranking_lib.errors import RankingError
+from ranking_lib.fileio import atomic_path
 from ranking_lib.model import EmbeddingNet
 
 FORMAT = 1
@@ -78,20 +78,14 @@ def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, pretraine
         probe = net.to(device).eval().backbone.forward_stages(
             net.preprocess(torch.from_numpy(np.array(cache.images[:1])).to(device)), 0, net.freeze_stages)
     shape = (len(cache),) + tuple(probe.shape[1:])
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npy", dir=path.parent)
-    os.close(fd)
-    try:
+    t0 = time.perf_counter()
+    with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-        t0 = time.perf_counter()
         compute_stage_features(net, cache.images, out, batch_size, device, progress,
                                desc=f"frozen stages ({cache.split})")
         out.flush()
         del out
-        os.replace(tmp, path)
-        if progress:
-            print(f"computed frozen-stage features of {len(cache)} {cache.split} images "
-                  f"{shape[1:]} in {time.perf_counter() - t0:.1f} s -> {path.name}")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    if progress:
+        print(f"computed frozen-stage features of {len(cache)} {cache.split} images "
+              f"{shape[1:]} in {time.perf_counter() - t0:.1f} s -> {path.name}")
     return np.load(path, mmap_mode="r")
