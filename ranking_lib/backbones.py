@@ -66,6 +66,11 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.forward_stages(x))
 
+    @property
+    def classifier(self) -> nn.Module | None:
+        """The original ImageNet classifier (1000 outputs), if the backbone has one."""
+        return self._classifier[0] if self._classifier else None
+
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits of the original classifier (used to check the pretrained weights)."""
         if not self._classifier:

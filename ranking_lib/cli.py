@@ -11,33 +11,23 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
 from pathlib import Path
 
-from ranking_lib.config import RUNNER_KEYS, RunConfig, load_profile
+from ranking_lib.config import RUNNER_KEYS, RunConfig, field_kind, load_profile
 from ranking_lib.errors import RankingError
 
 
 
-def _parse_type(type_str: str):
-    t = type_str.replace(" ", "")
-    if t.startswith("int"):
-        return int
-    if t.startswith("float"):
-        return float
-    return str
-
-
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    for f in fields(RunConfig):
-        flag = "--" + f.name.replace("_", "-")
-        t = str(f.type).replace(" ", "")
-        if t == "bool":
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-        elif t.startswith("tuple"):
-            parser.add_argument(flag, dest=f.name, type=int, nargs="+", default=None)
+    for name in RunConfig.field_names():
+        flag = "--" + name.replace("_", "-")
+        kind = field_kind(name)
+        if kind == "bool":
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+        elif kind == "tuple":
+            parser.add_argument(flag, dest=name, type=int, nargs="+", default=None)
         else:
-            parser.add_argument(flag, dest=f.name, type=_parse_type(t), default=None)
+            parser.add_argument(flag, dest=name, type={"int": int, "float": float}.get(kind, str), default=None)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -46,10 +36,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         base.update({k: v for k, v in load_profile(args.profile).items() if k not in RUNNER_KEYS})
     if args.config:
         base.update(RunConfig.load(args.config).to_dict())
-    for f in fields(RunConfig):
-        v = getattr(args, f.name, None)
+    for name in RunConfig.field_names():
+        v = getattr(args, name, None)
         if v is not None:
-            base[f.name] = v
+            base[name] = v
     return RunConfig.from_dict(base)
 
 

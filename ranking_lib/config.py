@@ -8,6 +8,7 @@ checkpoint, so a checkpoint always says how it was made.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from dataclasses import dataclass, fields
@@ -45,12 +46,24 @@ def load_profile(name: str | Path) -> dict[str, Any]:
 _TYPES = {"int": int, "float": float}
 
 
+@functools.cache
+def _field_types() -> dict[str, str]:
+    return {f.name: str(f.type).replace(" ", "") for f in fields(RunConfig)}
+
+
+def field_kind(name: str) -> str:
+    """The base type of a RunConfig field: ``int``, ``float``, ``bool``, ``str`` or ``tuple``
+    (``int | None`` -> ``int``). The CLI builds its flags from it."""
+    base = _field_types()[name].split("|")[0]
+    return "tuple" if base.startswith("tuple") else base
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Values from YAML/CLI/JSON to the field's type ('1e-4' -> 1e-4); clear error otherwise."""
-    t = str(next(f.type for f in fields(RunConfig) if f.name == name)).replace(" ", "")
+    t = _field_types()[name]
     if value is None:
         return None
-    base = t.split("|")[0]
+    base = field_kind(name)
     try:
         if base in _TYPES and not isinstance(value, bool):
             out = _TYPES[base](value)

@@ -129,7 +129,7 @@ def init_head_from_classifier(net: EmbeddingNet, wnids: list[str]) -> int:
     """
     if not isinstance(net.head, nn.Linear):
         raise RankingError("head_init=classifier needs head=linear")
-    clf = net.backbone._classifier[0] if net.backbone._classifier else None
+    clf = net.backbone.classifier
     if clf is None or clf.in_features != net.head.in_features:
         raise RankingError(f"backbone {net.backbone_name} has no classifier to start the head from")
     index = {w: i for i, w in enumerate(imagenet_synsets())}

@@ -56,10 +56,10 @@ def load_dataset(cfg: RunConfig) -> TinyImageNet:
     return TinyImageNet(cfg.data_dir, max_classes=cfg.max_classes)
 
 
-def load_caches(cfg: RunConfig, progress: bool = True) -> dict[str, ImageCache]:
+def load_caches(cfg: RunConfig, progress: bool = True, splits: tuple[str, ...] = SPLITS) -> dict[str, ImageCache]:
     ds = load_dataset(cfg)
     return {s: load_or_build_cache(ds, s, cfg.cache_dir, skip_corrupt=cfg.skip_corrupt, progress=progress)
-            for s in SPLITS}
+            for s in splits}
 
 
 # ---- steps ---------------------------------------------------------------------------
@@ -161,8 +161,8 @@ def embed(cfg: RunConfig, model: str = "trained", progress: bool = True) -> dict
         c = caches[split]
         t0 = time.perf_counter()
         inputs = c.images
-        if cfg.cache_stage_features:  # the frozen stages are shared by trained and baseline
-            inputs = stage_inputs(cfg, build_model(cfg), c, progress)
+        if cfg.cache_stage_features:  # frozen stages: the same weights in trained and baseline
+            inputs = stage_inputs(cfg, net, c, progress)
         z = embed_images(net, inputs, cfg.embed_batch_size, cfg.device, baseline=model == "baseline",
                          progress=progress, desc=f"embed {split} ({model})")
         EmbeddingIndex(z, c.labels, list(c.paths)).save(embeddings_path(cfg, model, split))
@@ -236,7 +236,7 @@ class QueryResult:
 def select_query_examples(cfg: RunConfig, n: int | None = None) -> list[int]:
     """`n` val indices from `n` different classes, chosen with cfg.query_seed."""
     n = cfg.num_query_examples if n is None else n
-    labels = load_caches(cfg, progress=False)["val"].labels
+    labels = load_caches(cfg, progress=False, splits=("val",))["val"].labels
     classes = np.unique(labels)
     if n < 1 or n > len(classes):
         raise RankingError(f"asked for {n} query examples from different classes; val has {len(classes)} classes (use 1..{len(classes)})")

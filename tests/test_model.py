@@ -1,6 +1,5 @@
 """The backbone registry, EmbeddingNet, and proof that the offline ImageNet weights load right."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,9 +8,9 @@ import torch
 from ranking_lib.backbones import BACKBONES, create_backbone
 from ranking_lib.data import TinyImageNet, load_or_build_cache
 from ranking_lib.errors import RankingError
-from ranking_lib.model import EmbeddingNet
+from ranking_lib.model import EmbeddingNet, imagenet_synsets
 
-SYNSETS = (Path(__file__).resolve().parents[1] / "ranking_lib" / "resources" / "imagenet_synsets.txt").read_text().split()
+SYNSETS = imagenet_synsets()
 
 
 def test_registry_names_and_unknown_backbone():
