@@ -11,6 +11,7 @@ run resumed from a checkpoint reproduces the uninterrupted run.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -71,6 +72,14 @@ def lr_factor(cfg: RunConfig, step: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The seeded order of the triplets in one epoch (computed once per epoch, not per step)."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    perm.setflags(write=False)
+    return perm
+
+
 def batch_triplets(triplets: np.ndarray, step: int, batch_size: int, seed: int) -> np.ndarray:
     """The triplets of `step`: walks a per-epoch seeded permutation of all triplets."""
     n = len(triplets)
@@ -78,8 +87,7 @@ def batch_triplets(triplets: np.ndarray, step: int, batch_size: int, seed: int) 
     out = []
     while len(out) < batch_size:
         epoch, offset = divmod(start + len(out), n)
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        take = perm[offset: offset + batch_size - len(out)]
+        take = _epoch_order(n, seed, epoch)[offset: offset + batch_size - len(out)]
         out.extend(take.tolist())
     return triplets[np.asarray(out)]
 
