@@ -3,6 +3,7 @@
 #   make report                # demo profile -> runs/demo/report.pdf
 #   make report PROFILE=sample RUN=runs/sample-1 DATA=../shared/tiny-imagenet-sample
 #   make test
+#   make bench DATA=data/tiny-imagenet-200
 
 PYTHON   ?= python3
 VENV     ?= .venv
@@ -15,7 +16,7 @@ NOTEBOOKS ?=
 RUN_ARGS := --profile $(PROFILE) --run-dir $(RUN) $(if $(DATA),--data-dir $(DATA)) \
             $(if $(SET),--set $(SET)) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))
 
-.PHONY: setup pdf-deps report html test test-fast demo-data notebooks check-notebooks clean
+.PHONY: setup pdf-deps report html test test-fast bench demo-data notebooks check-notebooks clean
 
 setup: $(VENV)/.installed pdf-deps
 
@@ -39,6 +40,17 @@ test: setup
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"
+
+# Benchmarks on the full data (each prints a table and writes benchmarks/results/*.json):
+#   make bench DATA=data/tiny-imagenet-200
+MALLOC_ENV := MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824
+bench: $(VENV)/.installed
+	@test -n "$(DATA)" || { echo "make bench needs DATA=<tiny-imagenet-200 directory>"; exit 2; }
+	$(PY) benchmarks/bench_search.py
+	$(PY) benchmarks/bench_embed.py --sizes 64 128 224 --images 1024
+	$(MALLOC_ENV) $(PY) benchmarks/bench_train.py --data-dir $(DATA) --max-classes 200 --input-size 128 \
+	    --batch-size 32 --steps 6 --freeze-stages 7
+	$(PY) benchmarks/bench_quality_time.py --data-dir $(DATA) --profile cpu --budget-min 15 --eval-every-min 3
 
 demo-data:
 	$(PY) data_scripts/make_demo_dataset.py --out runs/demo-data

@@ -143,7 +143,7 @@ def plot(curves: list[dict], info: dict, path: Path) -> None:
     fig.savefig(path, dpi=130)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, reexec: bool = False) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--profile", default="cpu")
@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     prof = load_profile(args.profile)
-    apply_profile_env(prof.get("env"))
+    if reexec:  # as a script; a caller of main() sets its own environment
+        apply_profile_env(prof.get("env"))
     fields = {k: v for k, v in prof.items() if k not in RUNNER_KEYS}
     cfg = RunConfig.from_dict({**fields, "data_dir": args.data_dir, "max_classes": args.max_classes,
                                "cache_dir": args.cache_dir, "run_dir": "/tmp/bench_quality_time"})
@@ -225,4 +226,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(reexec=True))
