@@ -271,24 +271,29 @@ class EmbeddingIndex:
         return (idx[0], dist[0]) if single else (idx, dist)
 
     # ------------------------------------------------------------------ torch path
-    def _exact_sorted(self, q_t, cand, k, largest, bad=None):
-        """Exact distances of candidate ids ``cand`` (B, C); returns the best k by
-        (exact distance, index). Entries flagged in ``bad`` (B, C) are pushed to the end."""
-        n_sub = max(
-            1, (64 * 1024 * 1024) // max(1, cand.shape[1] * self.dim * 4)
-        )  # ~64 MB gathers
-        dists = torch.empty(cand.shape, dtype=torch.float32)
+    def _exact_sorted(self, q, cand, k, largest, bad=None):
+        """Exact distances of candidate ids ``cand`` (B, C) for queries ``q`` (B, d); returns the
+        best k by (exact distance, index) as numpy arrays. Entries flagged in ``bad`` (B, C) are
+        pushed to the end.
+
+        Plain numpy (single-threaded): right after a FAISS search, FAISS's own OpenMP threads are
+        still spinning, and a multi-threaded re-rank would compete with them for the cores."""
+        q = np.asarray(q, dtype=np.float32)
+        cand = np.asarray(cand, dtype=np.int64)
+        n_sub = max(1, (64 * 1024 * 1024) // max(1, cand.shape[1] * self.dim * 4))  # ~64 MB gathers
+        dists = np.empty(cand.shape, dtype=np.float32)
         for s in range(0, cand.shape[0], n_sub):
-            diff = self._x[cand[s : s + n_sub]] - q_t[s : s + n_sub, None, :]
-            dists[s : s + n_sub] = diff.pow_(2).sum(-1).sqrt_()
+            diff = self.embeddings[cand[s : s + n_sub]]
+            diff -= q[s : s + n_sub, None, :]
+            np.sqrt(np.einsum("bcd,bcd->bc", diff, diff), out=dists[s : s + n_sub])
         if bad is not None:
-            dists.masked_fill_(bad, -math.inf if largest else math.inf)
+            dists[np.asarray(bad)] = -math.inf if largest else math.inf
         # sort by index first, then stable sort by distance -> ties resolved by lower index
-        order = torch.argsort(cand, dim=1)
-        cand = torch.gather(cand, 1, order)
-        dists = torch.gather(dists, 1, order)
-        order = torch.sort(dists, dim=1, descending=largest, stable=True).indices[:, :k]
-        return torch.gather(cand, 1, order), torch.gather(dists, 1, order)
+        order = np.argsort(cand, axis=1, kind="stable")
+        cand = np.take_along_axis(cand, order, 1)
+        dists = np.take_along_axis(dists, order, 1)
+        order = np.argsort(-dists if largest else dists, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(cand, order, 1), np.take_along_axis(dists, order, 1)
 
     def _torch_search(self, q, k, exclude, largest):
         n = len(self)
@@ -311,10 +316,10 @@ class EmbeddingIndex:
                     d2, n_cand, dim=1, largest=largest, sorted=False
                 ).indices
                 del d2
-                bad = None if ex_t is None else cand == ex_t[:, None]
-                idx, dist = self._exact_sorted(q_t, cand, k, largest, bad)
-                out_idx[s : s + len(q_t)] = idx.numpy()
-                out_dist[s : s + len(q_t)] = dist.numpy()
+                bad = None if ex_t is None else (cand == ex_t[:, None]).numpy()
+                idx, dist = self._exact_sorted(q[s : s + self.chunk_size], cand.numpy(), k, largest, bad)
+                out_idx[s : s + len(q_t)] = idx
+                out_dist[s : s + len(q_t)] = dist
         return out_idx, out_dist
 
     # ------------------------------------------------------------------ faiss path
@@ -351,26 +356,20 @@ class EmbeddingIndex:
         kk = min(len(self), k + margin + (1 if exclude is not None else 0))
         out_idx = np.empty((len(q), k), dtype=np.int64)
         out_dist = np.empty((len(q), k), dtype=np.float32)
-        with torch.no_grad():
-            for s in range(0, len(q), self.chunk_size):
-                qc = q[s : s + self.chunk_size]
-                _, ids = index.search(qc, kk)
-                ids_t = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
-                missing = (
-                    ids_t < 0
-                )  # approximate indexes may return fewer than kk results
-                ids_t = ids_t.masked_fill(missing, 0)
-                if exclude is not None:
-                    ex_t = torch.from_numpy(exclude[s : s + self.chunk_size])
-                    missing |= ids_t == ex_t[:, None]
-                idx, dist = self._exact_sorted(
-                    torch.from_numpy(qc), ids_t, k, False, missing
+        for s in range(0, len(q), self.chunk_size):
+            qc = q[s : s + self.chunk_size]
+            _, ids = index.search(qc, kk)
+            ids = np.asarray(ids, dtype=np.int64)
+            missing = ids < 0  # approximate indexes may return fewer than kk results
+            ids[missing] = 0
+            if exclude is not None:
+                missing |= ids == exclude[s : s + self.chunk_size, None]
+            idx, dist = self._exact_sorted(qc, ids, k, False, missing)
+            if np.isinf(dist).any():
+                raise RankingError(
+                    f"approximate backend {self.backend!r} returned fewer than k={k} results; "
+                    "raise nprobe / ef_search"
                 )
-                if torch.isinf(dist).any():
-                    raise RankingError(
-                        f"approximate backend {self.backend!r} returned fewer than k={k} results; "
-                        "raise nprobe / ef_search"
-                    )
-                out_idx[s : s + len(qc)] = idx.numpy()
-                out_dist[s : s + len(qc)] = dist.numpy()
+            out_idx[s : s + len(qc)] = idx
+            out_dist[s : s + len(qc)] = dist
         return out_idx, out_dist
