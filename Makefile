@@ -50,7 +50,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_embed.py --sizes 64 128 224 --images 1024
 	$(MALLOC_ENV) $(PY) benchmarks/bench_train.py --data-dir $(DATA) --max-classes 200 --input-size 128 \
 	    --batch-size 32 --steps 6 --freeze-stages 7
-	$(PY) benchmarks/bench_quality_time.py --data-dir $(DATA) --profile cpu --budget-min 15 --eval-every-min 3
+	$(PY) benchmarks/bench_quality_time.py --data-dir $(DATA) --profile cpu --budget-min 12 --eval-every-min 4 --val-queries 1000 --db-per-class 50
 
 demo-data:
 	$(PY) data_scripts/make_demo_dataset.py --out runs/demo-data
