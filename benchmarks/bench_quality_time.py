@@ -43,13 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ranking_lib.config import RUNNER_KEYS, RunConfig, load_profile
 from ranking_lib.data import TinyImageNet, load_or_build_cache
+from ranking_lib.errors import RankingError
 from ranking_lib.index import EmbeddingIndex
 from ranking_lib.metrics import precision_at_k
-from ranking_lib.model import build_model, init_head_from_classifier
+from ranking_lib.model import build_model
 from ranking_lib.samplers import TripletSampler
 from ranking_lib.stage_cache import compute_stage_features
 from ranking_lib.trainer import Trainer, resolve_device
-from ranking_lib.workflow import embed_images
+from ranking_lib.workflow import embed_images, initial_model
 
 K = 30
 
@@ -64,6 +65,9 @@ def apply_profile_env(env: dict | None) -> None:
 
 def eval_subsets(train_labels: np.ndarray, n_val: int, db_per_class: int, n_val_total: int, seed: int):
     rng = np.random.default_rng(seed)
+    smallest = int(np.bincount(train_labels).min())
+    if db_per_class > smallest:
+        raise RankingError(f"--db-per-class {db_per_class} exceeds the smallest class ({smallest} training images)")
     db = np.sort(np.concatenate([rng.choice(np.flatnonzero(train_labels == c), size=db_per_class, replace=False)
                                  for c in np.unique(train_labels)]))
     val = np.sort(rng.choice(n_val_total, size=min(n_val, n_val_total), replace=False))
@@ -80,14 +84,8 @@ def precision30(net, db_inputs, db_labels, q_inputs, q_labels, batch_size: int, 
 def train_curve(name: str, cfg: RunConfig, wnids, inputs, labels, triplets, evalset, budget_s: float,
                 every_s: float, t_offset: float, probe_steps: int, run_dir: Path) -> dict:
     """Train `cfg` for `budget_s` seconds of training time; evaluate every `every_s` seconds."""
-    def fresh_model():
-        torch.manual_seed(cfg.seed)
-        net = build_model(cfg)
-        init_head_from_classifier(net, wnids)
-        return net
-
     # probe: a few steps on a throw-away copy size the cosine schedule to the budget
-    probe = Trainer(cfg.replace(steps=10**6), fresh_model(), inputs, labels, triplets, run_dir / "probe")
+    probe = Trainer(cfg.replace(steps=10**6), initial_model(cfg, wnids), inputs, labels, triplets, run_dir / "probe")
     probe.model.train()
     probe.train_step(0)
     t0 = time.perf_counter()
@@ -97,7 +95,7 @@ def train_curve(name: str, cfg: RunConfig, wnids, inputs, labels, triplets, eval
     del probe
     steps = max(cfg.warmup_steps + 1, int(budget_s / step_s))
     cfg = cfg.replace(steps=steps)
-    trainer = Trainer(cfg, fresh_model(), inputs, labels, triplets, run_dir / name)
+    trainer = Trainer(cfg, initial_model(cfg, wnids), inputs, labels, triplets, run_dir / name)
     print(f"[{name}] probe {step_s * 1000:.0f} ms/step -> cosine schedule over {steps} steps "
           f"({budget_s / 60:.1f} min budget)", flush=True)
 
@@ -145,6 +143,14 @@ def plot(curves: list[dict], info: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None, reexec: bool = False) -> int:
+    try:
+        return run(argv, reexec)
+    except RankingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(argv: list[str] | None, reexec: bool) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--profile", default="cpu")
@@ -157,6 +163,9 @@ def main(argv: list[str] | None = None, reexec: bool = False) -> int:
     ap.add_argument("--probe-steps", type=int, default=5)
     ap.add_argument("--out", default="benchmarks/results/quality_time.json")
     args = ap.parse_args(argv)
+    for name in ("budget_min", "eval_every_min", "val_queries", "db_per_class", "probe_steps"):
+        if getattr(args, name) <= 0:
+            raise RankingError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(args, name)})")
 
     prof = load_profile(args.profile)
     if reexec:  # as a script; a caller of main() sets its own environment
@@ -179,16 +188,13 @@ def main(argv: list[str] | None = None, reexec: bool = False) -> int:
     # 1) the profile (frozen stages cached): its clock starts with the frozen-stage pass
     if cfg.cache_stage_features:
         net = build_model(cfg)
-        with torch.inference_mode():
-            probe = net.backbone.forward_stages(net.preprocess(torch.from_numpy(np.array(train.images[:1]))),
-                                                0, cfg.freeze_stages)
-        feats = np.empty((len(train),) + tuple(probe.shape[1:]), dtype=np.float16)
         t = time.perf_counter()
-        compute_stage_features(net, train.images, feats, cfg.embed_batch_size, device, progress=False)
+        feats = compute_stage_features(net, train.images, batch_size=cfg.embed_batch_size, device=device,
+                                       progress=False)
         build_s = time.perf_counter() - t
         print(f"[profile] frozen-stage outputs of {len(train)} training images: {build_s:.0f} s", flush=True)
-        q_feats = np.empty((len(q_ids),) + feats.shape[1:], dtype=np.float16)
-        compute_stage_features(net, val.images[q_ids], q_feats, cfg.embed_batch_size, device, progress=False)
+        q_feats = compute_stage_features(net, val.images[q_ids], batch_size=cfg.embed_batch_size, device=device,
+                                         progress=False)
         evalset = (feats[db_ids], db_lab, q_feats, q_lab)
         c = train_curve("profile", cfg, train.wnids, feats, train.labels, triplets, evalset, args.budget_min * 60,
                         args.eval_every_min * 60, build_s, args.probe_steps, run_dir)

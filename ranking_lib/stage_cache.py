@@ -46,15 +46,29 @@ def stage_features_file(cache: ImageCache, net: EmbeddingNet, pretrained: bool) 
 
 
 @torch.inference_mode()
-def compute_stage_features(net: EmbeddingNet, images: np.ndarray, out: np.ndarray, batch_size: int = 256,
-                           device: torch.device | str = "cpu", progress: bool = True, desc: str = "stage features") -> None:
-    """Fill `out` (N, C, H, W) float16 with stages [0, freeze_stages) of `net` on `images`."""
+def stage_features_shape(net: EmbeddingNet, images: np.ndarray, device: torch.device | str = "cpu") -> tuple:
+    """(N, C, H, W) of the frozen stages' outputs for `images` (one image is run to find out)."""
+    net = net.to(device).eval()
+    probe = net.backbone.forward_stages(net.preprocess(torch.from_numpy(np.array(images[:1])).to(device)),
+                                        0, net.freeze_stages)
+    return (len(images),) + tuple(probe.shape[1:])
+
+
+@torch.inference_mode()
+def compute_stage_features(net: EmbeddingNet, images: np.ndarray, out: np.ndarray | None = None,
+                           batch_size: int = 256, device: torch.device | str = "cpu", progress: bool = True,
+                           desc: str = "stage features") -> np.ndarray:
+    """Stages [0, freeze_stages) of `net` on `images`, as float16 (N, C, H, W): written into
+    `out` when given (e.g. a memory map), else into a new in-memory array. Returns it."""
+    if out is None:
+        out = np.empty(stage_features_shape(net, images, device), dtype=np.float16)
     net = net.to(device).eval()
     k = net.freeze_stages
     for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, unit="batch"):
         x = torch.from_numpy(np.array(images[i:i + batch_size])).to(device)
         f = net.backbone.forward_stages(net.preprocess(x), 0, k)
         out[i:i + len(x)] = f.float().cpu().numpy().astype(np.float16)
+    return out
 
 
 def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, pretrained: bool, batch_size: int = 256,
@@ -74,10 +88,7 @@ def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, pretraine
                 return arr
         except (OSError, ValueError):
             pass
-    with torch.inference_mode():
-        probe = net.to(device).eval().backbone.forward_stages(
-            net.preprocess(torch.from_numpy(np.array(cache.images[:1])).to(device)), 0, net.freeze_stages)
-    shape = (len(cache),) + tuple(probe.shape[1:])
+    shape = stage_features_shape(net, cache.images, device)
     t0 = time.perf_counter()
     with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)

@@ -86,16 +86,22 @@ def load_run_triplets(cfg: RunConfig, split: str, num_images: int) -> np.ndarray
     return load_triplets(run_path(cfg, f"triplets_{split}.npy"), num_images)
 
 
+def initial_model(cfg: RunConfig, wnids: list[str], progress: bool = False) -> EmbeddingNet:
+    """The network a training run starts from: `build_model`, then the head init of `cfg`."""
+    model = build_model(cfg)
+    if cfg.head_init == "classifier":
+        copied = init_head_from_classifier(model, wnids)
+        if progress:
+            print(f"head initialised from the ImageNet classifier rows of {copied} dataset classes")
+    return model
+
+
 def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: int | None = None) -> TrainResult:
     """Train the ranking network on the pre-sampled training triplets."""
     setup_torch(cfg)
     caches = load_caches(cfg, progress=False)
     triplets = load_run_triplets(cfg, "train", len(caches["train"]))
-    model = build_model(cfg)
-    if cfg.head_init == "classifier":
-        copied = init_head_from_classifier(model, caches["train"].wnids)
-        if progress:
-            print(f"head initialised from the ImageNet classifier rows of {copied} dataset classes")
+    model = initial_model(cfg, caches["train"].wnids, progress)
     inputs = stage_inputs(cfg, model, caches["train"], progress) if cfg.cache_stage_features else caches["train"].images
     trainer = Trainer(cfg, model, inputs, caches["train"].labels, triplets, cfg.run_dir)
     cfg.save(run_path(cfg, "config.json"))

@@ -6,7 +6,7 @@ import torch
 from ranking_lib import workflow
 from ranking_lib.config import RunConfig
 from ranking_lib.model import build_model
-from ranking_lib.stage_cache import load_or_build_stage_features
+from ranking_lib.stage_cache import compute_stage_features, load_or_build_stage_features
 
 
 def _cfg(sample_dir, cache_dir, run_dir, **kw):
@@ -26,6 +26,8 @@ def test_stage_features_match_the_full_forward_pass(sample_dir, sample_cache_dir
     assert feats.dtype == np.float16 and feats.shape[0] == len(caches["val"])
     again = load_or_build_stage_features(net, caches["val"], cfg.pretrained, progress=False)
     assert again.filename == feats.filename  # reused, not rebuilt
+    in_memory = compute_stage_features(net, caches["val"].images[:8], progress=False)  # allocates its output
+    assert isinstance(in_memory, np.ndarray) and np.array_equal(in_memory, feats[:8])
     imgs = torch.from_numpy(np.array(caches["val"].images[:8]))
     with torch.no_grad():
         full = net(imgs)
