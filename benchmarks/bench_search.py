@@ -84,7 +84,7 @@ def run_dim(args, d: int) -> list[dict]:
             "dim": d,
             "method": method,
             "build_s": round(build_s, 3),
-            "search_s": round(seconds, 3),
+            "search_s": round(seconds, 6),
             "queries_per_s": round(len(q) / seconds, 1) if seconds > 0 else None,
         }
         if ref is not None:

@@ -1,23 +1,31 @@
-"""Checkpoints: written atomically, checked against the model they are loaded into."""
+"""Checkpoints: written atomically, read without running code, checked against the model.
+
+A checkpoint is read with ``torch.load(weights_only=True)``: only tensors and plain containers
+(dict, list, tuple, str, numbers, None) are accepted, so a hostile file cannot run code.
+It is serialised in memory first and then written with the space reserved, so a full disk
+gives one line naming the file and the bytes needed, and the previous checkpoint stays intact.
+"""
 
 from __future__ import annotations
 
+import io
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ranking_lib.errors import CheckpointError
-from ranking_lib.fileio import atomic_path
+from ranking_lib.fileio import write_bytes
 
 FORMAT = "ranking_lib-checkpoint/1"
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write `payload` to `path` via a temp file + rename, so a crash never leaves half a file."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **payload}, tmp)
-    return Path(path)
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buf)
+    return write_bytes(path, buf.getbuffer())
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -25,7 +33,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path} (run the 'train' step first)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        glob = next((ln for ln in lines if "GLOBAL" in ln), None)
+        if glob:
+            raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors and plain "
+                                  f"data, which could run code ({glob[:160]})") from None
+        detail = next((ln for ln in lines if ln.startswith("Unsupported")), lines[-1] if lines else "")
+        raise CheckpointError(f"cannot read checkpoint {path}: not a checkpoint file, or damaged ({detail})") from None
     except Exception as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0]) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -81,18 +81,37 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 2 bad input / refused (one line on stderr), 1 an OS error (one line)."""
     args = build_parser().parse_args(argv)
     try:
         return run(args)
     except RankingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the environment, not the input: disk, permissions, ...
+        from ranking_lib.fileio import disk_full_error, is_disk_full
+
+        if is_disk_full(e):
+            print(f"error: {disk_full_error(e.filename or '.')}", file=sys.stderr)
+            return 2
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or type(e).__name__}{where}", file=sys.stderr)
+        return 1
 
 
 def run(args: argparse.Namespace) -> int:
     from ranking_lib import workflow
 
+    from ranking_lib.runlock import RunDirLock
+
     cfg = config_from_args(args)
+    if args.command == "query":  # reads only
+        return _run(args, cfg, workflow)
+    with RunDirLock(cfg.run_dir, f"python -m ranking_lib {args.command}"):
+        return _run(args, cfg, workflow)
+
+
+def _run(args: argparse.Namespace, cfg: RunConfig, workflow) -> int:
     progress = not args.quiet
     cmd = args.command
     if cmd in ("prepare", "all"):

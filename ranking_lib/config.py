@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from ranking_lib.errors import RankingError
-from ranking_lib.fileio import atomic_path
+from ranking_lib.fileio import write_json
 
 # Fields that define the network's shape: a checkpoint whose values differ cannot be loaded.
 ARCHITECTURE_FIELDS = ("backbone", "embedding_dim", "head", "normalize_embeddings")
@@ -37,10 +38,43 @@ def load_profile(name: str | Path) -> dict[str, Any]:
     if not path.is_file():
         avail = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
         raise RankingError(f"profile not found: {path} (available: {avail})")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RankingError(f"profile {path} is not valid YAML ({problem}{where})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RankingError(f"cannot read profile {path} ({e})") from None
     if not isinstance(data, dict):
         raise RankingError(f"profile {path} must be a mapping of settings")
     return {k: float(v) if isinstance(v, str) and _SCI.match(v) else v for k, v in data.items()}
+
+
+# Fields a resumed run may change: where files live, how often it logs, how it is evaluated.
+# Every other field shapes the training run, so a checkpoint made with another value is not
+# resumed (`steps` may grow: the run is extended and the change recorded).
+RESUME_FREE_FIELDS = frozenset({
+    "data_dir", "run_dir", "cache_dir", "skip_corrupt", "val_triplets", "device", "num_threads",
+    "num_workers", "checkpoint_every", "log_every", "ks", "train_eval_queries", "embed_batch_size",
+    "search_backend", "num_query_examples", "query_seed", "top_k_show", "channels_last", "steps",
+})
+
+
+def resume_differences(saved: dict[str, Any], cfg: "RunConfig") -> dict[str, tuple[Any, Any]]:
+    """{field: (checkpoint's value, cfg's value)} for the run-shaping fields that differ."""
+    now = cfg.to_dict()
+    out = {}
+    for name in cfg.field_names():
+        if name in RESUME_FREE_FIELDS or name not in saved:
+            continue
+        a, b = saved[name], now[name]
+        if isinstance(a, list) or isinstance(b, list):
+            a, b = list(a or []), list(b or [])
+        if a != b:
+            out[name] = (saved[name], now[name])
+    return out
 
 
 _TYPES = {"int": int, "float": float}
@@ -66,8 +100,12 @@ def _coerce(name: str, value: Any) -> Any:
     base = field_kind(name)
     try:
         if base in _TYPES and not isinstance(value, bool):
+            if isinstance(value, (list, tuple, dict)):
+                raise TypeError
             out = _TYPES[base](value)
             if base == "int" and isinstance(value, float) and out != value:
+                raise ValueError
+            if base == "float" and not math.isfinite(out):
                 raise ValueError
             return out
         if base == "bool":
@@ -76,9 +114,27 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, bool):
                 return value
             raise ValueError
-    except (TypeError, ValueError):
+        if base == "str":
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+        if base == "tuple":
+            if isinstance(value, (int, str)) and not isinstance(value, bool):
+                value = [value]
+            if not isinstance(value, (list, tuple)) or not value:
+                raise TypeError
+            return tuple(_coerce_int(v) for v in value)
+        if base in _TYPES:  # a bool where a number is expected
+            raise TypeError
+    except (TypeError, ValueError, OverflowError):
         raise RankingError(f"config field {name} expects {t}, got {value!r}") from None
     return value
+
+
+def _coerce_int(v: Any) -> int:
+    if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+        raise ValueError
+    return int(v)
 
 
 @dataclass
@@ -169,23 +225,43 @@ class RunConfig:
 
     # ---------------------------------------------------------------------------------
     def __post_init__(self) -> None:
-        self.ks = tuple(int(k) for k in self.ks)
+        for name in self.field_names():  # every field has its declared type, or one-line error
+            setattr(self, name, _coerce(name, getattr(self, name)))
         self.validate()
 
+    # fields with a lower bound: (name, minimum); None values are allowed where the type is `| None`
+    _MINIMUM = (
+        ("batch_size", 1), ("steps", 1), ("num_triplets", 1), ("val_triplets", 1), ("embedding_dim", 1),
+        ("input_size", 32), ("checkpoint_every", 1), ("log_every", 1), ("embed_batch_size", 1),
+        ("train_eval_queries", 1), ("top_k_show", 1), ("num_query_examples", 1), ("warmup_steps", 0),
+        ("freeze_stages", 0), ("num_workers", 0), ("seed", 0), ("query_seed", 0), ("num_threads", 1),
+        ("max_classes", 2), ("backbone_lr_scale", 0), ("weight_decay", 0), ("momentum", 0),
+    )
+
     def validate(self) -> None:
+        """Check every field once, before any work starts; the first problem is one RankingError."""
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise RankingError(msg)
 
+        for name, low in self._MINIMUM:
+            v = getattr(self, name)
+            if v is not None:
+                hint = " (use --model baseline to evaluate the untrained network)" if name == "steps" else ""
+                need(v >= low, f"{name} must be >= {low} (got {v}){hint}")
         need(self.gap > 0, f"gap must be > 0 (got {self.gap})")
-        need(self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})")
-        need(self.steps >= 0, f"steps must be >= 0 (got {self.steps})")
         need(self.lr > 0, f"lr must be > 0 (got {self.lr})")
-        need(self.backbone_lr_scale >= 0, f"backbone_lr_scale must be >= 0 (got {self.backbone_lr_scale})")
-        need(self.num_triplets >= 1, f"num_triplets must be >= 1 (got {self.num_triplets})")
-        need(self.val_triplets >= 1, f"val_triplets must be >= 1 (got {self.val_triplets})")
-        need(self.embedding_dim >= 1, f"embedding_dim must be >= 1 (got {self.embedding_dim})")
-        need(self.input_size >= 32, f"input_size must be >= 32 (got {self.input_size})")
+        need(self.momentum < 1, f"momentum must be < 1 (got {self.momentum})")
+        need(self.input_size <= 1024, f"input_size must be <= 1024 (got {self.input_size})")
+        for name in ("data_dir", "run_dir"):
+            need(bool(getattr(self, name).strip()), f"{name} must not be empty")
+        need(self.cache_dir is None or bool(self.cache_dir.strip()), "cache_dir must not be empty (omit it for the default)")
+        from ranking_lib.backbones import BACKBONES  # noqa: PLC0415 - the registry, not a cycle
+        from ranking_lib.index import BACKENDS  # noqa: PLC0415
+
+        need(self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)} (got {self.backbone!r})")
+        need(self.search_backend in BACKENDS,
+             f"search_backend must be one of {', '.join(BACKENDS)} (got {self.search_backend!r})")
         need(self.optimizer in ("sgd", "adam", "adamw"),
              f"optimizer must be sgd, adam or adamw (got {self.optimizer!r})")
         need(self.lr_schedule in ("cosine", "constant"),
@@ -198,14 +274,8 @@ class RunConfig:
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"device must be auto, cpu or cuda (got {self.device!r})")
         need(all(k >= 1 for k in self.ks) and len(self.ks) > 0, f"ks must be >= 1 (got {self.ks})")
-        need(self.max_classes is None or self.max_classes >= 2,
-             f"max_classes must be >= 2 (got {self.max_classes})")
-        need(self.freeze_stages >= 0, f"freeze_stages must be >= 0 (got {self.freeze_stages})")
         need(not self.cache_stage_features or self.freeze_stages >= 1,
              "cache_stage_features needs freeze_stages >= 1")
-        need(self.top_k_show >= 1, f"top_k_show must be >= 1 (got {self.top_k_show})")
-        need(self.num_query_examples >= 1, f"num_query_examples must be >= 1 (got {self.num_query_examples})")
-        need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1 (got {self.checkpoint_every})")
 
     # --- conversion -------------------------------------------------------------------
     @classmethod
@@ -228,15 +298,23 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
     def save(self, path: str | Path) -> None:
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
         path = Path(path)
         if not path.is_file():
             raise RankingError(f"config file not found: {path}")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise RankingError(f"config file {path} is not valid JSON ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise RankingError(f"config file {path} must hold a JSON object of settings, not {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except RankingError as e:
+            raise RankingError(f"config file {path}: {e}") from None
 
     @property
     def run_path(self) -> Path:

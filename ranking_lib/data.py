@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ranking_lib.errors import CorruptImageError, DatasetError
-from ranking_lib.fileio import atomic_path
+from ranking_lib.fileio import atomic_path, content_crc32, ensure_dir, reserve, sweep_stale_temps, write_text
 
 __all__ = [
     "TinyImageNet",
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the meta file holds a CRC-32 of the pixels
 # Use worker processes to decode when a split has at least this many images.
 _POOL_MIN_IMAGES = 4000
 
@@ -306,6 +306,24 @@ def _cache_files(cache_dir: Path, split: str, image_size: int) -> tuple[Path, Pa
     return cache_dir / f"{stem}_images.npy", cache_dir / f"{stem}_meta.json"
 
 
+_verified: dict[tuple, int] = {}  # (file, size, mtime, inode) -> crc already checked in this process
+
+
+def verify_content(path: Path, arr: np.ndarray, expected: int | None) -> str | None:
+    """None when `arr` (memory-mapped from `path`) has the CRC-32 `expected`; else the reason."""
+    if expected is None:
+        return f"{path.name} has no content checksum"
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if _verified.get(key) == expected:
+        return None
+    crc = content_crc32(arr)
+    if crc != expected:
+        return f"{path} is damaged or was modified (content checksum {crc:08x}, expected {expected:08x})"
+    _verified[key] = crc
+    return None
+
+
 def _try_load(npy: Path, meta_file: Path, fingerprint: str, image_size: int):
     """Return (ImageCache-args dict, None) when the cache is valid, else (None, reason)."""
     if not meta_file.is_file():
@@ -330,15 +348,11 @@ def _try_load(npy: Path, meta_file: Path, fingerprint: str, image_size: int):
     expected = (len(paths), image_size, image_size, 3)
     if images.shape != expected or images.dtype != np.uint8:
         return None, f"image array shape {images.shape} != expected {expected}"
+    damaged = verify_content(npy, images, meta.get("crc32"))
+    if damaged:
+        return None, damaged
     return dict(images=images, labels=labels, paths=paths, wnids=meta.get("wnids", []),
                 class_names=meta.get("class_names", []), skipped=meta.get("skipped", [])), None
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _unlink_quiet(path) -> None:
@@ -374,6 +388,7 @@ def _build(dataset, split, items, npy, meta_file, fingerprint, skip_corrupt, ima
     with atomic_path(npy) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                         shape=(len(items), image_size, image_size, 3))
+        reserve(tmp, target=npy)  # a full disk: one line now, not a SIGBUS in the memory map
         n = 0
         bar = tqdm(total=len(jobs), desc=f"decoding {split} images", unit="img",
                    disable=not progress, leave=False)
@@ -399,9 +414,11 @@ def _build(dataset, split, items, npy, meta_file, fingerprint, skip_corrupt, ima
             with atomic_path(tmp) as tmp2:
                 dst = np.lib.format.open_memmap(tmp2, mode="w+", dtype=np.uint8,
                                                 shape=(n, image_size, image_size, 3))
+                reserve(tmp2, target=npy)
                 dst[:] = src[:n]
                 dst.flush()
                 del dst, src
+        crc = content_crc32(np.load(tmp, mmap_mode="r"))
     paths = [items[i][0] for i in kept_idx]
     labels = [int(items[i][1]) for i in kept_idx]
     meta = {
@@ -415,9 +432,10 @@ def _build(dataset, split, items, npy, meta_file, fingerprint, skip_corrupt, ima
         "class_names": dataset.class_names,
         "skipped": skipped,
         "fingerprint": fingerprint,
+        "crc32": crc,
         "complete": True,
     }
-    _atomic_write_text(meta_file, json.dumps(meta))
+    write_text(meta_file, json.dumps(meta))
     if skipped:
         logger.warning("skipped %d corrupt images (first: %s)", len(skipped), skipped[0])
     return paths, labels, skipped
@@ -445,10 +463,8 @@ def load_or_build_cache(
     image_size = int(image_size)
     items = dataset.items(split)
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(dataset.root)
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DatasetError(f"cannot create cache directory {cache_dir} ({exc.strerror})") from None
+    ensure_dir(cache_dir, "cache directory")
+    sweep_stale_temps(cache_dir)
     npy, meta_file = _cache_files(cache_dir, split, image_size)
     fingerprint = _fingerprint(dataset, split, items, image_size)
 

@@ -15,3 +15,11 @@ class CorruptImageError(DatasetError):
 
 class CheckpointError(RankingError):
     """A checkpoint is missing, unreadable or does not match the model being built."""
+
+
+class DiskFullError(RankingError):
+    """The filesystem has no room for a file the pipeline writes."""
+
+
+class RunDirBusyError(RankingError):
+    """Another process is writing into the same run directory."""

@@ -9,13 +9,14 @@ A triplet is three row indices into one split's image cache: (query, positive, n
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from ranking_lib.errors import RankingError
-from ranking_lib.fileio import atomic_path
+from ranking_lib.fileio import atomic_path, write_json
 
 
 class TripletSampler:
@@ -24,9 +25,12 @@ class TripletSampler:
     Args:
         labels: class index of every image, shape (N,).
         seed: seeds the generator; the same labels and seed give the same triplets.
+        class_ids: names of the classes by label (e.g. wnids), used in error messages.
+        split: the split the labels come from, used in error messages.
     """
 
-    def __init__(self, labels: np.ndarray, seed: int = 0) -> None:
+    def __init__(self, labels: np.ndarray, seed: int = 0, class_ids: list[str] | None = None,
+                 split: str | None = None) -> None:
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) == 0:
             raise RankingError("TripletSampler needs a non-empty 1-D label array")
@@ -34,12 +38,17 @@ class TripletSampler:
         self.seed = int(seed)
         order = np.argsort(self.labels, kind="stable")
         classes, starts, counts = np.unique(self.labels[order], return_index=True, return_counts=True)
+        where = f" of the {split} split" if split else ""
         if len(classes) < 2:
-            raise RankingError("triplet sampling needs at least 2 classes (out-of-class negatives)")
+            raise RankingError(f"triplet sampling needs at least 2 classes{where} (out-of-class negatives)")
         small = classes[counts < 2]
         if len(small):
+            c = int(small[0])
+            name = f"{class_ids[c]} (label {c})" if class_ids is not None and 0 <= c < len(class_ids) else f"label {c}"
+            more = f"; {len(small) - 1} more such classes" if len(small) > 1 else ""
             raise RankingError(
-                f"class {int(small[0])} has fewer than 2 images: no positive can be drawn for it"
+                f"class {name}{where} has {int(counts[counts < 2][0])} image(s): "
+                f"no positive can be drawn for it{more}"
             )
         self._order = order  # image indices grouped by class
         self._classes = classes
@@ -74,11 +83,17 @@ class TripletSampler:
 def save_triplets(path: str | Path, triplets: np.ndarray, meta: dict | None = None) -> Path:
     """Save triplets as ``.npy`` (atomically) with a ``.json`` sidecar describing them."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        np.save(tmp, np.asarray(triplets, dtype=np.int64))
+    arr = np.ascontiguousarray(triplets, dtype=np.int64)
     side = path.with_suffix(".json")
-    side.write_text(json.dumps({"num_triplets": int(len(triplets)), **(meta or {})}, indent=2))
+    side.unlink(missing_ok=True)  # never a sidecar vouching for other triplets
+    with atomic_path(path, need=arr.nbytes + 128) as tmp:
+        np.save(tmp, arr)
+    write_json(side, {"num_triplets": int(len(arr)), "sha256": _digest(arr), **(meta or {})})
     return path
+
+
+def _digest(arr: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(arr, dtype=np.int64)).hexdigest()
 
 
 def load_triplets(path: str | Path, num_images: int | None = None) -> np.ndarray:
@@ -86,9 +101,21 @@ def load_triplets(path: str | Path, num_images: int | None = None) -> np.ndarray
     path = Path(path)
     if not path.is_file():
         raise RankingError(f"triplet file not found: {path} (run the 'sample' step first)")
-    t = np.load(path)
-    if t.ndim != 2 or t.shape[1] != 3:
-        raise RankingError(f"triplet file {path} has shape {t.shape}, expected (N, 3)")
+    try:
+        t = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise RankingError(f"triplet file {path} is unreadable ({str(e).splitlines()[0]}); re-run 'sample'") from None
+    if t.ndim != 2 or t.shape[1] != 3 or t.dtype.kind not in "iu":
+        raise RankingError(f"triplet file {path} has shape {t.shape} ({t.dtype}), expected (N, 3) integers")
+    try:
+        side = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        side = None
+    if not isinstance(side, dict):
+        raise RankingError(f"triplet file {path} has no readable sidecar {path.with_suffix('.json').name}; re-run 'sample'")
+    if "sha256" in side and side["sha256"] != _digest(t):
+        raise RankingError(f"triplet file {path} is damaged or was modified (its checksum differs from "
+                           f"{path.with_suffix('.json').name}); re-run 'sample'")
     if num_images is not None and (t.min() < 0 or t.max() >= num_images):
         raise RankingError(
             f"triplet file {path} indexes images up to {int(t.max())} but the split has "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -21,12 +22,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ranking_lib.data import ImageCache
+from ranking_lib.data import ImageCache, verify_content
 from ranking_lib.errors import RankingError
-from ranking_lib.fileio import atomic_path
+from ranking_lib.fileio import atomic_path, content_crc32, reserve, write_json
 from ranking_lib.model import EmbeddingNet
 
 FORMAT = 1
+logger = logging.getLogger(__name__)
 
 
 def _key(net: EmbeddingNet, cache: ImageCache, pretrained: bool) -> str:
@@ -66,9 +68,32 @@ def compute_stage_features(net: EmbeddingNet, images: np.ndarray, out: np.ndarra
     k = net.freeze_stages
     for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, unit="batch"):
         x = torch.from_numpy(np.array(images[i:i + batch_size])).to(device)
-        f = net.backbone.forward_stages(net.preprocess(x), 0, k)
-        out[i:i + len(x)] = f.float().cpu().numpy().astype(np.float16)
+        f = net.backbone.forward_stages(net.preprocess(x), 0, k).float().cpu().numpy().astype(np.float16)
+        bad = ~np.isfinite(f).reshape(len(f), -1).all(axis=1)
+        if bad.any():
+            raise RankingError(f"frozen stages gave non-finite values for image {i + int(np.argmax(bad))} "
+                               f"({desc}); the input images or the backbone weights are damaged")
+        out[i:i + len(x)] = f
     return out
+
+
+def sidecar(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _load_checked(path: Path, n: int) -> tuple[np.ndarray | None, str]:
+    """The memory-mapped features at `path` if whole and undamaged, else (None, reason)."""
+    if not path.is_file():
+        return None, "not built yet"
+    try:
+        meta = json.loads(sidecar(path).read_text())
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        return None, f"{path.name} or its sidecar unreadable ({type(e).__name__})"
+    if arr.shape[0] != n or arr.dtype != np.float16 or list(arr.shape) != meta.get("shape"):
+        return None, f"{path.name} has shape {arr.shape}, expected {meta.get('shape')} for {n} images"
+    damaged = verify_content(path, arr, meta.get("crc32"))
+    return (None, damaged) if damaged else (arr, "")
 
 
 def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, pretrained: bool, batch_size: int = 256,
@@ -81,22 +106,24 @@ def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, pretraine
     if net.freeze_stages < 1:
         raise RankingError("stage features need freeze_stages >= 1")
     path = stage_features_file(cache, net, pretrained)
-    if path.is_file():
-        try:
-            arr = np.load(path, mmap_mode="r")
-            if arr.shape[0] == len(cache) and arr.dtype == np.float16:
-                return arr
-        except (OSError, ValueError):
-            pass
+    arr, reason = _load_checked(path, len(cache))
+    if arr is not None:
+        return arr
+    if reason != "not built yet":
+        logger.warning("rebuilding frozen-stage features: %s", reason)
     shape = stage_features_shape(net, cache.images, device)
     t0 = time.perf_counter()
+    sidecar(path).unlink(missing_ok=True)
     with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        reserve(tmp, target=path)  # a full disk: one line now, not a SIGBUS in the memory map
         compute_stage_features(net, cache.images, out, batch_size, device, progress,
                                desc=f"frozen stages ({cache.split})")
         out.flush()
+        crc = content_crc32(out)
         del out
+    write_json(sidecar(path), {"shape": list(shape), "crc32": crc, "source": str(cache.cache_file)})
     if progress:
         print(f"computed frozen-stage features of {len(cache)} {cache.split} images "
               f"{shape[1:]} in {time.perf_counter() - t0:.1f} s -> {path.name}")
-    return np.load(path, mmap_mode="r")
+    return np.load(path, mmap_mode="r", allow_pickle=False)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
+import io
 import math
 import time
 from dataclasses import dataclass
@@ -23,8 +25,9 @@ from tqdm.auto import tqdm
 
 from ranking_lib.augment import flip_and_shift
 from ranking_lib.checkpoint import load_model_state, read_checkpoint, save_checkpoint
-from ranking_lib.config import RunConfig
+from ranking_lib.config import RunConfig, resume_differences
 from ranking_lib.errors import CheckpointError, RankingError
+from ranking_lib.fileio import disk_full_error, is_disk_full, write_text
 from ranking_lib.losses import RankingLoss
 from ranking_lib.miners import batch_hard_negatives
 from ranking_lib.model import EmbeddingNet
@@ -37,7 +40,12 @@ class TrainResult:
     steps: int
     wall_s: float
     triplets_per_s: float
-    final_loss: float
+    final_loss: float | None
+    steps_run: int = 0
+    """Steps run by this call (0 when the checkpoint had already reached cfg.steps)."""
+    resumed_from: int | None = None
+    steps_history: list | None = None
+    """[[at_step, steps], ...]: the run's total steps, and the step at which each was set."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -118,12 +126,15 @@ class Trainer:
                               if self.device.type == "cuda" else None)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         self.triplets = np.asarray(triplets)
+        self.triplets_sha256 = hashlib.sha256(np.ascontiguousarray(self.triplets, dtype=np.int64)).hexdigest()
         self.loss_fn = RankingLoss(cfg.gap, cfg.squared_distance)
         self.optimizer = build_optimizer(cfg, self.model)
         self.run_dir = Path(run_dir or cfg.run_dir)
         self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
         self.loss_log_path = self.run_dir / "loss_log.csv"
         self.step = 0
+        self.resumed_from: int | None = None
+        self.steps_history: list[list[int]] = [[0, cfg.steps]]
 
     # ---- checkpoints ---------------------------------------------------------------
     def save(self) -> Path:
@@ -134,32 +145,71 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "sampler_seed": self.cfg.seed,
             "architecture": self.model.architecture(),
+            "triplets_sha256": self.triplets_sha256,
+            "steps_history": self.steps_history,
         })
 
     def resume(self) -> bool:
-        """Continue from `checkpoints/last.pt` if it exists; returns whether it did."""
+        """Continue from `checkpoints/last.pt` if it exists; returns whether it did.
+
+        Refused, in one line, when the checkpoint was made with other settings that shape the
+        run (see `config.resume_differences`), from other triplets, or is already past
+        cfg.steps. A larger cfg.steps extends the run and is recorded in `steps_history`.
+        """
         if not self.checkpoint_path.is_file():
             return False
-        ckpt = read_checkpoint(self.checkpoint_path)
-        load_model_state(self.model, ckpt, self.checkpoint_path)
+        path = self.checkpoint_path
+        ckpt = read_checkpoint(path)
+        step = int(ckpt.get("step", 0))
+        start_over = "resume with the same settings, or start over with --no-resume (or another --run-dir)"
+        saved = ckpt.get("config")
+        if isinstance(saved, dict):
+            diff = resume_differences(saved, self.cfg)
+            if diff:
+                desc = ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
+                raise CheckpointError(f"checkpoint {path} (step {step}) was trained with other settings: "
+                                      f"{desc}; {start_over}")
         if ckpt.get("sampler_seed") != self.cfg.seed:
             raise CheckpointError(
-                f"checkpoint {self.checkpoint_path} was trained with seed {ckpt.get('sampler_seed')}, "
-                f"this run uses seed {self.cfg.seed}; use another run_dir or the same seed")
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.step = int(ckpt["step"])
+                f"checkpoint {path} was trained with seed {ckpt.get('sampler_seed')}, "
+                f"this run uses seed {self.cfg.seed}; {start_over}")
+        if ckpt.get("triplets_sha256", self.triplets_sha256) != self.triplets_sha256:
+            raise CheckpointError(f"checkpoint {path} (step {step}) was trained on other triplets than "
+                                  f"{self.run_dir / 'triplets_train.npy'} (re-sampled since?); {start_over}")
+        if step > self.cfg.steps:
+            raise CheckpointError(f"checkpoint {path} is at step {step}, past steps={self.cfg.steps}; pass "
+                                  f"--steps {step} or more to go on, or start over with --no-resume")
+        load_model_state(self.model, ckpt, path)
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint {path}: optimizer state does not fit "
+                                  f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); {start_over}") from None
+        self.step = self.resumed_from = step
+        history = ckpt.get("steps_history") or [[0, self.cfg.steps]]
+        if history[-1][1] != self.cfg.steps:
+            history = history + [[step, self.cfg.steps]]
+        self.steps_history = [list(map(int, h)) for h in history]
         self._truncate_log(self.step)
         return True
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log rows written after the checkpoint we resume from."""
+        """Keep only the log rows of steps before `step` (all of them go when step is 0)."""
+        rows = [["step", "loss", "lr", "elapsed_s"]]
+        if step > 0 and self.loss_log_path.is_file():
+            with open(self.loss_log_path, newline="") as f:
+                old = list(csv.reader(f))
+            rows += [r for r in old[1:] if r and int(r[0]) < step]
+        out = io.StringIO()
+        csv.writer(out).writerows(rows)
+        write_text(self.loss_log_path, out.getvalue())
+
+    def _last_logged_loss(self) -> float | None:
         if not self.loss_log_path.is_file():
-            return
+            return None
         with open(self.loss_log_path, newline="") as f:
-            rows = list(csv.reader(f))
-        keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < step]
-        with open(self.loss_log_path, "w", newline="") as f:
-            csv.writer(f).writerows(keep)
+            rows = [r for r in csv.reader(f)][1:]
+        return float(rows[-1][1]) if rows else None
 
     # ---- one step --------------------------------------------------------------------
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,15 +257,11 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------------
     def fit(self, resume: bool = True, stop_at: int | None = None, progress: bool = True) -> TrainResult:
         """Train until cfg.steps (or `stop_at`, to simulate an interruption)."""
-        if resume:
-            self.resume()
+        if not (resume and self.resume()):
+            self._truncate_log(0)  # a fresh start: no rows of an earlier attempt survive
         end = self.cfg.steps if stop_at is None else min(stop_at, self.cfg.steps)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        new_log = not self.loss_log_path.is_file()
         log = open(self.loss_log_path, "a", newline="")
         writer = csv.writer(log)
-        if new_log:
-            writer.writerow(["step", "loss", "lr", "elapsed_s"])
         self.model.train()
         t0 = time.perf_counter()
         start_step, loss = self.step, float("nan")
@@ -235,10 +281,21 @@ class Trainer:
                 if self.step % self.cfg.checkpoint_every == 0 and self.step < end:
                     log.flush()
                     self.save()
+            log.flush()
+        except OSError as e:  # the loss log's own writes
+            if is_disk_full(e):
+                raise disk_full_error(self.loss_log_path) from None
+            raise
         finally:
-            log.close()
-        self.save()
-        wall = time.perf_counter() - t0
+            try:
+                log.close()
+            except OSError:
+                pass
         done = self.step - start_step
+        if done or not self.checkpoint_path.is_file():
+            self.save()
+        wall = time.perf_counter() - t0
+        final = loss if done else self._last_logged_loss()
         return TrainResult(self.checkpoint_path, self.loss_log_path, self.step, wall,
-                           done * self.cfg.batch_size / wall if wall > 0 else 0.0, loss)
+                           done * self.cfg.batch_size / wall if wall > 0 and done else 0.0,
+                           final, done, self.resumed_from, self.steps_history)

@@ -11,6 +11,7 @@ Every step reads what earlier steps wrote into ``cfg.run_dir``:
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -29,9 +30,11 @@ from ranking_lib.data import (
     load_or_build_cache,
 )
 from ranking_lib.errors import RankingError
+from ranking_lib.fileio import ensure_dir, write_json
 from ranking_lib.index import EmbeddingIndex
 from ranking_lib.metrics import retrieval_metrics, triplet_accuracy_from_index
 from ranking_lib.model import EmbeddingNet, build_model, init_head_from_classifier
+from ranking_lib.runlock import RunDirLock
 from ranking_lib.samplers import TripletSampler, load_triplets, save_triplets
 from ranking_lib.stage_cache import load_or_build_stage_features
 from ranking_lib.trainer import Trainer, TrainResult, resolve_device
@@ -48,8 +51,17 @@ def setup_torch(cfg: RunConfig) -> None:
 
 def run_path(cfg: RunConfig, *parts: str) -> Path:
     p = Path(cfg.run_dir).joinpath(*parts)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(p.parent, "run directory")
     return p
+
+
+def writes_run_dir(step):
+    """Run `step(cfg, ...)` holding the run directory's lock (one writer per run dir)."""
+    @functools.wraps(step)
+    def locked(cfg: RunConfig, *args, **kwargs):
+        with RunDirLock(cfg.run_dir, step.__name__):
+            return step(cfg, *args, **kwargs)
+    return locked
 
 
 def load_dataset(cfg: RunConfig) -> TinyImageNet:
@@ -63,6 +75,7 @@ def load_caches(cfg: RunConfig, progress: bool = True, splits: tuple[str, ...] =
 
 
 # ---- steps ---------------------------------------------------------------------------
+@writes_run_dir
 def prepare(cfg: RunConfig, progress: bool = True) -> dict[str, ImageCache]:
     """Build (or verify) the decoded uint8 caches of train and val; save the run config."""
     caches = load_caches(cfg, progress)
@@ -70,12 +83,13 @@ def prepare(cfg: RunConfig, progress: bool = True) -> dict[str, ImageCache]:
     return caches
 
 
+@writes_run_dir
 def sample(cfg: RunConfig) -> dict[str, np.ndarray]:
     """Sample training triplets (train split) and evaluation triplets (val split only)."""
     caches = load_caches(cfg, progress=False)
     out = {}
     for split, n, seed in (("train", cfg.num_triplets, cfg.seed), ("val", cfg.val_triplets, cfg.seed + 1)):
-        t = TripletSampler(caches[split].labels, seed=seed).sample(n)
+        t = TripletSampler(caches[split].labels, seed=seed, class_ids=caches[split].wnids, split=split).sample(n)
         save_triplets(run_path(cfg, f"triplets_{split}.npy"), t,
                       {"split": split, "seed": seed, "num_images": len(caches[split])})
         out[split] = t
@@ -96,9 +110,21 @@ def initial_model(cfg: RunConfig, wnids: list[str], progress: bool = False) -> E
     return model
 
 
+# What a training run produces: a fresh start (resume=False) removes them all first.
+TRAINED_OUTPUTS = ("checkpoints/last.pt", "loss_log.csv", "train_summary.json", "metrics_trained.json",
+                   "embeddings_trained_train.npz", "embeddings_trained_val.npz")
+
+
+@writes_run_dir
 def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: int | None = None) -> TrainResult:
-    """Train the ranking network on the pre-sampled training triplets."""
+    """Train the ranking network on the pre-sampled training triplets.
+
+    Resumes from ``checkpoints/last.pt`` when it exists (see `Trainer.resume` for what is
+    refused); ``resume=False`` first removes everything an earlier training run wrote."""
     setup_torch(cfg)
+    if not resume:
+        for rel in TRAINED_OUTPUTS:
+            Path(cfg.run_dir, rel).unlink(missing_ok=True)
     caches = load_caches(cfg, progress=False)
     triplets = load_run_triplets(cfg, "train", len(caches["train"]))
     model = initial_model(cfg, caches["train"].wnids, progress)
@@ -107,7 +133,7 @@ def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: i
     cfg.save(run_path(cfg, "config.json"))
     result = trainer.fit(resume=resume, stop_at=stop_at, progress=progress)
     summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
-    run_path(cfg, "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(run_path(cfg, "train_summary.json"), summary)
     return result
 
 
@@ -157,6 +183,7 @@ def embeddings_path(cfg: RunConfig, model: str, split: str) -> Path:
     return run_path(cfg, f"embeddings_{model}_{split}.npz")
 
 
+@writes_run_dir
 def embed(cfg: RunConfig, model: str = "trained", progress: bool = True) -> dict[str, Path]:
     """Embed the train split (the database) and the val split (the queries)."""
     setup_torch(cfg)
@@ -185,6 +212,7 @@ def load_index(cfg: RunConfig, model: str, split: str) -> EmbeddingIndex:
     return EmbeddingIndex.load(path, backend=cfg.search_backend)
 
 
+@writes_run_dir
 def evaluate(cfg: RunConfig, model: str = "trained") -> dict[str, dict]:
     """All metrics on train and val; written to ``metrics_<model>.json``.
 
@@ -208,8 +236,7 @@ def evaluate(cfg: RunConfig, model: str = "trained") -> dict[str, dict]:
         else:
             m.update(retrieval_metrics(db, val.embeddings, val.labels, ks=cfg.ks))
         metrics[split] = m
-    out = run_path(cfg, f"metrics_{model}.json")
-    out.write_text(json.dumps({"model": model, "config": cfg.to_dict(), **metrics}, indent=2) + "\n")
+    write_json(run_path(cfg, f"metrics_{model}.json"), {"model": model, "config": cfg.to_dict(), **metrics})
     return metrics
 
 

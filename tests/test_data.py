@@ -392,6 +392,7 @@ def test_default_cache_dir(ds_root, tmp_path, monkeypatch):
 def test_real_sample(tmp_path):
     if not (SAMPLE / "wnids.txt").is_file():
         pytest.skip(f"tiny-imagenet sample not found at {SAMPLE}")
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in SAMPLE.rglob("*"))
     ds = TinyImageNet(SAMPLE)
     assert ds.num_classes == 20
     assert len(ds.items("train")) == 2000 and len(ds.items("val")) == 1000
@@ -401,4 +402,4 @@ def test_real_sample(tmp_path):
         assert cache.images.dtype == np.uint8
         assert np.bincount(cache.labels, minlength=20).tolist() == [n // 20] * 20
         assert cache.skipped == []
-    assert not (SAMPLE / ".ranking_cache").exists()
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in SAMPLE.rglob("*")) == before  # nothing written there

@@ -56,8 +56,10 @@ def test_positive_uniform_within_class():
 def test_bad_labels():
     with pytest.raises(RankingError, match="at least 2 classes"):
         TripletSampler(np.zeros(10, dtype=int))
-    with pytest.raises(RankingError, match="fewer than 2 images"):
+    with pytest.raises(RankingError, match=r"^class label 1 has 1 image\(s\): no positive"):
         TripletSampler(np.array([0, 0, 1]))
+    with pytest.raises(RankingError, match=r"^class n02 \(label 1\) of the val split has 1 image\(s\).*1 more"):
+        TripletSampler(np.array([0, 0, 1, 2]), class_ids=["n01", "n02", "n03"], split="val")
     with pytest.raises(RankingError, match="num_triplets"):
         TripletSampler(np.array([0, 0, 1, 1])).sample(0)
 
@@ -70,3 +72,19 @@ def test_save_load_round_trip_and_mismatch(tmp_path):
         load_triplets(path, num_images=int(t.max()))
     with pytest.raises(RankingError, match="not found"):
         load_triplets(tmp_path / "missing.npy")
+
+
+def test_damaged_or_edited_triplets_are_refused(tmp_path):
+    t = TripletSampler(_labels(10, 20), seed=3).sample(100)
+    path = save_triplets(tmp_path / "t.npy", t)
+    edited = t.copy()
+    edited[5, 2] = edited[5, 1]  # a negative replaced by the positive: still in range, still (N, 3)
+    np.save(path, edited)
+    with pytest.raises(RankingError, match="damaged or was modified"):
+        load_triplets(path, num_images=200)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(RankingError, match="no readable sidecar"):
+        load_triplets(path)
+    np.save(path, t.astype(np.float64))
+    with pytest.raises(RankingError, match=r"expected \(N, 3\) integers"):
+        load_triplets(path)
