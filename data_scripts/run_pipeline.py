@@ -58,7 +58,10 @@ def _scalar(value: str):
     """YAML value, with numbers like 1e-4 (a string in YAML 1.1) read as floats."""
     import yaml
 
-    v = yaml.safe_load(value) if value.strip() else None
+    try:
+        v = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise RunnerError(f"--set value {value!r} is not valid YAML ({getattr(e, 'problem', None) or e})") from None
     if isinstance(v, str):
         try:
             return float(v)
@@ -104,6 +107,9 @@ def resolve_settings(args) -> tuple[dict, dict]:
         settings["run_dir"] = str((ROOT / "runs" / Path(args.profile).stem).resolve())
     if "data_dir" not in settings:
         raise RunnerError("no data_dir: set it in the profile or pass --data-dir")
+    if not isinstance(runner.get("env", {}) or {}, dict):
+        raise RunnerError("the profile's env must be a mapping of VARIABLE: value")
+    RunConfig.from_dict(settings)  # every field checked before a kernel starts (RankingError: exit 2)
     return settings, runner
 
 
@@ -316,6 +322,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    from ranking_lib.runlock import TOKEN_ENV, RunDirLock
+
+    try:
+        with RunDirLock(settings["run_dir"], "run_pipeline.py") as lock:
+            os.environ[TOKEN_ENV] = lock.token  # the kernels write under this runner's lock
+            return run_notebooks(args, settings, runner, notebooks)
+    except ValueError as e:  # RankingError: run dir busy or not a directory
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run_notebooks(args, settings: dict, runner: dict, notebooks: list[Path]) -> int:
     run_dir = Path(settings["run_dir"])
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)

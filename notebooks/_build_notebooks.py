@@ -58,7 +58,7 @@ def parameters_source() -> str:
 
 
 SETUP = (
-    "from ranking_lib import plots, workflow\n"
+    "from ranking_lib import fileio, plots, workflow\n"
     "from ranking_lib.config import RunConfig\n\n"
     "cfg = RunConfig.from_dict(dict(" + ", ".join(f"{n}={n}" for n in CONFIG_FIELDS) + ", **extra))\n"
     "workflow.setup_torch(cfg)\n"
@@ -105,7 +105,7 @@ print(train, val, sep="\\n")
     md("## Images per class"),
     code("""
 counts = plots.class_counts_table(train.class_names, train.labels, val.labels, wnids=train.wnids)
-counts.to_csv(workflow.run_path(cfg, "class_counts.csv"), index=False)
+fileio.write_text(workflow.run_path(cfg, "class_counts.csv"), counts.to_csv(index=False))
 plots.show_table(counts, caption=f"{len(counts)} classes, {len(train)} train and {len(val)} val images")
 plots.show(plots.plot_class_counts(train.class_names, counts["train"], counts["val"], path=fig_path("class_counts.png")))
 """),
@@ -159,7 +159,7 @@ for model in workflow.MODELS:
     code("""
 table = plots.metrics_table({(model, split): metrics[model][split] for model in workflow.MODELS
                              for split in workflow.SPLITS})
-table.to_csv(workflow.run_path(cfg, "precision_table.csv"))
+fileio.write_text(workflow.run_path(cfg, "precision_table.csv"), table.to_csv())
 plots.show_table(table, caption="Similarity precision in % (trained network vs. untrained baseline)")
 plots.show(plots.plot_precision_bars(table, path=fig_path("precision_bars.png")))
 """),
@@ -178,7 +178,7 @@ from pathlib import Path
 caches = workflow.load_caches(cfg, progress=False)
 train, val = caches["train"], caches["val"]
 results = workflow.query(cfg, workflow.select_query_examples(cfg), k=cfg.top_k_show)
-workflow.run_path(cfg, "query_examples.json").write_text(json.dumps([r.to_dict() for r in results], indent=2))
+fileio.write_json(workflow.run_path(cfg, "query_examples.json"), [r.to_dict() for r in results])
 """),
     code("""
 for i, r in enumerate(results, 1):

@@ -21,6 +21,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec
 
+from ranking_lib.fileio import atomic_path
+
 SAME_COLOR = "#1a9e3a"   # green frame: same class as the query
 OTHER_COLOR = "#d62728"  # red frame: another class
 DEFAULT_DPI = 120
@@ -41,8 +43,8 @@ METRIC_COLUMNS = {
 def _finish(fig: Figure, path, dpi: int = DEFAULT_DPI) -> Figure:
     if path is not None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", facecolor="white", format=path.suffix.lstrip(".") or "png")
     return fig
 
 

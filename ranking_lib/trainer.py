@@ -257,7 +257,8 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------------
     def fit(self, resume: bool = True, stop_at: int | None = None, progress: bool = True) -> TrainResult:
         """Train until cfg.steps (or `stop_at`, to simulate an interruption)."""
-        if not (resume and self.resume()):
+        resumed = resume and (self.resumed_from is not None or self.resume())
+        if not resumed:
             self._truncate_log(0)  # a fresh start: no rows of an earlier attempt survive
         end = self.cfg.steps if stop_at is None else min(stop_at, self.cfg.steps)
         log = open(self.loss_log_path, "a", newline="")

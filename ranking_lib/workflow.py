@@ -79,7 +79,8 @@ def load_caches(cfg: RunConfig, progress: bool = True, splits: tuple[str, ...] =
 def prepare(cfg: RunConfig, progress: bool = True) -> dict[str, ImageCache]:
     """Build (or verify) the decoded uint8 caches of train and val; save the run config."""
     caches = load_caches(cfg, progress)
-    cfg.save(run_path(cfg, "config.json"))
+    if not Path(cfg.run_dir, "checkpoints", "last.pt").is_file():  # else config.json is the trained run's
+        cfg.save(run_path(cfg, "config.json"))
     return caches
 
 
@@ -130,10 +131,13 @@ def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: i
     model = initial_model(cfg, caches["train"].wnids, progress)
     inputs = stage_inputs(cfg, model, caches["train"], progress) if cfg.cache_stage_features else caches["train"].images
     trainer = Trainer(cfg, model, inputs, caches["train"].labels, triplets, cfg.run_dir)
+    if resume:
+        trainer.resume()  # refuses changed settings before config.json is rewritten
     cfg.save(run_path(cfg, "config.json"))
     result = trainer.fit(resume=resume, stop_at=stop_at, progress=progress)
     summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
-    write_json(run_path(cfg, "train_summary.json"), summary)
+    if result.steps_run or not run_path(cfg, "train_summary.json").is_file():  # else it describes the run
+        write_json(run_path(cfg, "train_summary.json"), summary)
     return result
 
 
