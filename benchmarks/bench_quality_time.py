@@ -41,7 +41,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ranking_lib.config import RUNNER_KEYS, RunConfig, load_profile
+from ranking_lib.config import RunConfig
+from ranking_lib.settings import apply_env, resolve
 from ranking_lib.data import TinyImageNet, load_or_build_cache
 from ranking_lib.errors import RankingError
 from ranking_lib.index import EmbeddingIndex
@@ -53,14 +54,6 @@ from ranking_lib.trainer import Trainer, resolve_device
 from ranking_lib.workflow import embed_images, initial_model
 
 K = 30
-
-
-def apply_profile_env(env: dict | None) -> None:
-    """Re-execute this script with the profile's environment (allocator settings must be set
-    before the process starts)."""
-    missing = {k: str(v) for k, v in (env or {}).items() if os.environ.get(k) != str(v)}
-    if missing:
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **missing})
 
 
 def eval_subsets(train_labels: np.ndarray, n_val: int, db_per_class: int, n_val_total: int, seed: int):
@@ -167,12 +160,12 @@ def run(argv: list[str] | None, reexec: bool) -> int:
         if getattr(args, name) <= 0:
             raise RankingError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(args, name)})")
 
-    prof = load_profile(args.profile)
-    if reexec:  # as a script; a caller of main() sets its own environment
-        apply_profile_env(prof.get("env"))
-    fields = {k: v for k, v in prof.items() if k not in RUNNER_KEYS}
-    cfg = RunConfig.from_dict({**fields, "data_dir": args.data_dir, "max_classes": args.max_classes,
-                               "cache_dir": args.cache_dir, "run_dir": "/tmp/bench_quality_time"})
+    given = {"data_dir": args.data_dir, "max_classes": args.max_classes, "cache_dir": args.cache_dir}
+    resolved = resolve(args.profile, {**{k: v for k, v in given.items() if v is not None},
+                                      "run_dir": "/tmp/bench_quality_time"})
+    # as a script: re-executed once with the profile's env; a caller of main() keeps its process
+    apply_env(resolved.env, sys.argv if reexec else None)
+    cfg = resolved.config
     device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)

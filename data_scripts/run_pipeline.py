@@ -29,14 +29,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
-PATH_KEYS = ("data_dir", "run_dir", "cache_dir")
 REPORT_NOTEBOOK = "05_report.ipynb"
 KERNEL = "python3"
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-
-from ranking_lib.config import RUNNER_KEYS  # noqa: E402
 
 
 class RunnerError(Exception):
@@ -44,73 +41,37 @@ class RunnerError(Exception):
 
 
 # ---- settings ------------------------------------------------------------------------------
-def load_profile(name: str) -> dict:
-    from ranking_lib.config import load_profile as _load
-    from ranking_lib.errors import RankingError
-
-    try:
-        return _load(name)
-    except RankingError as e:
-        raise RunnerError(str(e)) from None
-
-
-def _scalar(value: str):
-    """YAML value, with numbers like 1e-4 (a string in YAML 1.1) read as floats."""
-    import yaml
-
-    try:
-        v = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as e:
-        raise RunnerError(f"--set value {value!r} is not valid YAML ({getattr(e, 'problem', None) or e})") from None
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            return v
-    return v
-
-
 def parse_set(items: list[str]) -> dict:
+    """``--set key=value ...`` -> {key: value}, values parsed as YAML (1e-4 is a float)."""
+    from ranking_lib.errors import RankingError
+    from ranking_lib.settings import parse_yaml_scalar
+
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise RunnerError(f"--set expects key=value (got {item!r})")
-        out[key.strip().replace("-", "_")] = _scalar(value)
+        try:
+            out[key.strip().replace("-", "_")] = parse_yaml_scalar(value)
+        except RankingError as e:
+            raise RunnerError(f"--set {key.strip()}: {e}") from None
     return out
 
 
 def resolve_settings(args) -> tuple[dict, dict]:
-    """(config settings, runner settings): profile < --data-dir/--run-dir < --set.
+    """(notebook settings, runner settings) through the one resolver (`ranking_lib.settings`):
+    profile < --data-dir/--run-dir < --set; every field validated before a kernel starts."""
+    from ranking_lib.settings import resolve
 
-    Relative paths of the profile are relative to the repository; those given on the command
-    line are relative to the current directory. All are made absolute for the notebooks.
-    """
-    from ranking_lib.config import RunConfig
-
-    profile = load_profile(args.profile)
-    runner = {k: profile.pop(k) for k in list(profile) if k in RUNNER_KEYS}
-    settings = {k: (str((ROOT / v).resolve()) if k in PATH_KEYS and v is not None else v) for k, v in profile.items()}
-    cli = parse_set(args.set or [])
-    for k in RUNNER_KEYS & set(cli):
-        runner[k] = cli.pop(k)
+    overrides = parse_set(args.set or [])
     if args.data_dir:
-        cli["data_dir"] = args.data_dir
+        overrides["data_dir"] = args.data_dir
     if args.run_dir:
-        cli["run_dir"] = args.run_dir
-    for k, v in cli.items():
-        settings[k] = str(Path(v).expanduser().resolve()) if k in PATH_KEYS and v is not None else v
-    unknown = sorted(set(settings) - set(RunConfig.field_names()))
-    if unknown:
-        raise RunnerError(f"unknown setting(s): {', '.join(unknown)} (not RunConfig fields)")
-    if "run_dir" not in settings:
-        settings["run_dir"] = str((ROOT / "runs" / Path(args.profile).stem).resolve())
-    if "data_dir" not in settings:
-        raise RunnerError("no data_dir: set it in the profile or pass --data-dir")
-    if not isinstance(runner.get("env", {}) or {}, dict):
-        raise RunnerError("the profile's env must be a mapping of VARIABLE: value")
-    RunConfig.from_dict(settings)  # every field checked before a kernel starts (RankingError: exit 2)
-    return settings, runner
+        overrides["run_dir"] = args.run_dir
+    resolved = resolve(args.profile, overrides)  # RankingError -> exit 2
+    cfg = resolved.config.to_dict()
+    settings = {k: cfg[k] for k in sorted(resolved.explicit)}
+    return settings, {"env": resolved.env, "make_demo_data": resolved.make_demo_data}
 
 
 def declared_parameters(nb) -> list[str]:

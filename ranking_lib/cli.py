@@ -13,8 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ranking_lib.config import RUNNER_KEYS, RunConfig, field_kind, load_profile
+from ranking_lib.config import RunConfig, field_kind
 from ranking_lib.errors import RankingError
+from ranking_lib.settings import Settings, resolve
 
 
 
@@ -30,17 +31,14 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=name, type={"int": int, "float": float}.get(kind, str), default=None)
 
 
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """profile < --config < flags, through the one resolver (`settings.resolve`)."""
+    flags = {n: getattr(args, n) for n in RunConfig.field_names() if getattr(args, n, None) is not None}
+    return resolve(args.profile, flags, config_file=args.config)
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    base: dict = {}
-    if args.profile:
-        base.update({k: v for k, v in load_profile(args.profile).items() if k not in RUNNER_KEYS})
-    if args.config:
-        base.update(RunConfig.load(args.config).to_dict())
-    for name in RunConfig.field_names():
-        v = getattr(args, name, None)
-        if v is not None:
-            base[name] = v
-    return RunConfig.from_dict(base)
+    return settings_from_args(args).config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,9 +80,16 @@ def _print_metrics(metrics: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 done, 2 bad input / refused (one line on stderr), 1 an OS error (one line)."""
+    from_command_line = argv is None
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        settings = settings_from_args(args)
+        # the profile's env (allocator settings) must be there when the process starts: a
+        # command-line run re-executes itself once with it; a caller of main() keeps its process
+        from ranking_lib.settings import apply_env
+
+        apply_env(settings.env, ["-m", "ranking_lib", *sys.argv[1:]] if from_command_line else None)
+        return run(args, settings.config)
     except RankingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -99,12 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, cfg: RunConfig) -> int:
     from ranking_lib import workflow
-
     from ranking_lib.runlock import RunDirLock
 
-    cfg = config_from_args(args)
     if args.command == "query":  # reads only
         return _run(args, cfg, workflow)
     with RunDirLock(cfg.run_dir, f"python -m ranking_lib {args.command}"):

@@ -23,35 +23,6 @@ from ranking_lib.fileio import write_json
 ARCHITECTURE_FIELDS = ("backbone", "embedding_dim", "head", "normalize_embeddings")
 
 
-PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
-RUNNER_KEYS = frozenset({"make_demo_data", "env"})  # profile keys for the notebook runner only
-_SCI = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-def load_profile(name: str | Path) -> dict[str, Any]:
-    """Settings of ``profiles/<name>.yaml`` (or of a .yaml path): RunConfig fields plus the
-    runner's keys (:data:`RUNNER_KEYS`). YAML 1.1 reads ``1e-4`` as a string: made a float."""
-    import yaml
-
-    name = str(name)
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
-    if not path.is_file():
-        avail = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
-        raise RankingError(f"profile not found: {path} (available: {avail})")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RankingError(f"profile {path} is not valid YAML ({problem}{where})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RankingError(f"cannot read profile {path} ({e})") from None
-    if not isinstance(data, dict):
-        raise RankingError(f"profile {path} must be a mapping of settings")
-    return {k: float(v) if isinstance(v, str) and _SCI.match(v) else v for k, v in data.items()}
-
-
 # Fields a resumed run may change: where files live, how often it logs, how it is evaluated.
 # Every other field shapes the training run, so a checkpoint made with another value is not
 # resumed (`steps` may grow: the run is extended and the change recorded).

@@ -76,13 +76,30 @@ def test_parameters_not_declared_travel_in_extra():
 
 @pytest.mark.parametrize("profile", ["demo", "sample", "cpu", "gpu"])
 def test_profiles_are_valid_configs(profile):
+    from ranking_lib.settings import REPO_ROOT, load_profile, resolve
+
+    raw = load_profile(profile)
+    s = resolve(profile)  # raises on unknown fields / invalid values
+    assert "data_dir" in raw and "run_dir" in raw
+    # profile paths are relative to the repository, whatever the current directory
+    assert s.config.run_dir == str((REPO_ROOT / raw["run_dir"]).resolve())
+    assert s.env == {k: str(v) for k, v in (raw.get("env") or {}).items()}
+
+
+def test_cli_runner_and_benchmarks_resolve_a_profile_alike(tmp_path, monkeypatch):
+    """One resolver: the CLI's config and the runner's notebook settings are the same run."""
+    from ranking_lib import cli
     from ranking_lib.config import RunConfig
 
+    monkeypatch.chdir(tmp_path)  # relative command-line paths are relative to the cwd
+    args = cli.build_parser().parse_args(["train", "--profile", "sample", "--run-dir", "r", "--lr", "0.001"])
+    from_cli = cli.config_from_args(args)
     run = _runner_module()
-    settings = run.load_profile(profile)
-    cfg_keys = {k: v for k, v in settings.items() if k not in run.RUNNER_KEYS}
-    RunConfig.from_dict(cfg_keys)  # raises on unknown fields / invalid values
-    assert "data_dir" in settings and "run_dir" in settings
+    ns = run.build_parser().parse_args(["--profile", "sample", "--run-dir", "r", "--set", "lr=1e-3"])
+    settings, runner = run.resolve_settings(ns)
+    assert RunConfig.from_dict(settings) == from_cli
+    assert from_cli.run_dir == str(tmp_path / "r") and from_cli.lr == 0.001
+    assert runner["env"] == cli.settings_from_args(args).env and runner["env"]["MALLOC_TOP_PAD_"] == "1073741824"
 
 
 def test_runner_rejects_unknown_setting():
@@ -94,13 +111,13 @@ def test_runner_rejects_unknown_setting():
 # ---- failures ------------------------------------------------------------------------------
 def test_failing_notebook_stops_the_run_with_one_line(tmp_path):
     r = _run("--profile", "demo", "--data-dir", str(tmp_path / "no-data"), "--run-dir", str(tmp_path / "run"),
-             "--set", "gap=-1", "make_demo_data=false", timeout=300)
+             "--set", "make_demo_data=false", timeout=300)
     assert r.returncode == 1
     errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(errors) == 1, r.stderr
     line = errors[0]
     assert line.startswith("error: 01_data_prep.ipynb failed in cell ")
-    assert "gap must be > 0" in line and "RankingError" in line
+    assert "dataset directory not found" in line and "DatasetError" in line
     assert "02_train" not in r.stdout  # stopped at the first failure
     assert (tmp_path / "run" / "notebooks" / "01_data_prep.ipynb").is_file()
     assert not (tmp_path / "run" / "report.pdf").exists()
