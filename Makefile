@@ -16,7 +16,7 @@ NOTEBOOKS ?=
 RUN_ARGS := --profile $(PROFILE) --run-dir $(RUN) $(if $(DATA),--data-dir $(DATA)) \
             $(if $(SET),--set $(SET)) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))
 
-.PHONY: setup pdf-deps report html test test-fast bench demo-data notebooks check-notebooks clean
+.PHONY: setup pdf-deps report html test test-fast bench demo-data clean
 
 setup: $(VENV)/.installed pdf-deps
 
@@ -30,10 +30,10 @@ pdf-deps:
 	scripts/install_pdf_deps.sh
 
 report: setup
-	$(PY) data_scripts/run_pipeline.py $(RUN_ARGS)
+	$(PY) report/run_pipeline.py $(RUN_ARGS)
 
 html: $(VENV)/.installed
-	$(PY) data_scripts/run_pipeline.py $(RUN_ARGS) --no-pdf
+	$(PY) report/run_pipeline.py $(RUN_ARGS) --no-pdf
 
 test: setup
 	$(PY) -m pytest
@@ -54,12 +54,6 @@ bench: $(VENV)/.installed
 
 demo-data:
 	$(PY) data_scripts/make_demo_dataset.py --out runs/demo-data
-
-notebooks:
-	$(PY) notebooks/_build_notebooks.py
-
-check-notebooks:
-	$(PY) notebooks/_build_notebooks.py --check
 
 clean:
 	rm -rf runs/demo runs/demo-data .pytest_cache

@@ -69,6 +69,35 @@ def show(fig_or_path, dpi: int = DEFAULT_DPI) -> None:
         display(Image(filename=str(fig_or_path)))
 
 
+def show_figure(path, caption: str, max_height: float = 0.38) -> None:
+    """Display a saved figure with its caption as one unit: in the notebook and the HTML report an
+    image above its caption; in the PDF report a LaTeX float holding both, so a page break can
+    never separate them. `max_height` (fraction of the text height) lets two floats share a page.
+    """
+    import base64
+
+    from IPython.display import display
+
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"figure not found: {path}")
+    png = path.read_bytes()
+    b64 = base64.b64encode(png).decode()
+    html = (f'<figure style="margin:0 0 1em 0"><img src="data:image/png;base64,{b64}" style="max-width:100%"/>'
+            f'<figcaption><em>{_html_escape(caption)}</em></figcaption></figure>')
+    latex = "\n".join([
+        r"\begin{figure}", r"\centering",
+        rf"\includegraphics[width=\linewidth,height={max_height:g}\textheight,keepaspectratio]{{{path.as_posix()}}}",
+        r"\caption{" + _latex_escape(caption) + "}", r"\end{figure}"])
+    display({"image/png": b64, "text/html": html, "text/latex": latex, "text/plain": caption}, raw=True)
+
+
+def _html_escape(text: str) -> str:
+    import html
+
+    return html.escape(str(text))
+
+
 def _tile(ax, image, title: str | None = None, color: str | None = None, caption: str | None = None,
           fontsize: float = 9, lw: float = 3.0) -> None:
     img = np.asarray(image)

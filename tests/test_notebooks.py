@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
-RUNNER = ROOT / "data_scripts" / "run_pipeline.py"
+RUNNER = ROOT / "report" / "run_pipeline.py"
 NOTEBOOKS = ["01_data_prep.ipynb", "02_train.ipynb", "03_precision_tables.ipynb",
              "04_query_examples.ipynb", "05_report.ipynb"]
 SECTIONS = ["Method", "Data", "Training loss", "Similarity precision", "Query examples", "Discussion",
@@ -50,18 +51,27 @@ def test_committed_notebook_is_stripped_and_parameterised(name):
     assert "papermill" not in nb.metadata
 
 
-def test_notebooks_match_their_generator():
-    r = subprocess.run([sys.executable, str(NOTEBOOK_DIR / "_build_notebooks.py"), "--check"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_defaults_are_the_demo_profile(name):
+    """Opening a notebook and pressing Run All gives the demo run: every setting of the demo
+    profile equals the notebook's default (parameters cell, `extra`, then RunConfig defaults)."""
+    import ast
 
+    import papermill as pm
 
-def test_every_notebook_declares_the_same_parameters():
-    run = _runner_module()
-    declared = {n: run.declared_parameters(nbformat.read(NOTEBOOK_DIR / n, as_version=4)) for n in NOTEBOOKS}
-    first = declared[NOTEBOOKS[0]]
-    assert {"data_dir", "run_dir", "gap", "steps", "extra"} <= set(first)
-    assert all(d == first for d in declared.values())
+    from ranking_lib.config import RunConfig
+    from ranking_lib.settings import resolve
+
+    params = {k: v["default"] for k, v in pm.inspect_notebook(str(NOTEBOOK_DIR / name)).items()}
+    values = {k: ast.literal_eval(v) for k, v in params.items()}
+    extra = values.pop("extra", {})
+    for key in ("data_dir", "run_dir"):  # relative to the notebook's folder, where the kernel runs
+        values[key] = str((NOTEBOOK_DIR / values[key]).resolve())
+    from_notebook = RunConfig.from_dict({**values, **extra})
+    demo = resolve("demo")
+    for field in sorted(demo.explicit):
+        assert getattr(from_notebook, field) == getattr(demo.config, field), field
+    assert {"data_dir", "run_dir", "steps", "warmup_steps", "checkpoint_every", "log_every"} <= set(params)
 
 
 def test_parameters_not_declared_travel_in_extra():
@@ -123,6 +133,34 @@ def test_failing_notebook_stops_the_run_with_one_line(tmp_path):
     assert not (tmp_path / "run" / "report.pdf").exists()
 
 
+def page_fill(pdf: Path) -> list[float]:
+    """Share of each page's text block that holds content. Pages are rendered with pdftoppm at
+    20 dpi (the bottom 8 % with the page number left out); inked rows closer than 8 rows (1 cm)
+    merge into one block, so lines, paragraphs and a figure with its caption count as used and
+    only blank stretches of 1 cm or more count as empty."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run(["pdftoppm", "-r", "20", "-gray", str(pdf), f"{d}/p"], check=True)
+        pages = [np.asarray(Image.open(p)) for p in sorted(Path(d).glob("p-*.pgm"))]
+    inked = [np.flatnonzero((img[: int(img.shape[0] * 0.92)] < 200).any(axis=1)) for img in pages]
+    top = min(rows.min() for rows in inked if len(rows))  # where the text block starts
+    bottom = max(rows.max() for rows in inked if len(rows))  # and where it ends
+    fill = []
+    for rows in inked:
+        used, start = 0, None
+        for a, b in zip(rows, list(rows[1:]) + [None]):
+            start = a if start is None else start
+            if b is None or b - a > 8:
+                used += a - start + 1
+                start = None
+        fill.append(used / (bottom - top + 1))
+    return fill
+
+
 # ---- end to end ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
@@ -175,6 +213,18 @@ def test_demo_report_pdf(demo_run):
     # figures: sample grid, triplets, loss, precision bars and five query figures
     n_images = sum(len(p.images) for p in reader.pages)
     assert n_images >= 1 + 5 + 3, n_images
+    # every figure on the same page as its own caption (a LaTeX float holds both)
+    pages_of = {}
+    for i, page in enumerate(reader.pages):
+        found = [int(n) for n in re.findall(r"Figure (\d+):", page.extract_text())]
+        assert len(page.images) >= len(found), f"page {i + 1}: captions {found} but {len(page.images)} images"
+        for n in found:
+            pages_of.setdefault(n, []).append(i)
+    assert sorted(pages_of) == list(range(1, 10)), pages_of  # sample grid, triplets, loss, bars, 5 queries
+    assert all(len(p) == 1 for p in pages_of.values()), pages_of
+    # no page but the last is less than half used
+    fill = page_fill(pdf)
+    assert all(f >= 0.5 for f in fill[:-1]), [f"{f:.2f}" for f in fill]
     query = json.loads((run_dir / "query_examples.json").read_text())
     assert len(query) == 5 and len({q["query_label"] for q in query}) == 5
     for q in query:

@@ -466,7 +466,7 @@ def test_bad_files_are_one_line_exit_2(demo, capsys, tmp_path):
 
 
 def test_runner_validates_before_starting_a_kernel(tmp_path, capsys):
-    from data_scripts import run_pipeline
+    from report import run_pipeline
 
     run = tmp_path / "run"
     rc = run_pipeline.main(["--run-dir", str(run), "--set", "log_every=0"])

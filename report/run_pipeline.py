@@ -1,8 +1,8 @@
 """Run the numbered notebooks headless with papermill, then build the report with nbconvert.
 
-    python data_scripts/run_pipeline.py --profile demo
-    python data_scripts/run_pipeline.py --profile sample --run-dir runs/sample-lr3 --set lr=0.003
-    python data_scripts/run_pipeline.py --profile demo --notebooks 03,04,05 --no-pdf
+    python report/run_pipeline.py --profile demo
+    python report/run_pipeline.py --profile sample --run-dir runs/sample-lr3 --set lr=0.003
+    python report/run_pipeline.py --profile demo --notebooks 03,04,05 --no-pdf
 
 Settings come from one place: ``profiles/<profile>.yaml`` (RunConfig fields, plus the runner's
 keys ``make_demo_data`` and ``env``), overridden by ``--data-dir``, ``--run-dir`` and
@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 REPORT_NOTEBOOK = "05_report.ipynb"
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "deep_ranking.tex.j2"
 KERNEL = "python3"
 
 if str(ROOT) not in sys.path:
@@ -236,7 +237,7 @@ def build_report(executed: Path, run_dir: Path, pdf: bool, show_code: bool, titl
     if pdf:
         from nbconvert.exporters.pdf import LatexFailed
 
-        exporter = PDFExporter(**opts)
+        exporter = PDFExporter(**opts, template_file=str(TEMPLATE))
         try:
             data, _ = exporter.from_notebook_node(copy.deepcopy(nb), resources={"metadata": {"name": "report"}})
         except LatexFailed as e:

@@ -1,0 +1,90 @@
+"""The report's wording rules (`ranking_lib.report`): each sentence follows the run's numbers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ranking_lib import report
+from ranking_lib.config import RunConfig
+from ranking_lib.errors import RankingError
+
+
+def _metrics(**over):
+    base = {"triplet_acc": 90.0, "precision@1": 60.0, "precision@10": 58.0, "precision@30": 55.0, "map@r": 40.0}
+    return {**base, **over}
+
+
+def _record(loss=None, trained_val=None, trained_train=None, miner="none", steps=100):
+    cfg = RunConfig(steps=steps, miner=miner, ks=(1, 10, 30))
+    metrics = {
+        "trained": {"train": _metrics(**(trained_train or {})), "val": _metrics(**(trained_val or {}))},
+        "baseline": {"train": _metrics(**{"precision@1": 50.0, "map@r": 30.0, "precision@30": 38.0}),
+                     "val": _metrics(**{"precision@1": 49.0, "map@r": 29.0, "precision@30": 38.06,
+                                        "triplet_acc": 84.0})},
+    }
+    loss = np.linspace(1.0, 0.2, 100) if loss is None else np.asarray(loss)
+    queries = [{"query_path": "val/images/val_7.JPEG", "query_class": "goldfish", "query_label": 1,
+                "top_labels": [1, 1, 2], "bottom_labels": [3, 1, 4], "top_distances": [0.1, 0.2, 0.3],
+                "bottom_distances": [1.5, 1.7, 1.9]}]
+    return report.RunRecord(cfg, metrics, {"steps": steps, "wall_s": 12.0, "triplets_per_s": 5.0, "steps_run": steps},
+                            pd.DataFrame({"step": range(len(loss)), "loss": loss}), queries,
+                            pd.DataFrame({"train": [500, 500], "val": [50, 50]}))
+
+
+def test_summary_states_the_target_verdict_from_the_number():
+    hit = report.summary(_record(trained_val={"precision@30": 62.35}))
+    miss = report.summary(_record(trained_val={"precision@30": 59.99}))
+    assert "**62.35%**, which meets the target of 60%" in hit
+    assert "**59.99%**, which misses the target of 60%" in miss
+    assert "from 38.06% to" in hit and "1000 training and 100 validation images" in hit
+
+
+def test_improvements_follow_the_loss_curve_and_the_gap():
+    falling = report.improvements(_record(loss=np.linspace(1, 0.1, 100)))
+    assert "3. **Longer training.**" in falling
+    flat_gap = report.improvements(_record(loss=np.full(100, 0.3), trained_train={"precision@1": 85.0},
+                                           trained_val={"precision@1": 62.0}))
+    assert "3. **Regularisation.** The train-validation gap of 23.00 points" in flat_gap
+    flat = report.improvements(_record(loss=np.full(100, 0.3)))
+    assert "3. **More data per step.**" in flat
+    assert "already adds the hardest out-of-class negative" in report.improvements(_record(miner="batch_hard"))
+    assert "Mining hard negatives online" in report.improvements(_record(miner="none"))
+
+
+def test_discussion_and_query_caption_count_same_class_results():
+    r = _record(trained_train={"precision@1": 85.0}, trained_val={"precision@1": 62.0})
+    text = report.discussion(r)
+    assert "23.00 points above validation (a large gap" in text
+    assert "on average 2.0 of the top-10 and 1.0 of the bottom-10" in text
+    cap = report.query_caption(3, r.queries[0])
+    assert cap.startswith("Query 3: val_7.JPEG, class goldfish. 2 of the top-3 and 1 of the bottom-3")
+    assert "d=0.100 (nearest) to d=1.900 (farthest)" in cap
+
+
+def test_training_sentence_says_when_a_run_was_resumed():
+    r = _record()
+    assert "(resumed" not in report.training(r)
+    r.summary.update(resumed_from=40, steps_run=60)
+    assert "the last call ran 60 of them" in report.training(r) and "resumed at step 40" in report.training(r)
+
+
+def test_method_text_follows_the_config():
+    cfg = RunConfig(freeze_stages=7, cache_stage_features=True, head_init="classifier", squared_distance=True)
+    text = report.method(cfg)
+    assert "first 7 backbone stages" in text and "computed once" in text and "classifier's rows" in text
+    assert "squared Euclidean distance" in text
+    assert "first" not in report.method(RunConfig()).split("**Ranking layer.**")[0].split("share all weights")[1]
+
+
+def test_load_names_the_missing_file(tmp_path):
+    RunConfig(run_dir=str(tmp_path)).save(tmp_path / "config.json")
+    with pytest.raises(RankingError, match="metrics_trained.json not found"):
+        report.RunRecord.load(tmp_path)
+    for m in report.MODELS:
+        (tmp_path / f"metrics_{m}.json").write_text(json.dumps({"train": _metrics(), "val": _metrics()}))
+    with pytest.raises(RankingError, match="loss_log.csv not found"):
+        report.RunRecord.load(tmp_path)
