@@ -16,7 +16,7 @@ NOTEBOOKS ?=
 RUN_ARGS := --profile $(PROFILE) --run-dir $(RUN) $(if $(DATA),--data-dir $(DATA)) \
             $(if $(SET),--set $(SET)) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))
 
-.PHONY: setup pdf-deps report html test test-fast bench demo-data clean
+.PHONY: setup pdf-deps report html test test-fast test-notebooks bench demo-data clean
 
 setup: $(VENV)/.installed pdf-deps
 
@@ -37,6 +37,15 @@ html: $(VENV)/.installed
 
 test: setup
 	$(PY) -m pytest
+	$(MAKE) test-notebooks
+
+# nbval runs the committed notebooks as they are (their defaults = the demo profile) on a fresh
+# demo dataset; a copy in runs/nbval keeps their relative paths away from runs/demo.
+NBVAL := runs/nbval
+test-notebooks: $(VENV)/.installed
+	rm -rf $(NBVAL) && mkdir -p $(NBVAL) && cp -r notebooks $(NBVAL)/
+	$(PY) data_scripts/make_demo_dataset.py --out $(NBVAL)/runs/demo-data
+	RANKING_PROGRESS=lines $(PY) -m pytest --nbval-lax -p no:cacheprovider $(NBVAL)/notebooks
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"

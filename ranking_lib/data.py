@@ -23,6 +23,7 @@ from PIL import Image
 
 from ranking_lib.errors import CorruptImageError, DatasetError
 from ranking_lib.fileio import atomic_path, content_crc32, ensure_dir, reserve, sweep_stale_temps, write_text
+from ranking_lib.progress import progress as progress_bar
 
 __all__ = [
     "TinyImageNet",
@@ -377,8 +378,6 @@ def _decoded(jobs, workers: int):
 
 
 def _build(dataset, split, items, npy, meta_file, fingerprint, skip_corrupt, image_size, progress, workers):
-    from tqdm.auto import tqdm
-
     # Drop the old meta first: whatever happens below, no stale meta can vouch for new data.
     _unlink_quiet(meta_file)
     root = str(dataset.root)
@@ -390,8 +389,7 @@ def _build(dataset, split, items, npy, meta_file, fingerprint, skip_corrupt, ima
                                         shape=(len(items), image_size, image_size, 3))
         reserve(tmp, target=npy)  # a full disk: one line now, not a SIGBUS in the memory map
         n = 0
-        bar = tqdm(total=len(jobs), desc=f"decoding {split} images", unit="img",
-                   disable=not progress, leave=False)
+        bar = progress_bar(total=len(jobs), desc=f"decoding {split} images", unit="img", enabled=progress)
         try:
             for i, (img, err) in enumerate(_decoded(jobs, workers)):
                 bar.update(1)

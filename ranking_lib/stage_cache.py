@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ranking_lib.data import ImageCache, verify_content
 from ranking_lib.errors import RankingError
 from ranking_lib.fileio import atomic_path, content_crc32, reserve, write_json
 from ranking_lib.model import EmbeddingNet
+from ranking_lib.progress import progress as progress_bar
 
 FORMAT = 1
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def compute_stage_features(net: EmbeddingNet, images: np.ndarray, out: np.ndarra
         out = np.empty(stage_features_shape(net, images, device), dtype=np.float16)
     net = net.to(device).eval()
     k = net.freeze_stages
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, unit="batch"):
+    for i in progress_bar(range(0, len(images), batch_size), desc=desc, enabled=progress, unit="batch"):
         x = torch.from_numpy(np.array(images[i:i + batch_size])).to(device)
         f = net.backbone.forward_stages(net.preprocess(x), 0, k).float().cpu().numpy().astype(np.float16)
         bad = ~np.isfinite(f).reshape(len(f), -1).all(axis=1)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ranking_lib.augment import flip_and_shift
 from ranking_lib.checkpoint import load_model_state, read_checkpoint, save_checkpoint
@@ -31,6 +30,7 @@ from ranking_lib.fileio import disk_full_error, is_disk_full, write_text
 from ranking_lib.losses import RankingLoss
 from ranking_lib.miners import batch_hard_negatives
 from ranking_lib.model import EmbeddingNet
+from ranking_lib.progress import progress as progress_bar
 
 
 @dataclass
@@ -266,8 +266,8 @@ class Trainer:
         self.model.train()
         t0 = time.perf_counter()
         start_step, loss = self.step, float("nan")
-        bar = tqdm(range(self.step, end), initial=self.step, total=self.cfg.steps, desc="train",
-                   disable=not progress, unit="step")
+        bar = progress_bar(range(self.step, end), initial=self.step, total=self.cfg.steps, desc="train",
+                           enabled=progress, unit="step")
         try:
             for step in bar:
                 loss = self.train_step(step)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ranking_lib.checkpoint import load_model_state, read_checkpoint
 from ranking_lib.config import RunConfig
@@ -34,6 +33,7 @@ from ranking_lib.fileio import ensure_dir, write_json
 from ranking_lib.index import EmbeddingIndex
 from ranking_lib.metrics import retrieval_metrics, triplet_accuracy_from_index
 from ranking_lib.model import EmbeddingNet, build_model, init_head_from_classifier
+from ranking_lib.progress import progress as progress_bar
 from ranking_lib.runlock import RunDirLock
 from ranking_lib.samplers import TripletSampler, load_triplets, save_triplets
 from ranking_lib.stage_cache import load_or_build_stage_features
@@ -171,7 +171,7 @@ def embed_images(net: EmbeddingNet, images: np.ndarray, batch_size: int = 256, d
     net = net.to(dev).eval()
     from_stage = images.dtype == np.float16  # outputs of the frozen stages (stage_cache)
     out = []
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, unit="batch"):
+    for i in progress_bar(range(0, len(images), batch_size), desc=desc, enabled=progress, unit="batch"):
         x = torch.from_numpy(np.array(images[i:i + batch_size])).to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             feats = net.features_from_stage(x) if from_stage else net.features(net.preprocess(x))

@@ -121,6 +121,7 @@ def kernel_env(extra_env: dict | None) -> None:
     if str(ROOT) not in pp.split(os.pathsep):
         os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + pp if pp else "")
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    os.environ.setdefault("RANKING_PROGRESS", "lines")  # no tqdm bars in executed notebooks
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     for k, v in (extra_env or {}).items():
         os.environ[str(k)] = str(v)
