@@ -52,12 +52,11 @@ test-fast: $(VENV)/.installed
 
 # Benchmarks on the full data (each prints a table and writes benchmarks/results/*.json):
 #   make bench DATA=data/tiny-imagenet-200
-MALLOC_ENV := MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824
 bench: $(VENV)/.installed
 	@test -n "$(DATA)" || { echo "make bench needs DATA=<tiny-imagenet-200 directory>"; exit 2; }
 	$(PY) benchmarks/bench_search.py
 	$(PY) benchmarks/bench_embed.py --sizes 64 128 224 --images 1024
-	$(MALLOC_ENV) $(PY) benchmarks/bench_train.py --data-dir $(DATA) --max-classes 200 --input-size 128 \
+	$(PY) benchmarks/bench_train.py --env-profile cpu --data-dir $(DATA) --max-classes 200 --input-size 128 \
 	    --batch-size 32 --steps 6 --freeze-stages 7
 	$(PY) benchmarks/bench_quality_time.py --data-dir $(DATA) --profile cpu --budget-min 12 --eval-every-min 4 --val-queries 1000 --db-per-class 50
 

@@ -18,13 +18,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736",
-              "MALLOC_TOP_PAD_": "1073741824"}
+from ranking_lib.settings import resolve
+
+MALLOC_ENV = resolve("cpu").env  # the allocator settings live in profiles/cpu.yaml only
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import json, sys, time, numpy as np, torch
-sys.path.insert(0, {root!r})
 from ranking_lib.model import EmbeddingNet
 from ranking_lib.workflow import embed_images
 size, n, bs, cl, dev = {size}, {n}, {bs}, {cl}, {dev!r}

@@ -18,7 +18,6 @@ seeded database of ``--db-per-class`` training images per class (exact search). 
 protocol is cheaper than the full one (all 10,000 val queries against all 100,000 training
 images) so its numbers are not the report's; both curves use the same protocol.
 
-    MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824 \\
     python benchmarks/bench_quality_time.py --data-dir data/tiny-imagenet-200 --profile cpu \\
         --budget-min 12 --eval-every-min 4 --val-queries 1000 --db-per-class 50
 
@@ -39,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ranking_lib.config import RunConfig
 from ranking_lib.settings import apply_env, resolve

@@ -28,14 +28,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ranking_lib.config import RunConfig  # noqa: E402
-from ranking_lib.data import TinyImageNet, load_or_build_cache  # noqa: E402
-from ranking_lib.losses import RankingLoss  # noqa: E402
-from ranking_lib.model import build_model  # noqa: E402
-from ranking_lib.samplers import TripletSampler  # noqa: E402
-from ranking_lib.trainer import Trainer  # noqa: E402
+from ranking_lib.config import RunConfig
+from ranking_lib.data import TinyImageNet, load_or_build_cache
+from ranking_lib.losses import RankingLoss
+from ranking_lib.model import build_model
+from ranking_lib.samplers import TripletSampler
+from ranking_lib.trainer import Trainer
 
 
 class JpegTriplets(torch.utils.data.Dataset):
@@ -97,8 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--freeze-stages", type=int, default=0, help="also time the stage-cache path with K frozen stages")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--env-profile", help="run with this profile's env (e.g. cpu: its allocator settings)")
     ap.add_argument("--out", default="benchmarks/results/train_throughput.json")
     args = ap.parse_args(argv)
+    if args.env_profile:  # settings read at process start: re-executed once with them
+        from ranking_lib.settings import apply_env, resolve
+
+        apply_env(resolve(args.env_profile).env, sys.argv if argv is None else None)
 
     ds = TinyImageNet(args.data_dir, max_classes=args.max_classes)
     cache = load_or_build_cache(ds, "train", args.cache_dir)

@@ -25,12 +25,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-_REPO = Path(__file__).resolve().parents[1]
-if str(_REPO) not in sys.path:  # allow `python data_scripts/download_tiny_imagenet.py`
-    sys.path.insert(0, str(_REPO))
-
-from ranking_lib.data import TinyImageNet  # noqa: E402
-from ranking_lib.errors import DatasetError  # noqa: E402
+from ranking_lib.data import TinyImageNet
+from ranking_lib.errors import DatasetError
 
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINY_IMAGENET_SIZE = 248100043  # bytes

@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import json
 import math
-import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,12 @@ from typing import Any
 from ranking_lib.errors import RankingError
 from ranking_lib.fileio import write_json
 
-# Fields that define the network's shape: a checkpoint whose values differ cannot be loaded.
-ARCHITECTURE_FIELDS = ("backbone", "embedding_dim", "head", "normalize_embeddings")
-
-
 # Fields a resumed run may change: where files live, how often it logs, how it is evaluated.
 # Every other field shapes the training run, so a checkpoint made with another value is not
 # resumed (`steps` may grow: the run is extended and the change recorded).
 RESUME_FREE_FIELDS = frozenset({
     "data_dir", "run_dir", "cache_dir", "skip_corrupt", "val_triplets", "device", "num_threads",
-    "num_workers", "checkpoint_every", "log_every", "ks", "train_eval_queries", "embed_batch_size",
+    "checkpoint_every", "log_every", "ks", "train_eval_queries", "embed_batch_size",
     "search_backend", "num_query_examples", "query_seed", "top_k_show", "channels_last", "steps",
 })
 
@@ -47,6 +42,9 @@ def resume_differences(saved: dict[str, Any], cfg: "RunConfig") -> dict[str, tup
             out[name] = (saved[name], now[name])
     return out
 
+
+# Fields of earlier versions, ignored when a saved config.json still has them.
+RETIRED_FIELDS = frozenset({"num_workers"})
 
 _TYPES = {"int": int, "float": float}
 
@@ -180,7 +178,6 @@ class RunConfig:
     """bf16 autocast on CUDA (ignored on CPU)."""
     num_threads: int | None = None
     """torch CPU threads (default: torch's choice)."""
-    num_workers: int = 0
     checkpoint_every: int = 500
     log_every: int = 10
 
@@ -205,7 +202,7 @@ class RunConfig:
         ("batch_size", 1), ("steps", 1), ("num_triplets", 1), ("val_triplets", 1), ("embedding_dim", 1),
         ("input_size", 32), ("checkpoint_every", 1), ("log_every", 1), ("embed_batch_size", 1),
         ("train_eval_queries", 1), ("top_k_show", 1), ("num_query_examples", 1), ("warmup_steps", 0),
-        ("freeze_stages", 0), ("num_workers", 0), ("seed", 0), ("query_seed", 0), ("num_threads", 1),
+        ("freeze_stages", 0), ("seed", 0), ("query_seed", 0), ("num_threads", 1),
         ("max_classes", 2), ("backbone_lr_scale", 0), ("weight_decay", 0), ("momentum", 0),
     )
 
@@ -255,6 +252,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        d = {k: v for k, v in d.items() if k not in RETIRED_FIELDS}
         unknown = sorted(set(d) - set(cls.field_names()))
         if unknown:
             raise RankingError(f"unknown config field(s): {', '.join(unknown)}")
@@ -286,7 +284,3 @@ class RunConfig:
             return cls.from_dict(data)
         except RankingError as e:
             raise RankingError(f"config file {path}: {e}") from None
-
-    @property
-    def run_path(self) -> Path:
-        return Path(self.run_dir)

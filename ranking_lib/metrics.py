@@ -249,31 +249,27 @@ def retrieval_metrics(
             f"ks up to {ks[-1]} exceed the {k_lim} searchable database items"
         )
 
-    hits = {k: 0.0 for k in ks}
-    any_hits = 0
-    knn1 = 0
+    # the tested per-metric functions, on chunks of queries, weighted by chunk size
+    sums = {f"precision@{k}": 0.0 for k in ks}
+    sums.update({f"any_hit@{ks[-1]}": 0.0, "knn1": 0.0})
     ap_sum = 0.0
     ap_n = 0
     step = max(1, int(chunk_size))
     for s in range(0, len(q), step):
         e = slice(s, s + step)
         idx, _ = index.topk(q[e], k_all, exclude=None if ids is None else ids[e])
-        nl = index.labels[idx]
-        rel = nl == ql[e, None]
+        nl, qe = index.labels[idx], ql[e]
         for k in ks:
-            hits[k] += rel[:, :k].mean(axis=1).sum()
-        any_hits += rel[:, : ks[-1]].any(axis=1).sum()
-        knn1 += rel[:, 0].sum()
+            sums[f"precision@{k}"] += precision_at_k(nl, qe, k) * len(qe)
+        sums[f"any_hit@{ks[-1]}"] += any_hit_at_k(nl, qe, ks[-1]) * len(qe)
+        sums["knn1"] += knn_accuracy(nl, qe, 1) * len(qe)
         rc = r[e]
         keep = rc > 0
         if keep.any():
-            m = map_at_r(nl[keep], ql[e][keep], rc[keep])
-            ap_sum += m / 100.0 * keep.sum()
+            ap_sum += map_at_r(nl[keep], qe[keep], rc[keep]) * keep.sum()
             ap_n += int(keep.sum())
     n = len(q)
-    out = {f"precision@{k}": float(100.0 * hits[k] / n) for k in ks}
-    out[f"any_hit@{ks[-1]}"] = float(100.0 * any_hits / n)
-    out["knn1"] = float(100.0 * knn1 / n)
-    out["map@r"] = float(100.0 * ap_sum / ap_n) if ap_n else float("nan")
+    out = {key: float(v / n) for key, v in sums.items()}
+    out["map@r"] = float(ap_sum / ap_n) if ap_n else float("nan")
     out["num_queries"] = int(n)
     return out

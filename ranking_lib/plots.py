@@ -128,28 +128,21 @@ def format_distance(d: float) -> str:
 
 # ---- training --------------------------------------------------------------------------
 def ema(values: Sequence[float], alpha: float = 0.98) -> np.ndarray:
-    """Bias-corrected exponential moving average (TensorBoard-style smoothing)."""
-    v = np.asarray(values, dtype=np.float64)
+    """Bias-corrected exponential moving average (TensorBoard-style smoothing): pandas' ``ewm``."""
+    import pandas as pd
+
     if not 0 <= alpha < 1:
         raise ValueError(f"smoothing factor must be in [0, 1) (got {alpha})")
-    out = np.empty_like(v)
-    acc, norm = 0.0, 0.0
-    for i, x in enumerate(v):
-        acc = alpha * acc + (1 - alpha) * x
-        norm = alpha * norm + (1 - alpha)
-        out[i] = acc / norm
-    return out
+    return pd.Series(np.asarray(values, dtype=np.float64)).ewm(alpha=1 - alpha, adjust=True).mean().to_numpy()
 
 
 def moving_average(values: Sequence[float], window: int) -> np.ndarray:
-    """Trailing moving average; the first points average what is available."""
-    v = np.asarray(values, dtype=np.float64)
+    """Trailing moving average, the first points averaging what is available: pandas' ``rolling``."""
+    import pandas as pd
+
     if window < 1:
         raise ValueError(f"window must be >= 1 (got {window})")
-    c = np.cumsum(np.insert(v, 0, 0.0))
-    idx = np.arange(1, len(v) + 1)
-    lo = np.maximum(idx - window, 0)
-    return (c[idx] - c[lo]) / (idx - lo)
+    return pd.Series(np.asarray(values, dtype=np.float64)).rolling(window, min_periods=1).mean().to_numpy()
 
 
 def plot_loss_curve(steps: Sequence[float], losses: Sequence[float], smooth: float | None = 0.98,

@@ -51,9 +51,11 @@ def profile_path(name: str | Path) -> Path:
     return Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
 
 
-def load_profile(name: str | Path) -> dict[str, Any]:
+def load_profile(name: str | Path, _seen: tuple = ()) -> dict[str, Any]:
     """Settings of ``profiles/<name>.yaml`` (or of a .yaml path): RunConfig fields plus the
-    runner's keys (:data:`RUNNER_KEYS`), values as written (paths not yet resolved)."""
+    runner's keys (:data:`RUNNER_KEYS`), values as written (paths not yet resolved).
+
+    ``extends: OTHER`` starts from profile OTHER's settings (its ``env`` merged key by key)."""
     import yaml
 
     path = profile_path(name)
@@ -74,7 +76,18 @@ def load_profile(name: str | Path) -> dict[str, Any]:
     env = data.get("env") or {}
     if not isinstance(env, dict):
         raise RankingError(f"profile {path}: env must be a mapping of VARIABLE: value")
-    return {k: yaml_value(v) for k, v in data.items()}
+    data = {k: yaml_value(v) for k, v in data.items()}
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if str(parent) in _seen + (str(name),):
+        raise RankingError(f"profile {path}: 'extends: {parent}' makes a cycle")
+    base = load_profile(parent, _seen + (str(name),))
+    merged_env = {**(base.get("env") or {}), **env}
+    out = {**base, **data}
+    if merged_env:
+        out["env"] = merged_env
+    return out
 
 
 @dataclass

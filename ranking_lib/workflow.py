@@ -23,6 +23,7 @@ import torch
 from ranking_lib.checkpoint import load_model_state, read_checkpoint
 from ranking_lib.config import RunConfig
 from ranking_lib.data import (
+    SPLITS,
     ImageCache,
     TinyImageNet,
     load_image_rgb,
@@ -40,7 +41,6 @@ from ranking_lib.stage_cache import load_or_build_stage_features
 from ranking_lib.trainer import Trainer, TrainResult, resolve_device
 
 MODELS = ("trained", "baseline")
-SPLITS = ("train", "val")
 
 
 # ---- setup ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import contextlib
 import copy
 import logging
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,9 +33,6 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 REPORT_NOTEBOOK = "05_report.ipynb"
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "deep_ranking.tex.j2"
 KERNEL = "python3"
-
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 class RunnerError(Exception):
@@ -303,10 +301,9 @@ def run_notebooks(args, settings: dict, runner: dict, notebooks: list[Path]) -> 
     if runner.get("make_demo_data"):
         data_dir = Path(settings["data_dir"])
         if not (data_dir / "wnids.txt").is_file():
-            from data_scripts.make_demo_dataset import make_demo_dataset
-
             print(f"generating the synthetic demo dataset in {data_dir} ...", flush=True)
-            make_demo_dataset(data_dir)
+            subprocess.run([sys.executable, str(ROOT / "data_scripts" / "make_demo_dataset.py"), "--out",
+                            str(data_dir)], check=True, stdout=subprocess.DEVNULL)
     kernel_env(runner.get("env"))
     ensure_kernel()
 

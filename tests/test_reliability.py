@@ -26,7 +26,7 @@ from ranking_lib import cli, fileio, workflow
 from ranking_lib.checkpoint import FORMAT, read_checkpoint, save_checkpoint
 from ranking_lib.config import RunConfig
 from ranking_lib.data import TinyImageNet, load_or_build_cache
-from ranking_lib.errors import CheckpointError, DiskFullError, RunDirBusyError
+from ranking_lib.errors import CheckpointError, DiskFullError
 from ranking_lib.runlock import TOKEN_ENV, RunDirLock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def demo(tmp_path_factory) -> dict:
 def _flags(demo, run_dir, **over) -> list[str]:
     s = dict(data_dir=demo["data"], cache_dir=demo["cache"], run_dir=run_dir, input_size=32, embedding_dim=16,
              batch_size=4, steps=4, num_triplets=64, val_triplets=20, checkpoint_every=2, log_every=1,
-             train_eval_queries=20, embed_batch_size=32, lr=0.01, num_threads=1)
+             train_eval_queries=20, embed_batch_size=32, lr=0.01)
     s.update(over)
     out = ["--quiet"]
     for k, v in s.items():
@@ -63,6 +63,15 @@ def _run_cli(args, capsys) -> tuple[int, list[str]]:
     rc = cli.main(args)
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     return rc, err
+
+
+def _prepared(demo, capsys, tmp_path, steps=("prepare", "sample"), **over) -> tuple[Path, list[str]]:
+    """A run dir on the demo data with `steps` done; returns it and its CLI flags."""
+    run = tmp_path / "run"
+    flags = _flags(demo, run, **over)
+    for s in steps:
+        assert _run_cli([s] + flags, capsys)[0] == 0, s
+    return run, flags
 
 
 def _temps(*dirs) -> list[Path]:
@@ -226,10 +235,7 @@ def test_legacy_unowned_temp_files_are_swept_when_old(tmp_path):
 
 # ---------------------------------------------------------------------------- concurrent writers
 def test_second_writer_on_a_run_dir_is_refused_naming_the_holder(demo, capsys, tmp_path):
-    run = tmp_path / "run"
-    flags = _flags(demo, run)
-    for s in ("prepare", "sample"):
-        assert _run_cli([s] + flags, capsys)[0] == 0
+    run, flags = _prepared(demo, capsys, tmp_path)
     marker = tmp_path / "marker"
     proc = _child(["train"] + flags, {"FAULT_STALL_REPLACE": r"^last\.pt$"}, marker)
     try:
@@ -281,10 +287,7 @@ def test_lock_is_reentrant_in_one_process(tmp_path):
 
 
 def test_no_resume_really_starts_fresh(demo, capsys, tmp_path):
-    run = tmp_path / "run"
-    flags = _flags(demo, run)
-    for s in ("prepare", "sample", "train", "embed", "evaluate"):
-        assert _run_cli([s] + flags, capsys)[0] == 0
+    run, flags = _prepared(demo, capsys, tmp_path, ("prepare", "sample", "train", "embed", "evaluate"))
     rc, err = _run_cli(["train", "--no-resume"] + _flags(demo, run, steps=2, lr=0.02), capsys)
     assert rc == 0, err
     cfg = _cfg(demo, run, steps=2, lr=0.02)
@@ -297,10 +300,7 @@ def test_no_resume_really_starts_fresh(demo, capsys, tmp_path):
 
 # ---------------------------------------------------------------------------- resume checks
 def test_resume_refuses_changed_settings_and_records_extensions(demo, capsys, tmp_path):
-    run = tmp_path / "run"
-    flags = _flags(demo, run)
-    for s in ("prepare", "sample", "train"):
-        assert _run_cli([s] + flags, capsys)[0] == 0
+    run, flags = _prepared(demo, capsys, tmp_path, ("prepare", "sample", "train"))
     ckpt = run / "checkpoints" / "last.pt"
     good = ckpt.read_bytes()
     config_before = (run / "config.json").read_text()
@@ -342,10 +342,7 @@ class _Evil:
 
 
 def test_hostile_checkpoint_runs_no_code(demo, capsys, tmp_path):
-    run = tmp_path / "run"
-    flags = _flags(demo, run)
-    for s in ("prepare", "sample"):
-        assert _run_cli([s] + flags, capsys)[0] == 0
+    run, flags = _prepared(demo, capsys, tmp_path)
     marker = tmp_path / "pwned"
     ckpt = run / "checkpoints" / "last.pt"
     ckpt.parent.mkdir(parents=True)
