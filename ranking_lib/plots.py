@@ -15,30 +15,20 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec
 
 from ranking_lib.fileio import atomic_path
+from ranking_lib.tables import METRIC_COLUMNS, latex_escape
 
 SAME_COLOR = "#1a9e3a"   # green frame: same class as the query
 OTHER_COLOR = "#d62728"  # red frame: another class
 DEFAULT_DPI = 120
 
 # metric key -> column title of the precision table (all values are percentages)
-METRIC_COLUMNS = {
-    "triplet_acc": "triplet acc.",
-    "precision@1": "P@1",
-    "precision@10": "P@10",
-    "precision@30": "P@30",
-    "any_hit@30": "hit@30",
-    "knn1": "KNN-1",
-    "map@r": "MAP@R",
-}
-
-
 # ---- helpers ---------------------------------------------------------------------------
 def _finish(fig: Figure, path, dpi: int = DEFAULT_DPI) -> Figure:
     if path is not None:
@@ -88,7 +78,7 @@ def show_figure(path, caption: str, max_height: float = 0.38) -> None:
     latex = "\n".join([
         r"\begin{figure}", r"\centering",
         rf"\includegraphics[width=\linewidth,height={max_height:g}\textheight,keepaspectratio]{{{path.as_posix()}}}",
-        r"\caption{" + _latex_escape(caption) + "}", r"\end{figure}"])
+        r"\caption{" + latex_escape(caption) + "}", r"\end{figure}"])
     display({"image/png": b64, "text/html": html, "text/latex": latex, "text/plain": caption}, raw=True)
 
 
@@ -183,21 +173,6 @@ def plot_loss_curve(steps: Sequence[float], losses: Sequence[float], smooth: flo
 
 
 # ---- data ------------------------------------------------------------------------------
-def class_counts_table(class_names: Sequence[str], train_labels, val_labels=None, wnids=None):
-    """DataFrame: one row per class with its number of train (and val) images."""
-    import pandas as pd
-
-    n = len(class_names)
-    d = {"class": [str(c) for c in class_names],
-         "train": np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=n)[:n]}
-    if val_labels is not None:
-        d["val"] = np.bincount(np.asarray(val_labels, dtype=np.int64), minlength=n)[:n]
-    df = pd.DataFrame(d)
-    if wnids is not None:
-        df.insert(0, "wnid", list(wnids))
-    return df
-
-
 def plot_class_counts(class_names: Sequence[str], train_counts: Sequence[int], val_counts=None,
                       max_labels: int = 40, path=None) -> Figure:
     """Bar chart of images per class (train, and val if given); names shown for <= max_labels classes."""
@@ -345,79 +320,3 @@ def plot_precision_bars(table, columns: Sequence[str] | None = None, path=None) 
     return _finish(fig, path)
 
 
-# ---- tables ----------------------------------------------------------------------------
-def metrics_table(metrics_by_row: Mapping, fraction: bool = False, decimals: int = 2,
-                  keys: Sequence[str] | None = None):
-    """DataFrame of metrics, one row per entry of `metrics_by_row`.
-
-    `metrics_by_row` maps a row label (a string, or a tuple such as ``("trained", "val")``
-    for a two-level index) to a metrics dict as written by ``workflow.evaluate``. Values are
-    percentages (pass ``fraction=True`` if they are fractions in [0, 1]) rounded to
-    `decimals`; columns use the short titles in ``METRIC_COLUMNS`` (missing metrics stay NaN).
-    """
-    import pandas as pd
-
-    keys = list(keys or METRIC_COLUMNS)
-    rows, index = [], []
-    for label, m in metrics_by_row.items():
-        row = {}
-        for k in keys:
-            v = m.get(k)
-            v = np.nan if v is None else float(v) * (100.0 if fraction else 1.0)
-            row[METRIC_COLUMNS.get(k, k)] = round(v, decimals)
-        rows.append(row)
-        index.append(label)
-    if index and all(isinstance(i, tuple) for i in index):
-        idx = pd.MultiIndex.from_tuples(index, names=["model", "split"][: len(index[0])] if len(index[0]) == 2 else None)
-    else:
-        idx = pd.Index(index, name="")
-    return pd.DataFrame(rows, index=idx, columns=[METRIC_COLUMNS.get(k, k) for k in keys])
-
-
-def _latex_escape(s: str) -> str:
-    rep = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-           "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-    return "".join(rep.get(ch, ch) for ch in str(s))
-
-
-def table_latex(df, decimals: int = 2, caption: str | None = None) -> str:
-    """A booktabs tabular of `df` (index included), centred; cells escaped for LaTeX."""
-    index_cols = list(df.index.names) if df.index.nlevels > 1 else [df.index.name or ""]
-    header = [_latex_escape(c or "") for c in index_cols] + [_latex_escape(c) for c in df.columns]
-    from pandas.api.types import is_numeric_dtype
-
-    align = "l" * len(index_cols) + "".join("r" if is_numeric_dtype(df[c]) else "l" for c in df.columns)
-    lines = [r"\begin{center}", r"\begin{tabular}{" + align + "}", r"\toprule", " & ".join(header) + r" \\",
-             r"\midrule"]
-    for idx, row in df.iterrows():
-        idx = idx if isinstance(idx, tuple) else (idx,)
-        cells = [_latex_escape(i) for i in idx]
-        for v in row:
-            if isinstance(v, (float, np.floating)) and not isinstance(v, bool):
-                cells.append("--" if np.isnan(v) else f"{v:.{decimals}f}")
-            else:
-                cells.append(_latex_escape(v))
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    if caption:
-        lines.append(r"\\[2pt] {\small " + _latex_escape(caption) + "}")
-    lines.append(r"\end{center}")
-    return "\n".join(lines)
-
-
-def show_table(df, decimals: int = 2, caption: str | None = None, max_rows: int = 60) -> None:
-    """Display a DataFrame as HTML (notebook / HTML report), LaTeX (PDF report) and text."""
-    from IPython.display import display
-    from pandas.api.types import is_float_dtype
-
-    shown = df if len(df) <= max_rows else df.head(max_rows)
-    note = f" (first {max_rows} of {len(df)} rows)" if len(df) > max_rows else ""
-    fmt = {c: (lambda v, d=decimals: "" if v != v else f"{v:.{d}f}") for c in shown.columns
-           if is_float_dtype(shown[c])}
-    html = shown.to_html(formatters=fmt, border=0, classes="dataframe")
-    if caption or note:
-        html = f"<p><em>{caption or ''}{note}</em></p>" + html
-    bundle = {"text/plain": shown.to_string() + note,
-              "text/html": html,
-              "text/latex": table_latex(shown, decimals, (caption or "") + note or None)}
-    display(bundle, raw=True)

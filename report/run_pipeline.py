@@ -18,7 +18,6 @@ Exit status: 0 success, 1 a notebook failed, 2 bad arguments/profile, 3 report c
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import copy
 import logging
@@ -73,17 +72,11 @@ def resolve_settings(args) -> tuple[dict, dict]:
     return settings, {"env": resolved.env, "make_demo_data": resolved.make_demo_data}
 
 
-def declared_parameters(nb) -> list[str]:
-    """Names assigned in the notebook's cell tagged `parameters` (its first code cell)."""
-    for cell in nb.cells:
-        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
-            names = []
-            for node in ast.parse(cell.source).body:
-                targets = node.targets if isinstance(node, ast.Assign) else \
-                    [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
-                names += [t.id for t in targets if isinstance(t, ast.Name)]
-            return names
-    return []
+def declared_parameters(nb_path: Path) -> list[str]:
+    """Names the notebook's `parameters` cell assigns (papermill's own reading of it)."""
+    import papermill as pm
+
+    return list(pm.inspect_notebook(str(nb_path)))
 
 
 def notebook_parameters(declared: list[str], settings: dict) -> dict:
@@ -196,10 +189,9 @@ def stderr_to(log_path: Path | None):
 
 
 def execute(nb_path: Path, out_path: Path, settings: dict, log_output: bool, timeout: int | None) -> float:
-    import nbformat
     import papermill as pm
 
-    params = notebook_parameters(declared_parameters(nbformat.read(nb_path, as_version=4)), settings)
+    params = notebook_parameters(declared_parameters(nb_path), settings)
     t0 = time.perf_counter()
     with stderr_to(None if log_output else out_path.parent / "kernels.log"):
         pm.execute_notebook(str(nb_path), str(out_path), parameters=params, kernel_name=KERNEL,

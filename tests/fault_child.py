@@ -34,9 +34,9 @@ def main() -> int:
         os.replace = stalling_replace
     decode_at = os.environ.get("FAULT_STALL_DECODE")
     if decode_at:
-        from ranking_lib import data
+        from ranking_lib import decode
 
-        real_load, count = data.load_image_rgb, [0]
+        real_load, count = decode.load_image_rgb, [0]
 
         def stalling_load(*a, **k):
             count[0] += 1
@@ -44,7 +44,7 @@ def main() -> int:
                 _stall("decode")
             return real_load(*a, **k)
 
-        data.load_image_rgb = stalling_load
+        decode.load_image_rgb = stalling_load
     from ranking_lib.cli import main as cli_main
 
     return cli_main(sys.argv[1:])

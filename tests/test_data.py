@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ranking_lib import data as data_mod
+from ranking_lib import decode as decode_mod
+from ranking_lib import image_cache as cache_mod
 from ranking_lib.data import (
     ImageCache,
     TinyImageNet,
@@ -69,13 +70,13 @@ def ds_root(tmp_path):
 class DecodeCounter:
     def __init__(self, monkeypatch):
         self.n = 0
-        real = data_mod.load_image_rgb
+        real = decode_mod.load_image_rgb
 
         def counting(path, size=64):
             self.n += 1
             return real(path, size)
 
-        monkeypatch.setattr(data_mod, "load_image_rgb", counting)
+        monkeypatch.setattr(decode_mod, "load_image_rgb", counting)
 
 
 # ----------------------------------------------------------------------------- index
@@ -303,7 +304,7 @@ def test_cache_reused_without_decoding(ds_root, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("decoded again although the cache is valid")
 
-    monkeypatch.setattr(data_mod, "load_image_rgb", boom)
+    monkeypatch.setattr(decode_mod, "load_image_rgb", boom)
     second = load_or_build_cache(TinyImageNet(ds_root), "train", cache_dir=tmp_path, progress=False)
     assert np.array_equal(np.asarray(first.images), np.asarray(second.images))
     assert second.paths == first.paths
@@ -367,7 +368,7 @@ def test_cache_rebuilt_when_array_shape_disagrees(ds_root, tmp_path, monkeypatch
 def test_pool_decoding_matches_single_process(ds_root, tmp_path, monkeypatch):
     ds = TinyImageNet(ds_root)
     single = load_or_build_cache(ds, "train", cache_dir=tmp_path / "a", progress=False, workers=1)
-    monkeypatch.setattr(data_mod, "_POOL_MIN_IMAGES", 1)
+    monkeypatch.setattr(cache_mod, "_POOL_MIN_IMAGES", 1)
     pooled = load_or_build_cache(ds, "train", cache_dir=tmp_path / "b", progress=False, workers=2)
     assert pooled.paths == single.paths
     assert np.array_equal(np.asarray(pooled.images), np.asarray(single.images))

@@ -7,7 +7,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ranking_lib import plots
+from ranking_lib import plots, tables
 
 
 def _images(n, seed=0):
@@ -62,7 +62,7 @@ def test_loss_curve_on_given_axes():
 def test_class_counts(tmp_path):
     names = [f"class {i}" for i in range(12)]
     labels = np.repeat(np.arange(12), 5)
-    df = plots.class_counts_table(names, labels, labels[:24], wnids=[f"n{i:08d}" for i in range(12)])
+    df = tables.class_counts_table(names, labels, labels[:24], wnids=[f"n{i:08d}" for i in range(12)])
     assert list(df.columns) == ["wnid", "class", "train", "val"]
     assert df["train"].tolist() == [5] * 12 and df["val"].sum() == 24
     plots.plot_class_counts(names, df["train"], df["val"], path=tmp_path / "counts.png")
@@ -127,14 +127,14 @@ def test_metrics_table_and_bars(tmp_path):
     m = {"triplet_acc": 91.234, "precision@1": 80.0, "precision@10": 70.5, "precision@30": 60.25,
          "any_hit@30": 99.0, "knn1": 80.0, "map@r": 40.123, "num_queries": 200}
     rows = {("trained", "train"): m, ("trained", "val"): m, ("baseline", "val"): {**m, "map@r": 10.0}}
-    df = plots.metrics_table(rows)
-    assert list(df.columns) == list(plots.METRIC_COLUMNS.values())
+    df = tables.metrics_table(rows)
+    assert list(df.columns) == list(tables.METRIC_COLUMNS.values())
     assert df.index.names == ["model", "split"]
     assert df.loc[("trained", "val"), "MAP@R"] == 40.12
     assert df.loc[("baseline", "val"), "MAP@R"] == 10.0
-    frac = plots.metrics_table({"x": {"precision@1": 0.5}}, fraction=True)
+    frac = tables.metrics_table({"x": {"precision@1": 0.5}}, fraction=True)
     assert frac.loc["x", "P@1"] == 50.0 and np.isnan(frac.loc["x", "KNN-1"])
-    tex = plots.table_latex(df)
+    tex = tables.table_latex(df)
     assert r"\toprule" in tex and "91.23" in tex and "triplet acc." in tex
     plots.plot_precision_bars(df, path=tmp_path / "bars.png")
     _png_size(tmp_path / "bars.png")
@@ -148,8 +148,8 @@ def test_show_helpers(tmp_path, monkeypatch):
     fig = plots.plot_loss_curve([0, 1], [1.0, 0.5])
     plots.show(fig)
     assert shown[-1][0].data[:8] == b"\x89PNG\r\n\x1a\n"
-    df = plots.metrics_table({"a_b": {"precision@1": 12.345}})
-    plots.show_table(df, caption="50% of it")
+    df = tables.metrics_table({"a_b": {"precision@1": 12.345}})
+    tables.show_table(df, caption="50% of it")
     bundle = shown[-1][0]
     assert shown[-1][1] == {"raw": True}
     assert {"text/plain", "text/html", "text/latex"} <= set(bundle)

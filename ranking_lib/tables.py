@@ -1,0 +1,103 @@
+"""Tables of the notebooks and the report: metrics and class counts as pandas DataFrames,
+shown as HTML (notebook, HTML report), LaTeX (PDF report) and text."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+METRIC_COLUMNS = {
+    "triplet_acc": "triplet acc.",
+    "precision@1": "P@1",
+    "precision@10": "P@10",
+    "precision@30": "P@30",
+    "any_hit@30": "hit@30",
+    "knn1": "KNN-1",
+    "map@r": "MAP@R",
+}
+
+
+
+def class_counts_table(class_names: Sequence[str], train_labels, val_labels=None, wnids=None):
+    """DataFrame: one row per class with its number of train (and val) images."""
+    import pandas as pd
+
+    n = len(class_names)
+    d = {"class": [str(c) for c in class_names],
+         "train": np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=n)[:n]}
+    if val_labels is not None:
+        d["val"] = np.bincount(np.asarray(val_labels, dtype=np.int64), minlength=n)[:n]
+    df = pd.DataFrame(d)
+    if wnids is not None:
+        df.insert(0, "wnid", list(wnids))
+    return df
+
+
+def metrics_table(metrics_by_row: Mapping, fraction: bool = False, decimals: int = 2,
+                  keys: Sequence[str] | None = None):
+    """DataFrame of metrics, one row per entry of `metrics_by_row`.
+
+    `metrics_by_row` maps a row label (a string, or a tuple such as ``("trained", "val")``
+    for a two-level index) to a metrics dict as written by ``workflow.evaluate``. Values are
+    percentages (pass ``fraction=True`` if they are fractions in [0, 1]) rounded to
+    `decimals`; columns use the short titles in ``METRIC_COLUMNS`` (missing metrics stay NaN).
+    """
+    import pandas as pd
+
+    keys = list(keys or METRIC_COLUMNS)
+    rows, index = [], []
+    for label, m in metrics_by_row.items():
+        row = {}
+        for k in keys:
+            v = m.get(k)
+            v = np.nan if v is None else float(v) * (100.0 if fraction else 1.0)
+            row[METRIC_COLUMNS.get(k, k)] = round(v, decimals)
+        rows.append(row)
+        index.append(label)
+    if index and all(isinstance(i, tuple) for i in index):
+        idx = pd.MultiIndex.from_tuples(index, names=["model", "split"][: len(index[0])] if len(index[0]) == 2 else None)
+    else:
+        idx = pd.Index(index, name="")
+    return pd.DataFrame(rows, index=idx, columns=[METRIC_COLUMNS.get(k, k) for k in keys])
+
+
+def latex_escape(s: str) -> str:
+    rep = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+           "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    return "".join(rep.get(ch, ch) for ch in str(s))
+
+
+def table_latex(df, decimals: int = 2, caption: str | None = None) -> str:
+    """A booktabs tabular of `df` (index as leading columns), centred, caption below; written by
+    pandas' ``Styler.to_latex`` with LaTeX escaping."""
+    from pandas.api.types import is_numeric_dtype
+
+    flat = df.reset_index() if any(n is not None for n in df.index.names) else df
+    align = "".join("r" if is_numeric_dtype(flat[c]) else "l" for c in flat.columns)
+    styler = (flat.style.hide(axis="index").format(precision=decimals, na_rep="--", escape="latex")
+              .format_index(escape="latex", axis=1))
+    tabular = styler.to_latex(hrules=True, column_format=align)
+    lines = [r"\begin{center}", tabular.strip()]
+    if caption:
+        lines.append(r"\\[2pt] {\small " + latex_escape(caption) + "}")
+    lines.append(r"\end{center}")
+    return "\n".join(lines)
+
+
+def show_table(df, decimals: int = 2, caption: str | None = None, max_rows: int = 60) -> None:
+    """Display a DataFrame as HTML (notebook / HTML report), LaTeX (PDF report) and text."""
+    from IPython.display import display
+    from pandas.api.types import is_float_dtype
+
+    shown = df if len(df) <= max_rows else df.head(max_rows)
+    note = f" (first {max_rows} of {len(df)} rows)" if len(df) > max_rows else ""
+    fmt = {c: (lambda v, d=decimals: "" if v != v else f"{v:.{d}f}") for c in shown.columns
+           if is_float_dtype(shown[c])}
+    html = shown.to_html(formatters=fmt, border=0, classes="dataframe")
+    if caption or note:
+        html = f"<p><em>{caption or ''}{note}</em></p>" + html
+    bundle = {"text/plain": shown.to_string() + note,
+              "text/html": html,
+              "text/latex": table_latex(shown, decimals, (caption or "") + note or None)}
+    display(bundle, raw=True)
