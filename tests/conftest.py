@@ -1,17 +1,34 @@
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "tiny-imagenet-sample"
+# RANKING_TESTS_WITHOUT_SAMPLE=1 runs the suite as on a clone without ../shared (the fallback).
+HAVE_SAMPLE = (SAMPLE / "wnids.txt").is_file() and os.environ.get("RANKING_TESTS_WITHOUT_SAMPLE") != "1"
 
 
 @pytest.fixture(scope="session")
-def sample_dir() -> Path:
-    """The real Tiny ImageNet slice beside the checkout; tests using it skip when absent."""
-    if not (SAMPLE / "wnids.txt").is_file():
+def real_sample_dir() -> Path:
+    """The real Tiny ImageNet slice beside the checkout, for tests that need real ImageNet classes
+    (pretrained classifier rows); they skip when it is absent."""
+    if not HAVE_SAMPLE:
         pytest.skip(f"real Tiny ImageNet sample not found at {SAMPLE}")
     return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """A small dataset in the tiny-imagenet-200 layout: the real sample beside the checkout when it
+    is there, else a generated demo dataset of the same shape (20 classes, 100 train and 50 val
+    images each), so every clone runs the training, CLI and stage-cache paths."""
+    if HAVE_SAMPLE:
+        return SAMPLE
+    from data_scripts.make_demo_dataset import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("demo_sample") / "tiny-imagenet-demo", num_classes=20,
+                             train_per_class=100, val_per_class=50, seed=0)
 
 
 @pytest.fixture(scope="session")

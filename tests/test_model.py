@@ -71,7 +71,7 @@ def test_frozen_stages_get_no_gradient_and_keep_bn_stats():
         EmbeddingNet(pretrained=False, freeze_stages=10)
 
 
-def test_pretrained_efficientnet_classifies_real_tiny_imagenet(sample_dir, sample_cache_dir):
+def test_pretrained_efficientnet_classifies_real_tiny_imagenet(real_sample_dir, sample_cache_dir):
     """The default backbone with its ImageNet classifier on the sample's real val images.
 
     The sample's wnids are ImageNet synsets. Measured on exactly this test's 400 seeded val
@@ -80,7 +80,7 @@ def test_pretrained_efficientnet_classifies_real_tiny_imagenet(sample_dir, sampl
     at 224 px 55.5 % and 84.0 %. With wrongly mapped weights,
     torch-style padding or wrong normalisation these fall far lower; thresholds leave margin.
     """
-    ds = TinyImageNet(sample_dir)
+    ds = TinyImageNet(real_sample_dir)
     val = load_or_build_cache(ds, "val", sample_cache_dir, progress=False)
     idx = np.random.default_rng(0).choice(len(val), 400, replace=False)
     imgs = torch.from_numpy(np.ascontiguousarray(val.images[np.sort(idx)]))
@@ -96,8 +96,8 @@ def test_pretrained_efficientnet_classifies_real_tiny_imagenet(sample_dir, sampl
     assert among20 > 0.60, f"20-way accuracy {among20:.2f}"
 
 
-def test_head_init_from_classifier_reproduces_class_logits(sample_dir, sample_cache_dir):
-    ds = TinyImageNet(sample_dir)
+def test_head_init_from_classifier_reproduces_class_logits(real_sample_dir, sample_cache_dir):
+    ds = TinyImageNet(real_sample_dir)
     val = load_or_build_cache(ds, "val", sample_cache_dir, progress=False)
     from ranking_lib.model import init_head_from_classifier
 

@@ -5,6 +5,7 @@ import torch
 
 from ranking_lib import workflow
 from ranking_lib.config import RunConfig
+from ranking_lib.metrics import triplet_accuracy_from_index
 from ranking_lib.model import build_model
 from ranking_lib.stage_cache import compute_stage_features, load_or_build_stage_features
 
@@ -36,7 +37,7 @@ def test_stage_features_match_the_full_forward_pass(sample_dir, sample_cache_dir
 
 
 def test_train_from_stage_features_improves_and_embeds(sample_dir, sample_cache_dir, tmp_path):
-    cfg = _cfg(sample_dir, sample_cache_dir, tmp_path / "run")
+    cfg = _cfg(sample_dir, sample_cache_dir, tmp_path / "run", steps=40, lr=3e-3, num_triplets=640)
     workflow.prepare(cfg, progress=False)
     workflow.sample(cfg)
     workflow.train(cfg, progress=False)
@@ -44,10 +45,15 @@ def test_train_from_stage_features_improves_and_embeds(sample_dir, sample_cache_
         workflow.embed(cfg, model, progress=False)
         workflow.evaluate(cfg, model)
     log = workflow.load_loss_log(cfg)
-    assert log["loss"][-5:].mean() < log["loss"][:5].mean()
+    assert log["loss"][-10:].mean() < 0.9 * log["loss"][:10].mean()
     trained = workflow.load_metrics(cfg, "trained")
     # the frozen stages are untouched: their weights equal the pretrained ones
     net, pre = workflow.load_model(cfg, "trained"), build_model(cfg)
     for (n, a), (_, b) in zip(net.backbone.stages[0].named_parameters(), pre.backbone.stages[0].named_parameters()):
         assert torch.equal(a, b), n
-    assert trained["val"]["triplet_acc"] > 50
+    # ranks more val triplets right than the same network before training (same seed, same head init)
+    caches = workflow.load_caches(cfg, progress=False)
+    start = workflow.initial_model(cfg, caches["val"].wnids)
+    z0 = workflow.embed_images(start, workflow.stage_inputs(cfg, start, caches["val"], progress=False), progress=False)
+    before = triplet_accuracy_from_index(z0, workflow.load_run_triplets(cfg, "val", len(caches["val"])))
+    assert trained["val"]["triplet_acc"] > before + 2, (before, trained["val"]["triplet_acc"])

@@ -42,7 +42,7 @@ def test_training_lowers_loss_and_raises_val_triplet_accuracy(sample_dir, sample
     log = workflow.load_loss_log(cfg)
     assert list(log["step"]) == list(range(30))
     first, last = log["loss"][:10].mean(), log["loss"][-10:].mean()
-    assert last < 0.8 * first, f"loss {first:.3f} -> {last:.3f}"
+    assert last < 0.9 * first, f"loss {first:.3f} -> {last:.3f}"
     after = _val_triplet_acc(cfg, "trained")
     assert after > before + 3, f"val triplet accuracy {before:.1f} -> {after:.1f}"
     assert result.steps == 30 and result.checkpoint.is_file()
