@@ -299,6 +299,23 @@ def plot_query_result(query_image, query_caption: str, top_images, top_distances
     return _finish(fig, path)
 
 
+def plot_query(result, query_image, database, title: str | None = None, ncols: int = 5, path=None) -> Figure:
+    """`plot_query_result` for a `workflow.QueryResult` against the training images of `database`
+    (an `ImageCache`): tiles captioned with class names, frames by same class as the query
+    (all red when the query's class is unknown, e.g. an uploaded image)."""
+    name = Path(result.query_path).name
+    label = f"{name} ({short_name(result.query_class, 24)})" if result.query_class else name
+    same = (lambda labels: np.asarray(labels) == result.query_label) if result.query_label is not None \
+        else (lambda labels: np.zeros(len(labels), dtype=bool))
+    return plot_query_result(
+        query_image, label,
+        database.images[result.top_indices], result.top_distances, same(result.top_labels),
+        database.images[result.bottom_indices], result.bottom_distances, same(result.bottom_labels),
+        top_captions=[database.class_names[c] for c in result.top_labels],
+        bottom_captions=[database.class_names[c] for c in result.bottom_labels],
+        title=title or f"{label}   green frame = same class, red = other class", ncols=ncols, path=path)
+
+
 def plot_precision_bars(table, columns: Sequence[str] | None = None, path=None) -> Figure:
     """Grouped bars: one group per metric column, one bar per row of `table` (a metrics_table)."""
     columns = list(columns or [c for c in table.columns if c in METRIC_COLUMNS.values()])

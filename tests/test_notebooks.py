@@ -38,7 +38,7 @@ def _run(*args, timeout=900):
 
 
 # ---- committed notebooks -------------------------------------------------------------------
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", NOTEBOOKS + ["explore.ipynb"])
 def test_committed_notebook_is_stripped_and_parameterised(name):
     nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
     nbformat.validate(nb)
