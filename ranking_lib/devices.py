@@ -1,0 +1,56 @@
+"""Devices and mixed precision, each device-specific branch small and explicit.
+
+* `resolve_device`: ``auto`` -> CUDA when available, else CPU; a one-line error for a missing GPU.
+* `cpu_has_bf16`: whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); read from
+  ``/proc/cpuinfo`` on Linux, False elsewhere.
+* `autocast`: bf16 autocast on CUDA when ``amp``; on the CPU when ``bf16_cpu`` *and* the CPU has
+  native bf16 (elsewhere emulated bf16 is slower than fp32, so fp32 is kept); else a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+
+import torch
+
+from ranking_lib.errors import RankingError
+
+__all__ = ["resolve_device", "cpu_has_bf16", "autocast", "uses_bf16"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RankingError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def uses_bf16(device: torch.device | str, amp: bool = True, bf16_cpu: bool = False) -> bool:
+    """Whether `autocast` runs bf16 on `device` with these settings."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return bool(amp)
+    if kind == "cpu":
+        return bool(bf16_cpu) and cpu_has_bf16()
+    return False
+
+
+def autocast(device: torch.device | str, amp: bool = True, bf16_cpu: bool = False):
+    """bf16 autocast where `uses_bf16`, else a no-op context."""
+    device = torch.device(device)
+    if uses_bf16(device, amp, bf16_cpu):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
