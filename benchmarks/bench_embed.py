@@ -27,23 +27,23 @@ CHILD = r"""
 import json, sys, time, numpy as np, torch
 from ranking_lib.model import EmbeddingNet
 from ranking_lib.workflow import embed_images
-size, n, bs, cl, dev = {size}, {n}, {bs}, {cl}, {dev!r}
+size, n, bs, cl, dev, bf16 = {size}, {n}, {bs}, {cl}, {dev!r}, {bf16}
 torch.manual_seed(0)
 net = EmbeddingNet(input_size=size, channels_last=cl)
 imgs = np.random.default_rng(0).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
-embed_images(net, imgs[:bs], bs, dev, progress=False)          # warm-up
+embed_images(net, imgs[:bs], bs, dev, progress=False, bf16_cpu=bf16)          # warm-up
 if dev != "cpu" and torch.cuda.is_available(): torch.cuda.synchronize()
-t = time.perf_counter(); z = embed_images(net, imgs, bs, dev, progress=False)
+t = time.perf_counter(); z = embed_images(net, imgs, bs, dev, progress=False, bf16_cpu=bf16)
 if dev != "cpu" and torch.cuda.is_available(): torch.cuda.synchronize()
 print(json.dumps({{"img_per_s": n / (time.perf_counter() - t), "threads": torch.get_num_threads()}}))
 """
 
 
-def run_one(size: int, n: int, bs: int, channels_last: bool, malloc: bool, device: str) -> dict:
+def run_one(size: int, n: int, bs: int, channels_last: bool, malloc: bool, device: str, bf16: bool = False) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
     if malloc:
         env.update(MALLOC_ENV)
-    code = CHILD.format(root=str(ROOT), size=size, n=n, bs=bs, cl=channels_last, dev=device)
+    code = CHILD.format(root=str(ROOT), size=size, n=n, bs=bs, cl=channels_last, dev=device, bf16=bf16)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -55,27 +55,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--variants", nargs="+", default=["base", "channels_last", "malloc", "both"],
-                    choices=["base", "channels_last", "malloc", "both"])
+                    choices=["base", "channels_last", "malloc", "both", "both+bf16"])
     ap.add_argument("--out", default="benchmarks/results/embed_throughput.json")
     args = ap.parse_args(argv)
-    flags = {"base": (False, False), "channels_last": (True, False), "malloc": (False, True), "both": (True, True)}
+    flags = {"base": (False, False, False), "channels_last": (True, False, False), "malloc": (False, True, False),
+             "both": (True, True, False), "both+bf16": (True, True, True)}  # bf16: CPU autocast (devices.py)
     rows = []
     for size in args.sizes:
         n = args.images if size <= 128 else max(args.batch_size, args.images // 2)
         for v in args.variants:
-            cl, ma = flags[v]
-            r = run_one(size, n, args.batch_size, cl, ma, args.device)
-            rows.append({"input_size": size, "variant": v, "channels_last": cl, "malloc_env": ma,
+            cl, ma, bf = flags[v]
+            r = run_one(size, n, args.batch_size, cl, ma, args.device, bf)
+            rows.append({"input_size": size, "variant": v, "channels_last": cl, "malloc_env": ma, "bf16_cpu": bf,
                          "images": n, **r})
             print(f"{size:>4}px {v:<14} {r['img_per_s']:8.1f} img/s", flush=True)
     print("\n| input | " + " | ".join(args.variants) + " |\n|---|" + "---:|" * len(args.variants))
     for size in args.sizes:
         vals = {r["variant"]: r["img_per_s"] for r in rows if r["input_size"] == size}
         print(f"| {size} px | " + " | ".join(f"{vals[v]:.1f}" for v in args.variants) + " |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": args.device, "cpu_count": os.cpu_count(), "batch_size": args.batch_size,
-                               "rows": rows}, indent=2))
+    from ranking_lib.devices import cpu_has_bf16
+    from ranking_lib.fileio import write_json
+
+    write_json(args.out, {"device": args.device, "cpu_count": os.cpu_count(), "batch_size": args.batch_size,
+                          "cpu_has_bf16": cpu_has_bf16(), "rows": rows})
     return 0
 
 

@@ -31,6 +31,7 @@ from PIL import Image
 
 from ranking_lib.config import RunConfig
 from ranking_lib.data import TinyImageNet, load_or_build_cache
+from ranking_lib.devices import cpu_has_bf16
 from ranking_lib.losses import RankingLoss
 from ranking_lib.model import build_model
 from ranking_lib.samplers import TripletSampler
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--freeze-stages", type=int, default=0, help="also time the stage-cache path with K frozen stages")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--bf16", action="store_true", help="also time bf16 CPU autocast (where the CPU has it) "
+                    "against fp32, and the frozen-stage pass in both, in the same run")
     ap.add_argument("--env-profile", help="run with this profile's env (e.g. cpu: its allocator settings)")
     ap.add_argument("--out", default="benchmarks/results/train_throughput.json")
     args = ap.parse_args(argv)
@@ -126,13 +129,29 @@ def main(argv: list[str] | None = None) -> int:
         sp = time_project(scfg, feats, cache.labels, triplets, args.steps, run_dir)
         rows.append({"path": f"project + stage cache (first {args.freeze_stages} stages frozen)",
                      "triplets_per_s": sp, "stage_cache_build_s": build_s})
+        if args.bf16:
+            from ranking_lib.stage_cache import compute_stage_features
+
+            bcfg = scfg.replace(bf16_cpu=True)
+            n = min(len(cache), 2048)  # the frozen-stage pass on the same images, fp32 then bf16
+            pass_s = {}
+            for bf in (False, True):
+                t0 = time.perf_counter()
+                compute_stage_features(net, cache.images[:n], device="cpu", progress=False, bf16_cpu=bf)
+                pass_s[bf] = time.perf_counter() - t0
+            bp = time_project(bcfg, feats, cache.labels, triplets, args.steps, run_dir)
+            rows.append({"path": f"project + stage cache, bf16 autocast (first {args.freeze_stages} frozen)",
+                         "triplets_per_s": bp, "bf16_vs_fp32_step": bp / sp,
+                         "stage_pass_img_per_s_fp32": n / pass_s[False], "stage_pass_img_per_s_bf16": n / pass_s[True],
+                         "bf16_vs_fp32_stage_pass": pass_s[False] / pass_s[True]})
     for r in rows:
         r["vs_naive"] = r["triplets_per_s"] / naive
     info = {"backbone": args.backbone, "input_size": args.input_size, "batch_size": args.batch_size,
             "steps": args.steps, "device": str(cfg.device), "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "malloc_env": {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")}}
+            "malloc_env": {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")},
+            "cpu_has_bf16": cpu_has_bf16()}
     print(f"training throughput: {args.backbone}, {args.input_size}px, batch {args.batch_size}, {args.steps} steps, "
           f"{info['torch_threads']} threads, cuda={info['cuda']}")
     print("| path | triplets/s | vs naive |\n|---|---:|---:|")

@@ -25,6 +25,7 @@ RESUME_FREE_FIELDS = frozenset({
     "data_dir", "run_dir", "cache_dir", "skip_corrupt", "val_triplets", "device", "num_threads",
     "checkpoint_every", "log_every", "ks", "train_eval_queries", "embed_batch_size",
     "search_backend", "num_query_examples", "query_seed", "top_k_show", "channels_last", "steps",
+    "evaluate_val",
 })
 
 
@@ -127,6 +128,10 @@ class RunConfig:
     """Triplets drawn from val images only, for val triplet accuracy."""
     seed: int = 0
     """Seeds triplet sampling, weight init of the head, data order and augmentation."""
+    holdout_per_class: int = 0
+    """Training images per class held out as the tuning split (0 = none): left out of the
+    training triplets, ranked as queries against the other training images (``tune`` metrics).
+    Choose recipes on it; evaluate val once per final recipe."""
 
     # --- model ------------------------------------------------------------------------
     backbone: str = "efficientnet_lite0"
@@ -175,7 +180,9 @@ class RunConfig:
     """Random horizontal flip + small random crop of training images."""
     device: str = "auto"
     amp: bool = True
-    """bf16 autocast on CUDA (ignored on CPU)."""
+    """bf16 autocast on CUDA."""
+    bf16_cpu: bool = False
+    """bf16 autocast on the CPU where it has native bf16 (AVX-512 BF16 / AMX); fp32 elsewhere."""
     num_threads: int | None = None
     """torch CPU threads (default: torch's choice)."""
     checkpoint_every: int = 500
@@ -183,6 +190,8 @@ class RunConfig:
 
     # --- evaluation / inference -------------------------------------------------------
     ks: tuple[int, ...] = (1, 10, 30)
+    evaluate_val: bool = True
+    """Compute the val metrics; off while recipes are chosen on the tuning split."""
     train_eval_queries: int = 10_000
     """Train queries used for train precision@k (seeded subset; all when larger than the split)."""
     embed_batch_size: int = 256
@@ -202,7 +211,7 @@ class RunConfig:
         ("batch_size", 1), ("steps", 1), ("num_triplets", 1), ("val_triplets", 1), ("embedding_dim", 1),
         ("input_size", 32), ("checkpoint_every", 1), ("log_every", 1), ("embed_batch_size", 1),
         ("train_eval_queries", 1), ("top_k_show", 1), ("num_query_examples", 1), ("warmup_steps", 0),
-        ("freeze_stages", 0), ("seed", 0), ("query_seed", 0), ("num_threads", 1),
+        ("freeze_stages", 0), ("holdout_per_class", 0), ("seed", 0), ("query_seed", 0), ("num_threads", 1),
         ("max_classes", 2), ("backbone_lr_scale", 0), ("weight_decay", 0), ("momentum", 0),
     )
 

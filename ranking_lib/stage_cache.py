@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ranking_lib.data import ImageCache, verify_content
+from ranking_lib.devices import autocast, uses_bf16
 from ranking_lib.errors import RankingError
 from ranking_lib.fileio import atomic_path, content_crc32, reserve, write_json
 from ranking_lib.model import EmbeddingNet
@@ -31,19 +32,22 @@ FORMAT = 1
 logger = logging.getLogger(__name__)
 
 
-def _key(net: EmbeddingNet, cache: ImageCache, pretrained: bool) -> str:
+def _key(net: EmbeddingNet, cache: ImageCache, pretrained: bool, bf16: bool = False) -> str:
     src = cache.cache_file
     st = os.stat(src) if src is not None and Path(src).exists() else None
     parts = [FORMAT, net.backbone_name, pretrained, net.input_size, net.freeze_stages, str(src),
              st.st_size if st else None, st.st_mtime_ns if st else None, len(cache)]
+    if bf16:  # other numerics, another file (fp32 keys stay as they were)
+        parts.append("bf16")
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-def stage_features_file(cache: ImageCache, net: EmbeddingNet, pretrained: bool) -> Path:
+def stage_features_file(cache: ImageCache, net: EmbeddingNet, pretrained: bool, bf16: bool = False) -> Path:
     if cache.cache_file is None:
         raise RankingError("stage features need an on-disk image cache")
     d = Path(cache.cache_file).parent
-    name = f"stage_{cache.split}_{net.backbone_name}_{net.input_size}px_k{net.freeze_stages}_{_key(net, cache, pretrained)}.npy"
+    name = (f"stage_{cache.split}_{net.backbone_name}_{net.input_size}px_k{net.freeze_stages}"
+            f"_{_key(net, cache, pretrained, bf16)}.npy")
     return d / name
 
 
@@ -59,7 +63,7 @@ def stage_features_shape(net: EmbeddingNet, images: np.ndarray, device: torch.de
 @torch.inference_mode()
 def compute_stage_features(net: EmbeddingNet, images: np.ndarray, out: np.ndarray | None = None,
                            batch_size: int = 256, device: torch.device | str = "cpu", progress: bool = True,
-                           desc: str = "stage features") -> np.ndarray:
+                           desc: str = "stage features", bf16_cpu: bool = False) -> np.ndarray:
     """Stages [0, freeze_stages) of `net` on `images`, as float16 (N, C, H, W): written into
     `out` when given (e.g. a memory map), else into a new in-memory array. Returns it."""
     if out is None:
@@ -68,7 +72,9 @@ def compute_stage_features(net: EmbeddingNet, images: np.ndarray, out: np.ndarra
     k = net.freeze_stages
     for i in progress_bar(range(0, len(images), batch_size), desc=desc, enabled=progress, unit="batch"):
         x = torch.from_numpy(np.array(images[i:i + batch_size])).to(device)
-        f = net.backbone.forward_stages(net.preprocess(x), 0, k).float().cpu().numpy().astype(np.float16)
+        with autocast(device, True, bf16_cpu):
+            f = net.backbone.forward_stages(net.preprocess(x), 0, k)
+        f = f.float().cpu().numpy().astype(np.float16)
         bad = ~np.isfinite(f).reshape(len(f), -1).all(axis=1)
         if bad.any():
             raise RankingError(f"frozen stages gave non-finite values for image {i + int(np.argmax(bad))} "
@@ -97,7 +103,8 @@ def _load_checked(path: Path, n: int) -> tuple[np.ndarray | None, str]:
 
 
 def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, pretrained: bool, batch_size: int = 256,
-                                 device: torch.device | str = "cpu", progress: bool = True) -> np.ndarray:
+                                 device: torch.device | str = "cpu", progress: bool = True,
+                                 bf16_cpu: bool = False) -> np.ndarray:
     """Memory-mapped float16 outputs of the frozen stages for every image of `cache`.
 
     Built once (atomically: temp file, then rename) and keyed by the image cache file, the
@@ -105,7 +112,8 @@ def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, pretraine
     """
     if net.freeze_stages < 1:
         raise RankingError("stage features need freeze_stages >= 1")
-    path = stage_features_file(cache, net, pretrained)
+    bf16 = uses_bf16(device, True, bf16_cpu) and torch.device(device).type == "cpu"
+    path = stage_features_file(cache, net, pretrained, bf16)
     arr, reason = _load_checked(path, len(cache))
     if arr is not None:
         return arr
@@ -118,7 +126,7 @@ def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, pretraine
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
         reserve(tmp, target=path)  # a full disk: one line now, not a SIGBUS in the memory map
         compute_stage_features(net, cache.images, out, batch_size, device, progress,
-                               desc=f"frozen stages ({cache.split})")
+                               desc=f"frozen stages ({cache.split})", bf16_cpu=bf16_cpu)
         out.flush()
         crc = content_crc32(out)
         del out

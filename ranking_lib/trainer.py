@@ -25,6 +25,7 @@ import torch
 from ranking_lib.augment import flip_and_shift
 from ranking_lib.checkpoint import load_model_state, read_checkpoint, save_checkpoint
 from ranking_lib.config import RunConfig, resume_differences
+from ranking_lib.devices import autocast, resolve_device
 from ranking_lib.errors import CheckpointError, RankingError
 from ranking_lib.fileio import disk_full_error, is_disk_full, write_text
 from ranking_lib.losses import RankingLoss
@@ -46,14 +47,6 @@ class TrainResult:
     resumed_from: int | None = None
     steps_history: list | None = None
     """[[at_step, steps], ...]: the run's total steps, and the step at which each was set."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RankingError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
 
 
 def build_optimizer(cfg: RunConfig, model: EmbeddingNet) -> torch.optim.Optimizer:
@@ -236,8 +229,7 @@ class Trainer:
             group["lr"] = self.cfg.lr * group["lr_scale"] * lr_factor(self.cfg, step)
         x, y = self._batch(step)
         b = self.cfg.batch_size
-        use_amp = self.cfg.amp and self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with autocast(self.device, self.cfg.amp, self.cfg.bf16_cpu):
             if self.from_stage:
                 z = self.model.embed_features(self.model.features_from_stage(x)).float()
             else:

@@ -38,9 +38,12 @@ from ranking_lib.progress import progress as progress_bar
 from ranking_lib.runlock import RunDirLock
 from ranking_lib.samplers import TripletSampler, load_triplets, save_triplets
 from ranking_lib.stage_cache import load_or_build_stage_features
-from ranking_lib.trainer import Trainer, TrainResult, resolve_device
+from ranking_lib.devices import autocast, resolve_device
+from ranking_lib.holdout import holdout_split
+from ranking_lib.trainer import Trainer, TrainResult
 
 MODELS = ("trained", "baseline")
+METRIC_SPLITS = ("train", "tune", "val")  # in metrics_<model>.json; tune only with holdout_per_class
 
 
 # ---- setup ---------------------------------------------------------------------------
@@ -88,12 +91,22 @@ def prepare(cfg: RunConfig, progress: bool = True) -> dict[str, ImageCache]:
 def sample(cfg: RunConfig) -> dict[str, np.ndarray]:
     """Sample training triplets (train split) and evaluation triplets (val split only)."""
     caches = load_caches(cfg, progress=False)
+    train = caches["train"]
+    kept, held = holdout_split(train.labels, cfg.holdout_per_class, cfg.seed, train.wnids)
+    # (name, split's cache, images it may use, how many, seed); indices map back into the split
+    plan = [("train", train, kept, cfg.num_triplets, cfg.seed),
+            ("val", caches["val"], np.arange(len(caches["val"])), cfg.val_triplets, cfg.seed + 1)]
+    if len(held):
+        plan.append(("tune", train, held, cfg.val_triplets, cfg.seed + 2))
+    else:
+        Path(cfg.run_dir, "triplets_tune.npy").unlink(missing_ok=True)
     out = {}
-    for split, n, seed in (("train", cfg.num_triplets, cfg.seed), ("val", cfg.val_triplets, cfg.seed + 1)):
-        t = TripletSampler(caches[split].labels, seed=seed, class_ids=caches[split].wnids, split=split).sample(n)
-        save_triplets(run_path(cfg, f"triplets_{split}.npy"), t,
-                      {"split": split, "seed": seed, "num_images": len(caches[split])})
-        out[split] = t
+    for name, cache, ids, n, seed in plan:
+        where = "train" if name == "tune" else name
+        t = ids[TripletSampler(cache.labels[ids], seed=seed, class_ids=cache.wnids, split=where).sample(n)]
+        save_triplets(run_path(cfg, f"triplets_{name}.npy"), t,
+                      {"split": where, "seed": seed, "num_images": len(cache), "holdout_per_class": cfg.holdout_per_class})
+        out[name] = t
     return out
 
 
@@ -155,12 +168,13 @@ def load_model(cfg: RunConfig, model: str = "trained") -> EmbeddingNet:
 def stage_inputs(cfg: RunConfig, net: EmbeddingNet, cache: ImageCache, progress: bool = True) -> np.ndarray:
     """Cached outputs of the frozen stages of the *pretrained* network for one split."""
     return load_or_build_stage_features(net, cache, cfg.pretrained, cfg.embed_batch_size,
-                                        resolve_device(cfg.device), progress)
+                                        resolve_device(cfg.device), progress, cfg.bf16_cpu)
 
 
 @torch.inference_mode()
 def embed_images(net: EmbeddingNet, images: np.ndarray, batch_size: int = 256, device: str = "auto",
-                 baseline: bool = False, progress: bool = True, desc: str = "embed") -> np.ndarray:
+                 baseline: bool = False, progress: bool = True, desc: str = "embed",
+                 bf16_cpu: bool = False) -> np.ndarray:
     """Embed uint8 images (N, H, W, 3) with one network, in batches.
 
     `baseline=True` returns the backbone's pooled features, L2-normalised, without the
@@ -173,7 +187,7 @@ def embed_images(net: EmbeddingNet, images: np.ndarray, batch_size: int = 256, d
     out = []
     for i in progress_bar(range(0, len(images), batch_size), desc=desc, enabled=progress, unit="batch"):
         x = torch.from_numpy(np.array(images[i:i + batch_size])).to(dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        with autocast(dev, True, bf16_cpu):
             feats = net.features_from_stage(x) if from_stage else net.features(net.preprocess(x))
             if baseline:
                 z = torch.nn.functional.normalize(feats.float(), dim=1)
@@ -201,7 +215,7 @@ def embed(cfg: RunConfig, model: str = "trained", progress: bool = True) -> dict
         if cfg.cache_stage_features:  # frozen stages: the same weights in trained and baseline
             inputs = stage_inputs(cfg, net, c, progress)
         z = embed_images(net, inputs, cfg.embed_batch_size, cfg.device, baseline=model == "baseline",
-                         progress=progress, desc=f"embed {split} ({model})")
+                         progress=progress, desc=f"embed {split} ({model})", bf16_cpu=cfg.bf16_cpu)
         EmbeddingIndex(z, c.labels, list(c.paths)).save(embeddings_path(cfg, model, split))
         out[split] = embeddings_path(cfg, model, split)
         if progress:
@@ -218,28 +232,38 @@ def load_index(cfg: RunConfig, model: str, split: str) -> EmbeddingIndex:
 
 @writes_run_dir
 def evaluate(cfg: RunConfig, model: str = "trained") -> dict[str, dict]:
-    """All metrics on train and val; written to ``metrics_<model>.json``.
+    """All metrics on train, tune (with ``holdout_per_class``) and val (with ``evaluate_val``);
+    written to ``metrics_<model>.json``.
 
     * triplet_acc: % of the split's triplets with D(q,p) < D(q,n) (train: the training
       triplets; val: triplets drawn from val images only).
     * precision@k, any_hit@k, knn1, map@r: retrieval of the nearest *training* images; train
-      queries are a seeded subset of `train_eval_queries` training images, each excluded
-      from its own result; val queries are all val images.
+      queries are a seeded subset of `train_eval_queries` training images (never held-out ones),
+      each excluded from its own result; tune queries are the held-out training images against
+      the other training images; val queries are all val images.
     """
     db = load_index(cfg, model, "train")
-    val = load_index(cfg, model, "val")
+    kept, held = holdout_split(db.labels, cfg.holdout_per_class, cfg.seed)
     metrics: dict[str, dict] = {}
-    for split, queries in (("train", db), ("val", val)):
-        trip = load_run_triplets(cfg, split, len(queries))
-        m = {"triplet_acc": triplet_accuracy_from_index(queries.embeddings, trip), "num_triplets": int(len(trip))}
-        if split == "train":
-            n = min(cfg.train_eval_queries, len(db))
-            ids = np.sort(np.random.default_rng(cfg.seed).choice(len(db), size=n, replace=False))
-            m.update(retrieval_metrics(db, db.embeddings[ids], db.labels[ids], ks=cfg.ks,
-                                       exclude_self=True, query_ids=ids))
-        else:
-            m.update(retrieval_metrics(db, val.embeddings, val.labels, ks=cfg.ks))
-        metrics[split] = m
+    # train: seeded training images (never held-out ones) against all training images but themselves
+    trip = load_run_triplets(cfg, "train", len(db))
+    m = {"triplet_acc": triplet_accuracy_from_index(db.embeddings, trip), "num_triplets": int(len(trip))}
+    ids = np.sort(np.random.default_rng(cfg.seed).choice(kept, size=min(cfg.train_eval_queries, len(kept)),
+                                                         replace=False))
+    m.update(retrieval_metrics(db, db.embeddings[ids], db.labels[ids], ks=cfg.ks, exclude_self=True, query_ids=ids))
+    metrics["train"] = m
+    if len(held):  # tune: held-out training images against the training images that were trained on
+        trip = load_run_triplets(cfg, "tune", len(db))
+        kept_db = EmbeddingIndex(db.embeddings[kept], db.labels[kept], backend=cfg.search_backend)
+        m = {"triplet_acc": triplet_accuracy_from_index(db.embeddings, trip), "num_triplets": int(len(trip))}
+        m.update(retrieval_metrics(kept_db, db.embeddings[held], db.labels[held], ks=cfg.ks))
+        metrics["tune"] = m
+    if cfg.evaluate_val:
+        val = load_index(cfg, model, "val")
+        trip = load_run_triplets(cfg, "val", len(val))
+        m = {"triplet_acc": triplet_accuracy_from_index(val.embeddings, trip), "num_triplets": int(len(trip))}
+        m.update(retrieval_metrics(db, val.embeddings, val.labels, ks=cfg.ks))
+        metrics["val"] = m
     write_json(run_path(cfg, f"metrics_{model}.json"), {"model": model, "config": cfg.to_dict(), **metrics})
     return metrics
 
