@@ -72,10 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_metrics(metrics: dict) -> None:
-    keys = [k for k in next(iter(metrics.values())) if k not in ("num_queries", "num_triplets")]
-    print("split  " + "  ".join(f"{k:>12}" for k in keys))
+    keys = list(dict.fromkeys(k for m in metrics.values() for k in m if k not in ("num_queries", "num_triplets")
+                              and not k.endswith(("_counted", "_k"))))
+    print("split  " + "  ".join(f"{k:>15}" for k in keys))
     for split, m in metrics.items():
-        print(f"{split:<6} " + "  ".join(f"{m[k]:>12.2f}" for k in keys))
+        print(f"{split:<6} " + "  ".join(f"{m[k]:>15.2f}" if k in m else f"{'-':>15}" for k in keys))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,6 +102,43 @@ def triplet_accuracy_from_index(embeddings, triplets, chunk_size: int = 16384) -
     return float(correct / len(t))
 
 
+def score_at_top_k(embeddings, triplets, k: int = 30, index=None) -> dict:
+    """Score at top-K (Wang et al. 2014, section 6.3), adapted to this project's triplets.
+
+    The paper ranks 1,000 images per text query and, over its labelled triplets, counts among
+    those whose positive *or* negative is in the query's top-K results how many are ranked
+    correctly minus how many are ranked wrongly. Here the triplets are the split's sampled
+    triplets (val: three val images each); each query's ranking is over all images of the same
+    split (``embeddings``), the query itself excluded, by Euclidean distance (ties broken by index);
+    its top-K are its K nearest. For every triplet (q, p, n) with p or n among q's top-K:
+    correct = ``||q - p|| < ||q - n||`` (strict, like `triplet_accuracy`), wrong otherwise.
+
+    Returns ``{"score": correct - wrong, "counted": correct + wrong, "correct": ..., "wrong": ...,
+    "k": k}``; the score lies in [-counted, counted]. `index` may pass an `EmbeddingIndex` of
+    `embeddings` already built.
+    """
+    e = _to_numpy(embeddings, "embeddings", np.float32)
+    t = _to_numpy(triplets, "triplets")
+    if e.ndim != 2 or t.ndim != 2 or t.shape[1] != 3 or t.dtype.kind not in "iu":
+        raise RankingError(f"need (N, d) embeddings and integer (T, 3) triplets (got {e.shape}, {t.shape})")
+    if t.size and (t.min() < 0 or t.max() >= len(e)):
+        raise RankingError(f"triplet indices must be in [0, {len(e) - 1}]")
+    if not 1 <= k < len(e):
+        raise RankingError(f"k must be in [1, {len(e) - 1}] (got {k})")
+    if index is None:
+        from ranking_lib.index import EmbeddingIndex
+
+        index = EmbeddingIndex(e, np.zeros(len(e), dtype=np.int64), backend="torch")
+    queries = np.unique(t[:, 0])
+    top, _ = index.topk(e[queries], k, exclude=queries)
+    row = np.searchsorted(queries, t[:, 0])
+    in_top = (top[row] == t[:, 1:2]).any(axis=1) | (top[row] == t[:, 2:3]).any(axis=1)
+    q, p, n = (e[t[:, i]].astype(np.float64) for i in range(3))
+    right = np.sqrt(((q - p) ** 2).sum(1)) < np.sqrt(((q - n) ** 2).sum(1))
+    correct, wrong = int((in_top & right).sum()), int((in_top & ~right).sum())
+    return {"score": correct - wrong, "counted": correct + wrong, "correct": correct, "wrong": wrong, "k": int(k)}
+
+
 # ---------------------------------------------------------------------------------- retrieval
 def precision_at_k(neighbor_labels, query_labels, k: int) -> float:
     """Precision@k in percent: ``100 * mean_q( #{j < k : neighbor_labels[q, j] == query_labels[q]} / k )``."""

@@ -32,7 +32,7 @@ from ranking_lib.data import (
 from ranking_lib.errors import RankingError
 from ranking_lib.fileio import ensure_dir, write_json
 from ranking_lib.index import EmbeddingIndex
-from ranking_lib.metrics import retrieval_metrics, triplet_accuracy_from_index
+from ranking_lib.metrics import retrieval_metrics, score_at_top_k, triplet_accuracy_from_index
 from ranking_lib.model import EmbeddingNet, build_model, init_head_from_classifier
 from ranking_lib.progress import progress as progress_bar
 from ranking_lib.runlock import RunDirLock
@@ -230,6 +230,17 @@ def load_index(cfg: RunConfig, model: str, split: str) -> EmbeddingIndex:
     return EmbeddingIndex.load(path, backend=cfg.search_backend)
 
 
+SCORE_K = 30  # the paper's score at top-30
+
+
+def _score_at_top(embeddings: np.ndarray, triplets: np.ndarray) -> dict:
+    """Score at top-30; on a split of 30 images or fewer every other image is in the top-K, so K
+    is then the split's size minus one (recorded as ``score_at_top_30_k``)."""
+    s = score_at_top_k(embeddings, triplets, min(SCORE_K, len(embeddings) - 1))
+    return {f"score_at_top_{SCORE_K}": s["score"], f"score_at_top_{SCORE_K}_counted": s["counted"],
+            f"score_at_top_{SCORE_K}_k": s["k"]}
+
+
 @writes_run_dir
 def evaluate(cfg: RunConfig, model: str = "trained") -> dict[str, dict]:
     """All metrics on train, tune (with ``holdout_per_class``) and val (with ``evaluate_val``);
@@ -241,6 +252,8 @@ def evaluate(cfg: RunConfig, model: str = "trained") -> dict[str, dict]:
       queries are a seeded subset of `train_eval_queries` training images (never held-out ones),
       each excluded from its own result; tune queries are the held-out training images against
       the other training images; val queries are all val images.
+    * score_at_top_30 (tune, val): the paper's score at top-K, see `metrics.score_at_top_k`;
+      ``score_at_top_30_counted`` is how many triplets it counts.
     """
     db = load_index(cfg, model, "train")
     kept, held = holdout_split(db.labels, cfg.holdout_per_class, cfg.seed)
@@ -257,12 +270,14 @@ def evaluate(cfg: RunConfig, model: str = "trained") -> dict[str, dict]:
         kept_db = EmbeddingIndex(db.embeddings[kept], db.labels[kept], backend=cfg.search_backend)
         m = {"triplet_acc": triplet_accuracy_from_index(db.embeddings, trip), "num_triplets": int(len(trip))}
         m.update(retrieval_metrics(kept_db, db.embeddings[held], db.labels[held], ks=cfg.ks))
+        m.update(_score_at_top(db.embeddings, trip))
         metrics["tune"] = m
     if cfg.evaluate_val:
         val = load_index(cfg, model, "val")
         trip = load_run_triplets(cfg, "val", len(val))
         m = {"triplet_acc": triplet_accuracy_from_index(val.embeddings, trip), "num_triplets": int(len(trip))}
         m.update(retrieval_metrics(db, val.embeddings, val.labels, ks=cfg.ks))
+        m.update(_score_at_top(val.embeddings, trip))
         metrics["val"] = m
     write_json(run_path(cfg, f"metrics_{model}.json"), {"model": model, "config": cfg.to_dict(), **metrics})
     return metrics

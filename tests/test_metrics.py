@@ -169,3 +169,20 @@ def test_triplet_accuracy_from_index_chunking_matches_one_shot():
     a, p, n = (emb[trip[:, i]].astype(np.float64) for i in range(3))
     ref = 100 * np.mean(np.linalg.norm(a - p, axis=1) < np.linalg.norm(a - n, axis=1))
     assert one == pytest.approx(ref, abs=1e-9)
+
+
+def test_score_at_top_k_by_hand():
+    from ranking_lib.metrics import score_at_top_k
+
+    e = np.array([[0.0], [1.0], [3.0], [6.0], [10.0]])
+    t = np.array([[0, 1, 2],   # top-2 of 0 = {1, 2}; p in it; 1 < 3: correct
+                  [0, 3, 1],   # n=1 in top-2; 6 > 1: wrong
+                  [0, 3, 4],   # neither in top-2: not counted
+                  [4, 3, 0],   # top-2 of 4 = {3, 2}; p in it; 4 < 10: correct
+                  [2, 3, 1],   # top-2 of 2 = {1, 0} (0 and 3 tie at 3: lower index); n in it; 3 > 2: wrong
+                  [4, 2, 1]])  # p=2 in top-2 of 4; 7 < 9: correct
+    assert score_at_top_k(e, t, k=2) == {"score": 1, "counted": 5, "correct": 3, "wrong": 2, "k": 2}
+    # top-1: {1} for 0 and 2, {3} for 4 -> triplets 1, 2, 4, 5 counted, 2 right and 2 wrong
+    assert score_at_top_k(e, t, k=1)["score"] == 0 and score_at_top_k(e, t, k=1)["counted"] == 4
+    with pytest.raises(RankingError, match="k must be in"):
+        score_at_top_k(e, t, k=5)
