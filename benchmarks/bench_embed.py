@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, sys, time, numpy as np, torch
 from ranking_lib.model import EmbeddingNet
-from ranking_lib.workflow import embed_images
+from ranking_lib.inference import embed_images
 size, n, bs, cl, dev, bf16 = {size}, {n}, {bs}, {cl}, {dev!r}, {bf16}
 torch.manual_seed(0)
 net = EmbeddingNet(input_size=size, channels_last=cl)

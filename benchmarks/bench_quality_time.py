@@ -49,7 +49,8 @@ from ranking_lib.model import build_model
 from ranking_lib.samplers import TripletSampler
 from ranking_lib.stage_cache import compute_stage_features
 from ranking_lib.trainer import Trainer, resolve_device
-from ranking_lib.workflow import embed_images, initial_model
+from ranking_lib.inference import ModelInputs, embed_images
+from ranking_lib.workflow import initial_model
 
 K = 30
 
@@ -186,8 +187,8 @@ def run(argv: list[str] | None, reexec: bool) -> int:
         print(f"[profile] frozen-stage outputs of {len(train)} training images: {build_s:.0f} s", flush=True)
         q_feats = compute_stage_features(net, val.images[q_ids], batch_size=cfg.embed_batch_size, device=device,
                                          progress=False)
-        evalset = (feats[db_ids], db_lab, q_feats, q_lab)
-        c = train_curve("profile", cfg, train.wnids, feats, train.labels, triplets, evalset, args.budget_min * 60,
+        evalset = (ModelInputs(feats[db_ids], "stage_features"), db_lab, ModelInputs(q_feats, "stage_features"), q_lab)
+        c = train_curve("profile", cfg, train.wnids, ModelInputs(feats, "stage_features"), train.labels, triplets, evalset, args.budget_min * 60,
                         args.eval_every_min * 60, build_s, args.probe_steps, run_dir)
         c["label"] = f"{args.profile} profile (first {cfg.freeze_stages} stages frozen + cached)"
         c["stage_pass_s"] = build_s

@@ -32,6 +32,7 @@ from PIL import Image
 from ranking_lib.config import RunConfig
 from ranking_lib.data import TinyImageNet, load_or_build_cache
 from ranking_lib.devices import cpu_has_bf16
+from ranking_lib.inference import ModelInputs
 from ranking_lib.losses import RankingLoss
 from ranking_lib.model import build_model
 from ranking_lib.samplers import TripletSampler
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         scfg = cfg.replace(freeze_stages=args.freeze_stages, cache_stage_features=True)
         net = build_model(scfg)
         t0 = time.perf_counter()
-        feats = load_or_build_stage_features(net, cache, True, device=net.head.weight.device)
+        feats = ModelInputs(load_or_build_stage_features(net, cache, True, device=net.head.weight.device),
+                            "stage_features")
         build_s = time.perf_counter() - t0
         sp = time_project(scfg, feats, cache.labels, triplets, args.steps, run_dir)
         rows.append({"path": f"project + stage cache (first {args.freeze_stages} stages frozen)",

@@ -28,6 +28,7 @@ from ranking_lib.config import RunConfig, resume_differences
 from ranking_lib.devices import autocast, resolve_device
 from ranking_lib.errors import CheckpointError, RankingError
 from ranking_lib.fileio import disk_full_error, is_disk_full, write_text
+from ranking_lib.inference import ModelInputs, features
 from ranking_lib.losses import RankingLoss
 from ranking_lib.miners import batch_hard_negatives
 from ranking_lib.model import EmbeddingNet
@@ -99,20 +100,21 @@ class Trainer:
     Args:
         cfg: the run configuration (optimiser, schedule, steps, checkpointing...).
         model: the network to train.
-        images: uint8 array (N, H, W, 3), typically the memory-mapped decoded cache; or float16
-            outputs (N, C, H, W) of the model's frozen stages (see `stage_cache`).
+        inputs: `ModelInputs`: the decoded uint8 images (a plain uint8 array is taken as such), or
+            the float16 outputs of the model's frozen stages (see `stage_cache`).
         labels: int array (N,) of class indices.
         triplets: int array (T, 3) of (query, positive, negative) indices into `images`.
         run_dir: where `loss_log.csv` and `checkpoints/last.pt` are written.
     """
 
-    def __init__(self, cfg: RunConfig, model: EmbeddingNet, images: np.ndarray, labels: np.ndarray,
+    def __init__(self, cfg: RunConfig, model: EmbeddingNet, inputs: ModelInputs | np.ndarray, labels: np.ndarray,
                  triplets: np.ndarray, run_dir: str | Path | None = None) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
-        self.images = images
-        self.from_stage = images.dtype == np.float16
+        self.inputs = ModelInputs.of(inputs)
+        images = self.images = self.inputs.array
+        self.from_stage = self.inputs.from_stage
         # On a GPU the whole uint8 cache (1.2 GB for Tiny ImageNet) moves to the device once;
         # each step then gathers its images there instead of copying them from host memory.
         self.device_images = (torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
@@ -230,10 +232,7 @@ class Trainer:
         x, y = self._batch(step)
         b = self.cfg.batch_size
         with autocast(self.device, self.cfg.amp, self.cfg.bf16_cpu):
-            if self.from_stage:
-                z = self.model.embed_features(self.model.features_from_stage(x)).float()
-            else:
-                z = self.model(x).float()
+            z = self.model.embed_features(features(self.model, x, self.inputs.kind)).float()
         q, p, n = z[:b], z[b:2 * b], z[2 * b:]
         loss = self.loss_fn(q, p, n)
         if self.cfg.miner == "batch_hard":

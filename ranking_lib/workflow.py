@@ -32,13 +32,13 @@ from ranking_lib.data import (
 from ranking_lib.errors import RankingError
 from ranking_lib.fileio import ensure_dir, write_json
 from ranking_lib.index import EmbeddingIndex
+from ranking_lib.inference import ModelInputs, embed_images
 from ranking_lib.metrics import retrieval_metrics, score_at_top_k, triplet_accuracy_from_index
 from ranking_lib.model import EmbeddingNet, build_model, init_head_from_classifier
-from ranking_lib.progress import progress as progress_bar
 from ranking_lib.runlock import RunDirLock
 from ranking_lib.samplers import TripletSampler, load_triplets, save_triplets
 from ranking_lib.stage_cache import load_or_build_stage_features
-from ranking_lib.devices import autocast, resolve_device
+from ranking_lib.devices import resolve_device
 from ranking_lib.holdout import holdout_split
 from ranking_lib.trainer import Trainer, TrainResult
 
@@ -142,7 +142,7 @@ def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: i
     caches = load_caches(cfg, progress=False)
     triplets = load_run_triplets(cfg, "train", len(caches["train"]))
     model = initial_model(cfg, caches["train"].wnids, progress)
-    inputs = stage_inputs(cfg, model, caches["train"], progress) if cfg.cache_stage_features else caches["train"].images
+    inputs = model_inputs(cfg, model, caches["train"], progress)
     trainer = Trainer(cfg, model, inputs, caches["train"].labels, triplets, cfg.run_dir)
     if resume:
         trainer.resume()  # refuses changed settings before config.json is rewritten
@@ -165,36 +165,16 @@ def load_model(cfg: RunConfig, model: str = "trained") -> EmbeddingNet:
     return net.eval()
 
 
-def stage_inputs(cfg: RunConfig, net: EmbeddingNet, cache: ImageCache, progress: bool = True) -> np.ndarray:
+def stage_inputs(cfg: RunConfig, net: EmbeddingNet, cache: ImageCache, progress: bool = True) -> ModelInputs:
     """Cached outputs of the frozen stages of the *pretrained* network for one split."""
-    return load_or_build_stage_features(net, cache, cfg.pretrained, cfg.embed_batch_size,
-                                        resolve_device(cfg.device), progress, cfg.bf16_cpu)
+    return ModelInputs(load_or_build_stage_features(net, cache, cfg.pretrained, cfg.embed_batch_size,
+                                                    resolve_device(cfg.device), progress, cfg.bf16_cpu),
+                       "stage_features")
 
 
-@torch.inference_mode()
-def embed_images(net: EmbeddingNet, images: np.ndarray, batch_size: int = 256, device: str = "auto",
-                 baseline: bool = False, progress: bool = True, desc: str = "embed",
-                 bf16_cpu: bool = False) -> np.ndarray:
-    """Embed uint8 images (N, H, W, 3) with one network, in batches.
-
-    `baseline=True` returns the backbone's pooled features, L2-normalised, without the
-    (untrained) head: the frozen pretrained network the ranking training starts from.
-    `images` may also be float16 outputs of the network's frozen stages (see `stage_cache`).
-    """
-    dev = resolve_device(device)
-    net = net.to(dev).eval()
-    from_stage = images.dtype == np.float16  # outputs of the frozen stages (stage_cache)
-    out = []
-    for i in progress_bar(range(0, len(images), batch_size), desc=desc, enabled=progress, unit="batch"):
-        x = torch.from_numpy(np.array(images[i:i + batch_size])).to(dev)
-        with autocast(dev, True, bf16_cpu):
-            feats = net.features_from_stage(x) if from_stage else net.features(net.preprocess(x))
-            if baseline:
-                z = torch.nn.functional.normalize(feats.float(), dim=1)
-            else:
-                z = net.embed_features(feats)
-        out.append(z.float().cpu().numpy())
-    return np.concatenate(out).astype(np.float32)
+def model_inputs(cfg: RunConfig, net: EmbeddingNet, cache: ImageCache, progress: bool = True) -> ModelInputs:
+    """What `net` reads for one split under `cfg`: its frozen stages' cached outputs, or the images."""
+    return stage_inputs(cfg, net, cache, progress) if cfg.cache_stage_features else ModelInputs(cache.images)
 
 
 def embeddings_path(cfg: RunConfig, model: str, split: str) -> Path:
@@ -211,9 +191,7 @@ def embed(cfg: RunConfig, model: str = "trained", progress: bool = True) -> dict
     for split in SPLITS:
         c = caches[split]
         t0 = time.perf_counter()
-        inputs = c.images
-        if cfg.cache_stage_features:  # frozen stages: the same weights in trained and baseline
-            inputs = stage_inputs(cfg, net, c, progress)
+        inputs = model_inputs(cfg, net, c, progress)  # frozen stages: the same in trained and baseline
         z = embed_images(net, inputs, cfg.embed_batch_size, cfg.device, baseline=model == "baseline",
                          progress=progress, desc=f"embed {split} ({model})", bf16_cpu=cfg.bf16_cpu)
         EmbeddingIndex(z, c.labels, list(c.paths)).save(embeddings_path(cfg, model, split))

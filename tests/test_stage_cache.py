@@ -5,6 +5,7 @@ import torch
 
 from ranking_lib import workflow
 from ranking_lib.config import RunConfig
+from ranking_lib.inference import embed_images
 from ranking_lib.metrics import triplet_accuracy_from_index
 from ranking_lib.model import build_model
 from ranking_lib.stage_cache import compute_stage_features, load_or_build_stage_features
@@ -54,6 +55,23 @@ def test_train_from_stage_features_improves_and_embeds(sample_dir, sample_cache_
     # ranks more val triplets right than the same network before training (same seed, same head init)
     caches = workflow.load_caches(cfg, progress=False)
     start = workflow.initial_model(cfg, caches["val"].wnids)
-    z0 = workflow.embed_images(start, workflow.stage_inputs(cfg, start, caches["val"], progress=False), progress=False)
+    z0 = embed_images(start, workflow.stage_inputs(cfg, start, caches["val"], progress=False), progress=False)
     before = triplet_accuracy_from_index(z0, workflow.load_run_triplets(cfg, "val", len(caches["val"])))
     assert trained["val"]["triplet_acc"] > before + 2, (before, trained["val"]["triplet_acc"])
+
+
+def test_input_kind_is_stated_not_guessed():
+    import pytest
+
+    from ranking_lib.errors import RankingError
+    from ranking_lib.inference import ModelInputs
+
+    maps = np.zeros((2, 8, 4, 4), dtype=np.float16)
+    with pytest.raises(RankingError, match="pass ModelInputs\\(array, 'stage_features'\\)"):
+        ModelInputs.of(maps)
+    assert ModelInputs(maps, "stage_features").from_stage
+    assert ModelInputs.of(np.zeros((2, 64, 64, 3), dtype=np.uint8)).kind == "images"
+    with pytest.raises(RankingError, match="images must be uint8"):
+        ModelInputs(np.zeros((2, 64, 64, 3), dtype=np.float32))
+    with pytest.raises(RankingError, match="stage features must be float16"):
+        ModelInputs(np.zeros((2, 64, 64, 3), dtype=np.uint8), "stage_features")

@@ -8,6 +8,7 @@ from ranking_lib import workflow
 from ranking_lib.checkpoint import read_checkpoint, save_checkpoint
 from ranking_lib.config import RunConfig
 from ranking_lib.errors import CheckpointError, RankingError
+from ranking_lib.inference import embed_images
 from ranking_lib.metrics import triplet_accuracy_from_index
 from ranking_lib.model import build_model
 from ranking_lib.trainer import batch_triplets, lr_factor
@@ -29,7 +30,7 @@ def _val_triplet_acc(cfg, model):
     if model == "trained":
         ckpt = read_checkpoint(workflow.run_path(cfg, "checkpoints", "last.pt"))
         net.load_state_dict(ckpt["model"])
-    z = workflow.embed_images(net, caches["val"].images, 128, "cpu", progress=False)
+    z = embed_images(net, caches["val"].images, 128, "cpu", progress=False)
     return triplet_accuracy_from_index(z, trip)
 
 
