@@ -183,12 +183,14 @@ def embeddings_path(cfg: RunConfig, model: str, split: str) -> Path:
 
 @writes_run_dir
 def embed(cfg: RunConfig, model: str = "trained", progress: bool = True) -> dict[str, Path]:
-    """Embed the train split (the database) and the val split (the queries)."""
+    """Embed the train split (the database) and the val split (the queries; not while recipes are
+    chosen on the tuning split, ``evaluate_val`` off)."""
     setup_torch(cfg)
     caches = load_caches(cfg, progress=False)
     net = load_model(cfg, model)
+    splits = SPLITS if cfg.evaluate_val else ("train",)
     out = {}
-    for split in SPLITS:
+    for split in splits:
         c = caches[split]
         t0 = time.perf_counter()
         inputs = model_inputs(cfg, net, c, progress)  # frozen stages: the same in trained and baseline

@@ -52,6 +52,7 @@ def test_held_out_images_never_train_and_get_their_own_metrics(demo):
     assert np.isin(tune_t, held).all()  # tune triplets are made of held-out images only
     m = json.loads((run / "metrics_trained.json").read_text())
     assert set(m) == {"model", "config", "train", "tune"}  # val not looked at
+    assert not (run / "embeddings_trained_val.npz").exists()  # not even embedded
     assert m["tune"]["num_queries"] == 20
     # the tune numbers are the held-out images ranked against the kept ones
     from ranking_lib.index import EmbeddingIndex
