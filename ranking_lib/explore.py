@@ -5,12 +5,22 @@ with their distances, on any finished run directory. The logic is plain methods 
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 
 from ranking_lib import workflow
 from ranking_lib.config import RunConfig
 from ranking_lib.errors import RankingError
+
+
+@contextlib.contextmanager
+def _as_file(data: bytes, name: str):
+    """Uploaded bytes as a temporary file keeping `name`'s suffix (the decoder reads files)."""
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / ("query" + (Path(name).suffix or ".img"))
+        f.write_bytes(bytes(data))
+        yield f
 
 
 class QueryExplorer:
@@ -46,10 +56,7 @@ class QueryExplorer:
 
     def query_upload(self, data: bytes, name: str = "upload") -> workflow.QueryResult:
         """An uploaded image file's bytes (any format PIL reads), resized to 64 px like the data."""
-        suffix = Path(name).suffix or ".img"
-        with tempfile.TemporaryDirectory() as d:
-            f = Path(d) / f"query{suffix}"
-            f.write_bytes(bytes(data))
+        with _as_file(data, name) as f:
             result = workflow.query_image_file(self.cfg, f, self.k, self.model)
         result.query_path = name
         return result
@@ -60,9 +67,7 @@ class QueryExplorer:
             return self.val.images[result.query_index]
         from ranking_lib.decode import load_image_rgb
 
-        with tempfile.TemporaryDirectory() as d:
-            f = Path(d) / ("query" + (Path(result.query_path).suffix or ".img"))
-            f.write_bytes(bytes(data or b""))
+        with _as_file(data or b"", result.query_path) as f:
             return load_image_rgb(f)
 
     def figure(self, result: workflow.QueryResult, data: bytes | None = None):
