@@ -25,7 +25,7 @@ RESUME_FREE_FIELDS = frozenset({
     "data_dir", "run_dir", "cache_dir", "skip_corrupt", "val_triplets", "device", "num_threads",
     "checkpoint_every", "log_every", "ks", "train_eval_queries", "embed_batch_size",
     "search_backend", "num_query_examples", "query_seed", "top_k_show", "channels_last", "steps",
-    "evaluate_val",
+    "evaluate_val", "flip_tta",
 })
 
 
@@ -195,6 +195,9 @@ class RunConfig:
     train_eval_queries: int = 10_000
     """Train queries used for train precision@k (seeded subset; all when larger than the split)."""
     embed_batch_size: int = 256
+    flip_tta: bool = False
+    """Embed each image and its horizontal mirror (a flipped feature map on the stage-cache path)
+    and average the two embeddings (re-normalised when embeddings are L2-normalised)."""
     search_backend: str = "auto"
     num_query_examples: int = 5
     query_seed: int = 0

@@ -63,14 +63,27 @@ def features(net: EmbeddingNet, x: torch.Tensor, kind: str) -> torch.Tensor:
     return net.features_from_stage(x) if kind == "stage_features" else net.features(net.preprocess(x))
 
 
+def mirror(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Left-right mirror of a batch: images are (N, H, W, 3), stage features (N, C, H, W)."""
+    return x.flip(2) if kind == "images" else x.flip(-1)
+
+
+def _embed_batch(net: EmbeddingNet, x: torch.Tensor, kind: str, baseline: bool) -> torch.Tensor:
+    feats = features(net, x, kind)
+    return torch.nn.functional.normalize(feats.float(), dim=1) if baseline else net.embed_features(feats).float()
+
+
 @torch.inference_mode()
 def embed_images(net: EmbeddingNet, inputs: ModelInputs | np.ndarray, batch_size: int = 256,
                  device: str = "auto", baseline: bool = False, progress: bool = True, desc: str = "embed",
-                 bf16_cpu: bool = False) -> np.ndarray:
+                 bf16_cpu: bool = False, flip_tta: bool = False) -> np.ndarray:
     """Embed all `inputs` with one network, in batches; float32 (N, embedding_dim).
 
     `baseline=True` returns the backbone's pooled features, L2-normalised, without the
     (untrained) head: the frozen pretrained network the ranking training starts from.
+    `flip_tta=True` averages each input's embedding with its horizontal mirror's (the image
+    flipped left-right, or the stage feature map flipped along its width) and re-normalises
+    when the network's embeddings are L2-normalised (always for `baseline`).
     """
     inputs = ModelInputs.of(inputs)
     dev = resolve_device(device)
@@ -79,7 +92,9 @@ def embed_images(net: EmbeddingNet, inputs: ModelInputs | np.ndarray, batch_size
     for i in progress_bar(range(0, len(inputs), batch_size), desc=desc, enabled=progress, unit="batch"):
         x = torch.from_numpy(np.array(inputs.array[i:i + batch_size])).to(dev)
         with autocast(dev, True, bf16_cpu):
-            feats = features(net, x, inputs.kind)
-            z = torch.nn.functional.normalize(feats.float(), dim=1) if baseline else net.embed_features(feats)
+            z = _embed_batch(net, x, inputs.kind, baseline)
+            if flip_tta:
+                z = z + _embed_batch(net, mirror(x, inputs.kind), inputs.kind, baseline)
+                z = torch.nn.functional.normalize(z, dim=1) if baseline or net.normalize else z / 2
         out.append(z.float().cpu().numpy())
     return np.concatenate(out).astype(np.float32)

@@ -195,7 +195,8 @@ def embed(cfg: RunConfig, model: str = "trained", progress: bool = True) -> dict
         t0 = time.perf_counter()
         inputs = model_inputs(cfg, net, c, progress)  # frozen stages: the same in trained and baseline
         z = embed_images(net, inputs, cfg.embed_batch_size, cfg.device, baseline=model == "baseline",
-                         progress=progress, desc=f"embed {split} ({model})", bf16_cpu=cfg.bf16_cpu)
+                         progress=progress, desc=f"embed {split} ({model})", bf16_cpu=cfg.bf16_cpu,
+                         flip_tta=cfg.flip_tta)
         EmbeddingIndex(z, c.labels, list(c.paths)).save(embeddings_path(cfg, model, split))
         out[split] = embeddings_path(cfg, model, split)
         if progress:
@@ -322,7 +323,8 @@ def query_image_file(cfg: RunConfig, image_path: str | Path, k: int | None = Non
     k = cfg.top_k_show if k is None else k
     img = load_image_rgb(image_path)
     net = load_model(cfg, model)
-    z = embed_images(net, img[None], device=cfg.device, baseline=model == "baseline", progress=False)[0]
+    z = embed_images(net, img[None], device=cfg.device, baseline=model == "baseline", progress=False,
+                     bf16_cpu=cfg.bf16_cpu, flip_tta=cfg.flip_tta)[0]
     db = load_index(cfg, model, "train")
     ti, td = db.topk(z, k)
     bi, bd = db.bottomk(z, k)

@@ -72,11 +72,32 @@ def resolve_settings(args) -> tuple[dict, dict]:
     return settings, {"env": resolved.env, "make_demo_data": resolved.make_demo_data}
 
 
-def declared_parameters(nb_path: Path) -> list[str]:
-    """Names the notebook's `parameters` cell assigns (papermill's own reading of it)."""
-    import papermill as pm
+def parameter_defaults(nb_path: Path) -> dict:
+    """{name: default} for every name the notebook's `parameters` cell assigns, read with `ast`
+    (papermill's `inspect_notebook` skips lines it cannot parse, e.g. ``x = None  # note``, and a
+    skipped name would then travel in `extra` as well and clash in the notebook)."""
+    import ast
 
-    return list(pm.inspect_notebook(str(nb_path)))
+    import nbformat
+
+    nb = nbformat.read(str(nb_path), as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise RunnerError(f"{nb_path.name}: expected one cell tagged 'parameters', found {len(cells)}")
+    out = {}
+    for node in ast.parse(cells[0].source).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise RunnerError(f"{nb_path.name}: parameters cell line {node.lineno} is not `name = literal`")
+        try:
+            out[node.targets[0].id] = ast.literal_eval(node.value)
+        except ValueError:
+            raise RunnerError(f"{nb_path.name}: parameters cell line {node.lineno} is not a literal") from None
+    return out
+
+
+def declared_parameters(nb_path: Path) -> list[str]:
+    """Names the notebook's `parameters` cell assigns."""
+    return list(parameter_defaults(nb_path))
 
 
 def notebook_parameters(declared: list[str], settings: dict) -> dict:

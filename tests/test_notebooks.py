@@ -55,15 +55,11 @@ def test_committed_notebook_is_stripped_and_parameterised(name):
 def test_notebook_defaults_are_the_demo_profile(name):
     """Opening a notebook and pressing Run All gives the demo run: every setting of the demo
     profile equals the notebook's default (parameters cell, `extra`, then RunConfig defaults)."""
-    import ast
-
-    import papermill as pm
-
     from ranking_lib.config import RunConfig
     from ranking_lib.settings import resolve
 
-    params = {k: v["default"] for k, v in pm.inspect_notebook(str(NOTEBOOK_DIR / name)).items()}
-    values = {k: ast.literal_eval(v) for k, v in params.items()}
+    params = _runner_module().parameter_defaults(NOTEBOOK_DIR / name)
+    values = dict(params)
     extra = values.pop("extra", {})
     for key in ("data_dir", "run_dir"):  # relative to the notebook's folder, where the kernel runs
         values[key] = str((NOTEBOOK_DIR / values[key]).resolve())
@@ -72,6 +68,30 @@ def test_notebook_defaults_are_the_demo_profile(name):
     for field in sorted(demo.explicit):
         assert getattr(from_notebook, field) == getattr(demo.config, field), field
     assert {"data_dir", "run_dir", "steps", "warmup_steps", "checkpoint_every", "log_every"} <= set(params)
+
+
+@pytest.mark.parametrize("profile", ["demo", "sample", "cpu", "gpu"])
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_runner_passes_each_setting_once(name, profile):
+    """A setting the parameters cell assigns is injected by name, never also in `extra` (the
+    notebook builds its config with ``dict(name=name, ..., **extra)``: a name in both fails).
+    Regression: papermill's reader skipped ``max_classes = None  # ...`` and the cpu and sample
+    profiles' runs stopped in their first cell."""
+    run = _runner_module()
+    settings = resolve_profile(profile)
+    declared = run.declared_parameters(NOTEBOOK_DIR / name)
+    params = run.notebook_parameters(declared, settings)
+    assert set(params.get("extra", {})).isdisjoint(set(declared) - {"extra"})
+    assert "max_classes" in declared
+    assert {**{k: v for k, v in params.items() if k != "extra"}, **params.get("extra", {})} == settings
+
+
+def resolve_profile(profile: str) -> dict:
+    from ranking_lib.settings import resolve
+
+    r = resolve(profile)
+    cfg = r.config.to_dict()
+    return {k: cfg[k] for k in sorted(r.explicit)}
 
 
 def test_parameters_not_declared_travel_in_extra():
