@@ -49,10 +49,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+# Architecture-record entries added later, with the value every older checkpoint had.
+RECORD_DEFAULTS = {"architecture": "single"}
+
+
 def load_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path = "checkpoint") -> None:
     """Load weights after checking the checkpoint was made for this architecture."""
     want = model.architecture()
-    have = ckpt.get("architecture", {})
+    have = {**RECORD_DEFAULTS, **ckpt.get("architecture", {})}
     diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
     if diff:
         desc = ", ".join(f"{k}={a!r} (model has {b!r})" for k, (a, b) in diff.items())

@@ -124,7 +124,9 @@ def _run(args: argparse.Namespace, cfg: RunConfig, workflow) -> int:
             print(f"{s}: {len(c)} images, {len(set(c.labels.tolist()))} classes, {len(c.skipped)} skipped")
     if cmd in ("sample", "all"):
         t = workflow.sample(cfg)
-        print(f"sampled {len(t['train'])} train and {len(t['val'])} val triplets (seed {cfg.seed}) into {cfg.run_dir}")
+        what = (f"{len(t['train'])} train (for scoring; training draws online)" if cfg.triplet_source == "online"
+                else f"{len(t['train'])} train")
+        print(f"sampled {what} and {len(t['val'])} val triplets (seed {cfg.seed}) into {cfg.run_dir}")
     if cmd in ("train", "all"):
         r = workflow.train(cfg, progress=progress, resume=not getattr(args, "no_resume", False))
         print(f"trained to step {r.steps} in {r.wall_s:.1f} s ({r.triplets_per_s:.1f} triplets/s); "

@@ -132,9 +132,31 @@ class RunConfig:
     """Training images per class held out as the tuning split (0 = none): left out of the
     training triplets, ranked as queries against the other training images (``tune`` metrics).
     Choose recipes on it; evaluate val once per final recipe."""
+    sampler: str = "auto"
+    """``uniform`` (the course's: uniform queries and positives, out-of-class negatives),
+    ``relevance`` (the paper's §4: queries and positives weighted by golden-feature relevance,
+    a share of in-class negatives), or ``auto``: relevance when out_of_class_fraction < 1."""
+    out_of_class_fraction: float = 1.0
+    """Share of out-of-class negatives (1.0 = all, the course's; the paper's best was 0.2); the
+    rest are in-class negatives less relevant to the query than its positive by relevance_tr."""
+    relevance_tp: float = 0.6
+    """T_p: cap on relevance in the positive weights min(T_p, r) (cosine of golden features)."""
+    relevance_tr: float = 0.1
+    """T_r: an in-class negative must satisfy r(q, p) - r(q, n) >= T_r."""
+    triplet_source: str = "presampled"
+    """``presampled`` (a seeded triplet file, the default) or ``online`` (per-class reservoir
+    buffers over an image stream, triplets drawn each step; the paper's Fig. 4)."""
+    buffer_size: int = 32
+    """Online sampling: images per class buffer."""
+    buffer_refresh_steps: int = 50
+    """Online sampling: steps between buffer rebuilds from the next part of the stream."""
 
     # --- model ------------------------------------------------------------------------
     backbone: str = "efficientnet_lite0"
+    architecture: str = "single"
+    """``single`` (backbone -> head) or ``multiscale`` (the paper's §3: plus two shallow
+    conv + max-pool paths on the image subsampled 4:1 and 8:1, each path L2-normalised,
+    concatenated, then the head)."""
     pretrained: bool = True
     input_size: int = 128
     """Images (64 px) are resized to this before the backbone."""
@@ -216,6 +238,7 @@ class RunConfig:
         ("train_eval_queries", 1), ("top_k_show", 1), ("num_query_examples", 1), ("warmup_steps", 0),
         ("freeze_stages", 0), ("holdout_per_class", 0), ("seed", 0), ("query_seed", 0), ("num_threads", 1),
         ("max_classes", 2), ("backbone_lr_scale", 0), ("weight_decay", 0), ("momentum", 0),
+        ("out_of_class_fraction", 0), ("relevance_tr", 0), ("buffer_size", 2), ("buffer_refresh_steps", 1),
     )
 
     def validate(self) -> None:
@@ -256,6 +279,22 @@ class RunConfig:
         need(all(k >= 1 for k in self.ks) and len(self.ks) > 0, f"ks must be >= 1 (got {self.ks})")
         need(not self.cache_stage_features or self.freeze_stages >= 1,
              "cache_stage_features needs freeze_stages >= 1")
+        need(self.architecture in ("single", "multiscale"),
+             f"architecture must be single or multiscale (got {self.architecture!r})")
+        need(self.sampler in ("auto", "uniform", "relevance"),
+             f"sampler must be auto, uniform or relevance (got {self.sampler!r})")
+        need(self.out_of_class_fraction <= 1, f"out_of_class_fraction must be <= 1 (got {self.out_of_class_fraction})")
+        need(self.sampler != "uniform" or self.out_of_class_fraction == 1,
+             "sampler=uniform draws out-of-class negatives only: in-class negatives "
+             f"(out_of_class_fraction={self.out_of_class_fraction}) need sampler=relevance or auto")
+        need(self.relevance_tp > 0, f"relevance_tp must be > 0 (got {self.relevance_tp})")
+        need(self.triplet_source in ("presampled", "online"),
+             f"triplet_source must be presampled or online (got {self.triplet_source!r})")
+
+    @property
+    def uses_relevance(self) -> bool:
+        """Whether triplets are drawn with golden-feature relevance (`sampler`)."""
+        return self.sampler == "relevance" or (self.sampler == "auto" and self.out_of_class_fraction < 1)
 
     # --- conversion -------------------------------------------------------------------
     @classmethod

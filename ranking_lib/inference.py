@@ -27,12 +27,20 @@ KINDS = ("images", "stage_features")
 
 @dataclass(frozen=True)
 class ModelInputs:
-    """An array of network inputs and its kind (``images`` or ``stage_features``)."""
+    """An array of network inputs and its kind (``images`` or ``stage_features``).
+
+    `images`: with stage features, the uint8 images (N, H, W, 3) they were computed from, for
+    the multiscale network's shallow paths (which always read images)."""
 
     array: np.ndarray
     kind: str = "images"
+    images: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        im = self.images
+        if im is not None and (im.dtype != np.uint8 or im.ndim != 4 or im.shape[-1] != 3 or len(im) != len(self.array)):
+            raise RankingError(f"images beside stage features must be uint8 (N, H, W, 3) with N = "
+                               f"{len(self.array)}, got {im.dtype} {tuple(im.shape)}")
         a = self.array
         if self.kind == "images" and (a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3):
             raise RankingError(f"images must be uint8 (N, H, W, 3), got {a.dtype} {tuple(a.shape)}")
@@ -63,14 +71,22 @@ def features(net: EmbeddingNet, x: torch.Tensor, kind: str) -> torch.Tensor:
     return net.features_from_stage(x) if kind == "stage_features" else net.features(net.preprocess(x))
 
 
-def mirror(x: torch.Tensor, kind: str) -> torch.Tensor:
+def mirror(x: torch.Tensor | None, kind: str) -> torch.Tensor | None:
     """Left-right mirror of a batch: images are (N, H, W, 3), stage features (N, C, H, W)."""
+    if x is None:
+        return None
     return x.flip(2) if kind == "images" else x.flip(-1)
 
 
-def _embed_batch(net: EmbeddingNet, x: torch.Tensor, kind: str, baseline: bool) -> torch.Tensor:
+def embed_batch(net: EmbeddingNet, x: torch.Tensor, kind: str, images: torch.Tensor | None = None,
+                baseline: bool = False) -> torch.Tensor:
+    """Embeddings (float32) of one batch of inputs of `kind`; `images` are the uint8 images of
+    a stage-feature batch (the multiscale network's shallow paths read them). `baseline`: the
+    L2-normalised pooled backbone features, without the head."""
     feats = features(net, x, kind)
-    return torch.nn.functional.normalize(feats.float(), dim=1) if baseline else net.embed_features(feats).float()
+    if baseline:
+        return torch.nn.functional.normalize(feats.float(), dim=1)
+    return net.embed_features(feats, x if kind == "images" else images).float()
 
 
 @torch.inference_mode()
@@ -91,10 +107,15 @@ def embed_images(net: EmbeddingNet, inputs: ModelInputs | np.ndarray, batch_size
     out = []
     for i in progress_bar(range(0, len(inputs), batch_size), desc=desc, enabled=progress, unit="batch"):
         x = torch.from_numpy(np.array(inputs.array[i:i + batch_size])).to(dev)
+        im = None
+        if net.multiscale and inputs.from_stage and not baseline:
+            if inputs.images is None:
+                raise RankingError("the multiscale network needs the images beside the stage features")
+            im = torch.from_numpy(np.array(inputs.images[i:i + batch_size])).to(dev)
         with autocast(dev, True, bf16_cpu):
-            z = _embed_batch(net, x, inputs.kind, baseline)
+            z = embed_batch(net, x, inputs.kind, im, baseline)
             if flip_tta:
-                z = z + _embed_batch(net, mirror(x, inputs.kind), inputs.kind, baseline)
+                z = z + embed_batch(net, mirror(x, inputs.kind), inputs.kind, mirror(im, "images"), baseline)
                 z = torch.nn.functional.normalize(z, dim=1) if baseline or net.normalize else z / 2
         out.append(z.float().cpu().numpy())
     return np.concatenate(out).astype(np.float32)

@@ -2,9 +2,15 @@
 
 A triplet is three row indices into one split's image cache: (query, positive, negative).
 
+`TripletSampler` (the course's sampler, the default):
+
 * query: uniform over all images of the split;
 * positive: uniform over the *other* images of the query's class (never the query itself);
 * negative: uniform over the images of all other classes (out-of-class negative).
+
+`RelevanceTripletSampler` (the paper's §4, eqs. 5-8) weights queries and positives by a
+pairwise relevance and draws a fraction of the negatives from the query's own class; see
+`ranking_lib.relevance`.
 """
 
 from __future__ import annotations
@@ -78,6 +84,140 @@ class TripletSampler:
         m = m + (m >= start) * count
         neg = self._order[m]
         return np.stack([q, p, neg], axis=1).astype(np.int64)
+
+
+class RelevanceTripletSampler:
+    """The paper's relevance-weighted sampling with in-class negatives (Wang et al. 2014, §4).
+
+    Relevance r_ij of two images of one class is the cosine similarity of their golden features
+    (`ranking_lib.relevance`); r_i = sum over the other images j of its class of r_ij.
+
+    * query: drawn with probability proportional to r_i (eq. 6);
+    * positive: another image of the query's class, probability proportional to min(T_p, r_i,i+)
+      (eq. 7);
+    * negative: with probability `out_of_class_fraction` uniform over the images of the other
+      classes; otherwise an *in-class* negative from the same distribution as positives, subject
+      to r_i,i+ - r_i,i- >= T_r (eq. 8) and never the query or the positive. An in-class draw
+      only takes positives for which such a negative exists; a query with none at all gets an
+      out-of-class negative, counted in `in_class_fallbacks`.
+
+    Args:
+        labels: class index of every image, shape (N,).
+        features: golden features (N, D) (L2-normalised here).
+        out_of_class_fraction: share of out-of-class negatives, in [0, 1] (paper's best: 0.2).
+        tp: T_p, the cap on relevance in the positive (and in-class negative) weights.
+        tr: T_r >= 0, the relevance margin between positive and in-class negative.
+        seed, class_ids, split: as for `TripletSampler`.
+    """
+
+    def __init__(self, labels: np.ndarray, features: np.ndarray, out_of_class_fraction: float = 0.2,
+                 tp: float = 0.6, tr: float = 0.1, seed: int = 0, class_ids: list[str] | None = None,
+                 split: str | None = None) -> None:
+        from ranking_lib.relevance import RelevanceScores
+
+        self._base = TripletSampler(labels, seed, class_ids, split)  # validates the labels
+        if not 0.0 <= out_of_class_fraction <= 1.0:
+            raise RankingError(f"out_of_class_fraction must be in [0, 1] (got {out_of_class_fraction})")
+        if tp <= 0 or tr < 0:
+            raise RankingError(f"relevance thresholds need T_p > 0 and T_r >= 0 (got {tp}, {tr})")
+        self.labels = self._base.labels
+        self.seed = int(seed)
+        self.fraction, self.tp, self.tr = float(out_of_class_fraction), float(tp), float(tr)
+        self.relevance = RelevanceScores(features, self.labels)
+        self.in_class_fallbacks = 0
+
+    def sample(self, num_triplets: int) -> np.ndarray:
+        """Return an (num_triplets, 3) int64 array of (query, positive, negative) indices."""
+        if num_triplets < 1:
+            raise RankingError(f"num_triplets must be >= 1 (got {num_triplets})")
+        rng = np.random.default_rng(self.seed)
+        rel = self.relevance
+        q = rng.choice(len(self.labels), size=num_triplets, p=rel.total / rel.total.sum())
+        pools = [rel.members(c) for c in range(rel.num_classes)]
+        t, self.in_class_fallbacks = draw_triplets(rng, q, pools, rel, self.fraction, self.tp, self.tr,
+                                                   out_of_class=self._out_of_class)
+        return t
+
+    def _out_of_class(self, rng: np.random.Generator, q: np.ndarray) -> np.ndarray:
+        """Uniform over all images of the other classes (as `TripletSampler`)."""
+        b = self._base
+        cpos = b._class_pos[q]
+        start, count = b._starts[cpos], b._counts[cpos]
+        m = rng.integers(0, len(b.labels) - count)
+        return b._order[m + (m >= start) * count]
+
+    def positive_probabilities(self, query: int) -> tuple[np.ndarray, np.ndarray]:
+        """(candidates, probabilities) of the positive of `query` in an out-of-class triplet."""
+        rel = self.relevance
+        cand = rel.members(rel.class_of(query))
+        w = _weights(rel.rows(np.array([query]), cand)[0], self.tp)
+        w[cand == query] = 0
+        return cand, w / w.sum()
+
+
+_FLOOR = 1e-6  # every allowed candidate keeps a positive weight, even at relevance <= 0
+
+
+def _weights(r: np.ndarray, tp: float) -> np.ndarray:
+    return np.maximum(np.minimum(r, tp), _FLOOR)
+
+
+def _draw_rows(rng: np.random.Generator, w: np.ndarray) -> np.ndarray:
+    """One column index per row of the non-negative weight matrix `w` (rows sum > 0)."""
+    c = np.cumsum(w, axis=1)
+    u = rng.random(len(w)) * c[:, -1]
+    return np.minimum((c <= u[:, None]).sum(axis=1), w.shape[1] - 1)
+
+
+def draw_triplets(rng: np.random.Generator, queries: np.ndarray, pools: list[np.ndarray], relevance,
+                  out_of_class_fraction: float, tp: float, tr: float, out_of_class) -> tuple[np.ndarray, int]:
+    """Positives and negatives for drawn `queries` (paper §4): shared by the pre-sampled
+    `RelevanceTripletSampler` and the online buffers (`ranking_lib.online`).
+
+    `pools[c]` holds the candidate images of class c (all of them, or a buffer's content) and
+    must include each query of class c; `out_of_class(rng, q)` draws out-of-class negatives.
+    Returns the (n, 3) triplets, in the order of `queries`, and the number of in-class draws
+    that fell back to an out-of-class negative because no valid in-class negative existed.
+    """
+    n = len(queries)
+    pos = np.empty(n, dtype=np.int64)
+    neg = np.full(n, -1, dtype=np.int64)
+    in_class = rng.random(n) >= out_of_class_fraction
+    cls = relevance.class_of(queries)
+    fallbacks = 0
+    for c in np.unique(cls):
+        rows = np.flatnonzero(cls == c)
+        cand = pools[c]
+        if len(cand) < 2:
+            raise RankingError(f"class {c} has {len(cand)} candidate image(s): no positive can be drawn")
+        q = queries[rows]
+        r = relevance.rows(q, cand)                                # (m, k) relevance to candidates
+        is_self = cand[None, :] == q[:, None]
+        w = np.where(is_self, 0.0, _weights(r, tp))
+        inc = in_class[rows]
+        if inc.any():
+            # a positive p is usable in-class when some k (not q, not p) has r_k <= r_p - T_r
+            big = np.where(is_self, np.inf, r)
+            order = np.argsort(big, axis=1)[:, :2]
+            lo1 = np.take_along_axis(big, order[:, :1], 1)
+            lo2 = np.take_along_axis(big, order[:, 1:2], 1)
+            col = np.arange(len(cand))[None, :]
+            usable = ((r - tr >= lo1) & (col != order[:, :1])) | (r - tr >= lo2)
+            w_in = np.where(usable & ~is_self, w, 0.0)
+            ok = w_in.sum(axis=1) > 0
+            fallbacks += int((inc & ~ok).sum())
+            inc = inc & ok
+            w = np.where(inc[:, None], w_in, w)
+        j = _draw_rows(rng, w)
+        pos[rows] = cand[j]
+        if inc.any():
+            sel = np.flatnonzero(inc)
+            rp = r[sel, j[sel]][:, None]
+            allowed = (r[sel] <= rp - tr) & ~is_self[sel] & (np.arange(len(cand))[None, :] != j[sel][:, None])
+            neg[rows[sel]] = cand[_draw_rows(rng, np.where(allowed, _weights(r[sel], tp), 0.0))]
+    out = neg < 0
+    neg[out] = out_of_class(rng, queries[out])
+    return np.stack([queries, pos, neg], axis=1).astype(np.int64), fallbacks
 
 
 def save_triplets(path: str | Path, triplets: np.ndarray, meta: dict | None = None) -> Path:

@@ -28,7 +28,7 @@ from ranking_lib.config import RunConfig, resume_differences
 from ranking_lib.devices import autocast, resolve_device
 from ranking_lib.errors import CheckpointError, RankingError
 from ranking_lib.fileio import disk_full_error, is_disk_full, write_text
-from ranking_lib.inference import ModelInputs, features
+from ranking_lib.inference import ModelInputs, embed_batch
 from ranking_lib.losses import RankingLoss
 from ranking_lib.miners import batch_hard_negatives
 from ranking_lib.model import EmbeddingNet
@@ -94,6 +94,19 @@ def batch_triplets(triplets: np.ndarray, step: int, batch_size: int, seed: int) 
     return triplets[np.asarray(out)]
 
 
+class PresampledTriplets:
+    """The triplet source of a pre-sampled triplet file: each step walks a seeded per-epoch
+    permutation (`batch_triplets`). `OnlineTriplets` (`ranking_lib.online`) is the other source."""
+
+    def __init__(self, triplets: np.ndarray, batch_size: int, seed: int) -> None:
+        self.triplets = np.asarray(triplets)
+        self.batch_size, self.seed = batch_size, seed
+        self.sha256 = hashlib.sha256(np.ascontiguousarray(self.triplets, dtype=np.int64)).hexdigest()
+
+    def batch(self, step: int) -> np.ndarray:
+        return batch_triplets(self.triplets, step, self.batch_size, self.seed)
+
+
 class Trainer:
     """Trains an `EmbeddingNet` on pre-sampled triplets of one image cache.
 
@@ -103,12 +116,13 @@ class Trainer:
         inputs: `ModelInputs`: the decoded uint8 images (a plain uint8 array is taken as such), or
             the float16 outputs of the model's frozen stages (see `stage_cache`).
         labels: int array (N,) of class indices.
-        triplets: int array (T, 3) of (query, positive, negative) indices into `images`.
+        triplets: int array (T, 3) of pre-sampled (query, positive, negative) indices into
+            `inputs`, or a source with ``batch(step)`` and ``sha256`` (`online.OnlineTriplets`).
         run_dir: where `loss_log.csv` and `checkpoints/last.pt` are written.
     """
 
     def __init__(self, cfg: RunConfig, model: EmbeddingNet, inputs: ModelInputs | np.ndarray, labels: np.ndarray,
-                 triplets: np.ndarray, run_dir: str | Path | None = None) -> None:
+                 triplets, run_dir: str | Path | None = None) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
@@ -120,8 +134,8 @@ class Trainer:
         self.device_images = (torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
                               if self.device.type == "cuda" else None)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-        self.triplets = np.asarray(triplets)
-        self.triplets_sha256 = hashlib.sha256(np.ascontiguousarray(self.triplets, dtype=np.int64)).hexdigest()
+        self.source = triplets if hasattr(triplets, "batch") else PresampledTriplets(triplets, cfg.batch_size, cfg.seed)
+        self.triplets_sha256 = self.source.sha256
         self.loss_fn = RankingLoss(cfg.gap, cfg.squared_distance)
         self.optimizer = build_optimizer(cfg, self.model)
         self.run_dir = Path(run_dir or cfg.run_dir)
@@ -207,32 +221,44 @@ class Trainer:
         return float(rows[-1][1]) if rows else None
 
     # ---- one step --------------------------------------------------------------------
-    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        t = batch_triplets(self.triplets, step, self.cfg.batch_size, self.cfg.seed)
-        idx = t.T.reshape(-1)  # queries, then positives, then negatives
+    def _gather(self, array: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+        order = np.argsort(idx, kind="stable")  # sorted reads are kinder to a memory map
+        out = np.empty((len(idx),) + array.shape[1:], dtype=array.dtype)
+        out[order] = array[idx[order]]
+        return torch.from_numpy(out).to(self.device)
+
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(inputs, the uint8 images beside stage features for a multiscale network or None,
+        labels) of the 3B images of `step`: queries, then positives, then negatives."""
+        t = self.source.batch(step)
+        idx = t.T.reshape(-1)
         if self.device_images is not None:
             x = self.device_images[torch.from_numpy(idx).to(self.device)]
         else:
-            order = np.argsort(idx, kind="stable")  # sorted reads are kinder to a memory map
-            imgs = np.empty((len(idx),) + self.images.shape[1:], dtype=self.images.dtype)
-            imgs[order] = self.images[idx[order]]
-            x = torch.from_numpy(imgs)
+            x = self._gather(self.images, idx)
+        im = None
+        if self.from_stage and self.model.multiscale:
+            if self.inputs.images is None:
+                raise RankingError("the multiscale network needs the images beside the stage features")
+            im = self._gather(self.inputs.images, idx)
         if self.cfg.augment:
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
             if self.from_stage:
                 flip = (torch.rand(len(x), generator=g) < 0.5).to(self.device)
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                if im is not None:  # the shallow paths see the same mirror as the feature map
+                    im = torch.where(flip[:, None, None, None], im.flip(2), im)
             else:
                 x = flip_and_shift(x, g)
-        return x, self.labels[torch.from_numpy(idx)].to(self.device)
+        return x, im, self.labels[torch.from_numpy(idx)].to(self.device)
 
     def train_step(self, step: int) -> float:
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * group["lr_scale"] * lr_factor(self.cfg, step)
-        x, y = self._batch(step)
+        x, im, y = self._batch(step)
         b = self.cfg.batch_size
         with autocast(self.device, self.cfg.amp, self.cfg.bf16_cpu):
-            z = self.model.embed_features(features(self.model, x, self.inputs.kind)).float()
+            z = embed_batch(self.model, x, self.inputs.kind, im)
         q, p, n = z[:b], z[b:2 * b], z[2 * b:]
         loss = self.loss_fn(q, p, n)
         if self.cfg.miner == "batch_hard":

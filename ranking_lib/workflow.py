@@ -36,7 +36,8 @@ from ranking_lib.inference import ModelInputs, embed_images
 from ranking_lib.metrics import retrieval_metrics, score_at_top_k, triplet_accuracy_from_index
 from ranking_lib.model import EmbeddingNet, build_model, init_head_from_classifier
 from ranking_lib.runlock import RunDirLock
-from ranking_lib.samplers import TripletSampler, load_triplets, save_triplets
+from ranking_lib.online import OnlineTriplets
+from ranking_lib.samplers import RelevanceTripletSampler, TripletSampler, load_triplets, save_triplets
 from ranking_lib.stage_cache import load_or_build_stage_features
 from ranking_lib.devices import resolve_device
 from ranking_lib.holdout import holdout_split
@@ -89,7 +90,10 @@ def prepare(cfg: RunConfig, progress: bool = True) -> dict[str, ImageCache]:
 
 @writes_run_dir
 def sample(cfg: RunConfig) -> dict[str, np.ndarray]:
-    """Sample training triplets (train split) and evaluation triplets (val split only)."""
+    """Sample training triplets (train split) and evaluation triplets (val split only).
+
+    With ``triplet_source=online`` training draws its triplets as it runs; the train file then
+    holds `val_triplets` course triplets of the training images, to score the train split."""
     caches = load_caches(cfg, progress=False)
     train = caches["train"]
     kept, held = holdout_split(train.labels, cfg.holdout_per_class, cfg.seed, train.wnids)
@@ -103,11 +107,76 @@ def sample(cfg: RunConfig) -> dict[str, np.ndarray]:
     out = {}
     for name, cache, ids, n, seed in plan:
         where = "train" if name == "tune" else name
-        t = ids[TripletSampler(cache.labels[ids], seed=seed, class_ids=cache.wnids, split=where).sample(n)]
-        save_triplets(run_path(cfg, f"triplets_{name}.npy"), t,
-                      {"split": where, "seed": seed, "num_images": len(cache), "holdout_per_class": cfg.holdout_per_class})
+        meta = {"split": where, "seed": seed, "num_images": len(cache), "holdout_per_class": cfg.holdout_per_class}
+        if name == "train" and cfg.triplet_source == "online":
+            # training draws its own triplets as it runs: this file only scores the train split
+            n, meta["purpose"] = cfg.val_triplets, "evaluation only: training draws its triplets online"
+        if name == "train" and cfg.uses_relevance and cfg.triplet_source == "presampled":  # evaluation triplets stay the course's
+            sampler = RelevanceTripletSampler(cache.labels[ids], golden_features(cfg, cache)[ids],
+                                              cfg.out_of_class_fraction, cfg.relevance_tp, cfg.relevance_tr,
+                                              seed=seed, class_ids=cache.wnids, split=where)
+            t = ids[sampler.sample(n)]
+            meta.update(sampler="relevance", out_of_class_fraction=cfg.out_of_class_fraction,
+                        relevance_tp=cfg.relevance_tp, relevance_tr=cfg.relevance_tr,
+                        in_class_negatives=int((cache.labels[t[:, 0]] == cache.labels[t[:, 2]]).sum()),
+                        in_class_fallbacks=sampler.in_class_fallbacks)
+        else:
+            t = ids[TripletSampler(cache.labels[ids], seed=seed, class_ids=cache.wnids, split=where).sample(n)]
+        save_triplets(run_path(cfg, f"triplets_{name}.npy"), t, meta)
         out[name] = t
     return out
+
+
+def golden_features(cfg: RunConfig, cache: ImageCache, progress: bool = True) -> np.ndarray:
+    """The frozen pretrained backbone's L2-normalised pooled features of every image of `cache`
+    (the `baseline` model at the run's input size): the golden feature behind the relevance
+    r_ij of relevance-weighted sampling. Computed once, float16, beside the image cache."""
+    from ranking_lib.fileio import atomic_path
+    from ranking_lib.stage_cache import stage_features_file
+
+    net = build_model(cfg.replace(architecture="single")).eval()
+    if cache.cache_file is None:
+        inputs = ModelInputs(cache.images)
+        path = None
+    else:
+        stem = stage_features_file(cache, net, cfg.pretrained, uses_bf16_cpu(cfg)).stem.replace("stage_", "golden_", 1)
+        path = Path(cache.cache_file).parent / f"{stem}.npy"
+        if path.is_file():
+            try:
+                z = np.load(path, allow_pickle=False)
+                if z.shape == (len(cache), net.backbone.feature_dim) and np.isfinite(z).all():
+                    return z
+            except (OSError, ValueError):
+                pass
+        inputs = model_inputs(cfg.replace(architecture="single"), net, cache, progress)
+    t0 = time.perf_counter()
+    z = embed_images(net, inputs, cfg.embed_batch_size, cfg.device, baseline=True, progress=progress,
+                     desc=f"golden features ({cache.split})", bf16_cpu=cfg.bf16_cpu).astype(np.float16)
+    if path is not None:
+        with atomic_path(path, need=z.nbytes + 128) as tmp:
+            np.save(tmp, z)
+    if progress:
+        print(f"golden features of {len(cache)} {cache.split} images in {time.perf_counter() - t0:.1f} s")
+    return z
+
+
+def uses_bf16_cpu(cfg: RunConfig) -> bool:
+    from ranking_lib.devices import uses_bf16
+
+    dev = resolve_device(cfg.device)
+    return uses_bf16(dev, True, cfg.bf16_cpu) and dev.type == "cpu"
+
+
+def training_triplets(cfg: RunConfig, cache: ImageCache, progress: bool = True):
+    """What training draws its triplets from: the run's pre-sampled file, or online buffers."""
+    if cfg.triplet_source == "presampled":
+        return load_run_triplets(cfg, "train", len(cache))
+    kept, _ = holdout_split(cache.labels, cfg.holdout_per_class, cfg.seed, cache.wnids)
+    feats = golden_features(cfg, cache, progress)[kept] if cfg.uses_relevance else None
+    return OnlineTriplets(cache.labels[kept], cfg.batch_size, cfg.buffer_size, cfg.buffer_refresh_steps,
+                          features=feats, out_of_class_fraction=cfg.out_of_class_fraction,
+                          tp=cfg.relevance_tp, tr=cfg.relevance_tr, seed=cfg.seed, class_ids=cache.wnids,
+                          index=kept)
 
 
 def load_run_triplets(cfg: RunConfig, split: str, num_images: int) -> np.ndarray:
@@ -140,7 +209,7 @@ def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: i
         for rel in TRAINED_OUTPUTS:
             Path(cfg.run_dir, rel).unlink(missing_ok=True)
     caches = load_caches(cfg, progress=False)
-    triplets = load_run_triplets(cfg, "train", len(caches["train"]))
+    triplets = training_triplets(cfg, caches["train"], progress)
     model = initial_model(cfg, caches["train"].wnids, progress)
     inputs = model_inputs(cfg, model, caches["train"], progress)
     trainer = Trainer(cfg, model, inputs, caches["train"].labels, triplets, cfg.run_dir)
@@ -174,7 +243,10 @@ def stage_inputs(cfg: RunConfig, net: EmbeddingNet, cache: ImageCache, progress:
 
 def model_inputs(cfg: RunConfig, net: EmbeddingNet, cache: ImageCache, progress: bool = True) -> ModelInputs:
     """What `net` reads for one split under `cfg`: its frozen stages' cached outputs, or the images."""
-    return stage_inputs(cfg, net, cache, progress) if cfg.cache_stage_features else ModelInputs(cache.images)
+    if not cfg.cache_stage_features:
+        return ModelInputs(cache.images)
+    staged = stage_inputs(cfg, net, cache, progress)
+    return ModelInputs(staged.array, staged.kind, cache.images) if net.multiscale else staged
 
 
 def embeddings_path(cfg: RunConfig, model: str, split: str) -> Path:
