@@ -1,0 +1,116 @@
+"""The paper's method, measured: the ablation's rows, its results file, table, figure and the
+sentences the report's Improvements section is written from.
+
+Each row is a set of `RunConfig` overrides on one base recipe (the ``cpu`` profile at a reduced
+budget, scored on the tuning split); ``benchmarks/bench_ablation.py`` runs them and writes
+``benchmarks/results/ablation.json``:
+
+    {"base": {...}, "split": "tune", "hardware": "...", "rows": [
+        {"name": ..., "overrides": {...}, "command": "...", "wall_s": ..., "train_s": ...,
+         "metrics": {"precision@30": ..., ...}}, ...]}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ranking_lib.errors import RankingError
+
+# name -> (overrides on the base recipe, what the row is)
+ROWS: dict[str, tuple[dict, str]] = {
+    "course": ({"miner": "none"}, "the course's recipe: pre-sampled out-of-class negatives, no mining"),
+    "profile": ({}, "the cpu profile's recipe (batch-hard negatives on top of the pre-sampled ones)"),
+    "relevance-1.0": ({"sampler": "relevance", "out_of_class_fraction": 1.0},
+                      "relevance-weighted queries and positives, all negatives out-of-class"),
+    "relevance-0.5": ({"out_of_class_fraction": 0.5}, "relevance-weighted, half the negatives in-class"),
+    "relevance-0.2": ({"out_of_class_fraction": 0.2}, "relevance-weighted, 20 % out-of-class (the paper's best)"),
+    "relevance-0.0": ({"out_of_class_fraction": 0.0}, "relevance-weighted, in-class negatives only"),
+    "multiscale": ({"architecture": "multiscale"}, "the multiscale network (two shallow 4:1 and 8:1 paths)"),
+    "online": ({"triplet_source": "online"}, "online reservoir buffers instead of the pre-sampled file"),
+}
+
+COLUMNS = ("precision@1", "precision@10", "precision@30", "map@r", "any_hit@30", "triplet_acc", "score_at_top_30")
+DEFAULT_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "ablation.json"
+
+
+def load(path: str | Path = DEFAULT_PATH) -> dict | None:
+    """The ablation results, or None when none were measured (no file)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise RankingError(f"ablation results {path} are not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise RankingError(f"ablation results {path} have no 'rows' list")
+    return data
+
+
+def table(results: dict):
+    """pandas DataFrame: one row per measured variant, metrics in %, wall time in minutes."""
+    import pandas as pd
+
+    rows = []
+    for r in results["rows"]:
+        m = r["metrics"]
+        rows.append({"variant": r["name"], **{c: m.get(c, np.nan) for c in COLUMNS},
+                     "wall min": r["wall_s"] / 60})
+    return pd.DataFrame(rows).set_index("variant")
+
+
+def row(results: dict, name: str) -> dict | None:
+    return next((r for r in results["rows"] if r["name"] == name), None)
+
+
+def out_of_class_curve(results: dict) -> list[tuple[float, float]]:
+    """(out_of_class_fraction, precision@30) of the relevance rows, by fraction."""
+    pts = [(float(r["overrides"]["out_of_class_fraction"]), r["metrics"]["precision@30"])
+           for r in results["rows"] if r["name"].startswith("relevance-")]
+    return sorted(pts)
+
+
+def plot_out_of_class(results: dict, path=None):
+    """Precision@30 against the share of out-of-class negatives (the paper's Fig. 6, redone)."""
+    from ranking_lib.plots import _finish, _new_figure
+
+    pts = out_of_class_curve(results)
+    fig = _new_figure((5.0, 3.2))
+    ax = fig.add_subplot(111)
+    if pts:
+        x, y = zip(*pts)
+        ax.plot(x, y, "o-", label="relevance-weighted sampling")
+    for name, style in (("profile", "--"), ("course", ":")):
+        r = row(results, name)
+        if r:
+            ax.axhline(r["metrics"]["precision@30"], ls=style, color="gray", label=f"{name} (uniform sampling)")
+    ax.set_xlabel("share of out-of-class negatives")
+    ax.set_ylabel(f"{results.get('split', 'tune')} precision@30 (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _finish(fig, path)
+
+
+def findings(results: dict) -> str:
+    """Markdown sentences from the measured rows: each variant against the profile's row."""
+    ref = row(results, "profile")
+    if ref is None:
+        return "The ablation has no `profile` row to compare against."
+    split = results.get("split", "tune")
+    p30 = ref["metrics"]["precision@30"]
+    out = [f"Measured on full Tiny ImageNet ({results.get('budget', '')}; {split} split; "
+           f"{results.get('hardware', 'hardware not recorded')}). Against the profile's "
+           f"{split} precision@30 of {p30:.2f} %:"]
+    for r in results["rows"]:
+        if r["name"] == "profile":
+            continue
+        d = r["metrics"]["precision@30"] - p30
+        verdict = "better" if d > 0.5 else "worse" if d < -0.5 else "no clear difference"
+        out.append(f"* **{r['name']}** ({ROWS.get(r['name'], ({}, ''))[1]}): {r['metrics']['precision@30']:.2f} % "
+                   f"({d:+.2f} points, {verdict}; {r['wall_s'] / 60:.1f} min).")
+    best = max(results["rows"], key=lambda r: r["metrics"]["precision@30"])
+    out.append(f"\nBest at this budget: **{best['name']}**.")
+    return "\n".join(out)
