@@ -106,13 +106,40 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, cfg: RunConfig) -> int:
-    from ranking_lib import workflow
+    from ranking_lib import distributed, workflow
     from ranking_lib.runlock import RunDirLock
 
     if args.command == "query":  # reads only
         return _run(args, cfg, workflow)
+    if distributed.launched_by_torchrun():
+        return _run_distributed(args, cfg, workflow)
     with RunDirLock(cfg.run_dir, f"python -m ranking_lib {args.command}"):
         return _run(args, cfg, workflow)
+
+
+def _run_distributed(args: argparse.Namespace, cfg: RunConfig, workflow) -> int:
+    """One rank of ``torchrun ... -m ranking_lib train|embed`` (see `ranking_lib.distributed`)."""
+    import contextlib
+    import os
+
+    from ranking_lib import distributed
+    from ranking_lib.runlock import RunDirLock
+
+    if args.command not in DISTRIBUTED_COMMANDS:
+        raise RankingError(f"under torchrun only {' and '.join(DISTRIBUTED_COMMANDS)} run on several processes "
+                           f"(got {args.command}): run it as python -m ranking_lib {args.command}")
+    ctx = distributed.init_from_env(cfg.device)
+    try:
+        if ctx.is_main:
+            with RunDirLock(cfg.run_dir, f"torchrun -m ranking_lib {args.command} ({ctx.world_size} ranks)"):
+                return _run(args, cfg, workflow)
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            return _run(args, cfg, workflow)
+    finally:
+        distributed.finish()
+
+
+DISTRIBUTED_COMMANDS = ("train", "embed")
 
 
 def _run(args: argparse.Namespace, cfg: RunConfig, workflow) -> int:

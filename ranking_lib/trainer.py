@@ -15,6 +15,7 @@ import functools
 import hashlib
 import io
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ranking_lib import distributed
 from ranking_lib.augment import flip_and_shift
 from ranking_lib.checkpoint import load_model_state, read_checkpoint, save_checkpoint
 from ranking_lib.config import RunConfig, resume_differences
@@ -124,7 +126,11 @@ class Trainer:
     def __init__(self, cfg: RunConfig, model: EmbeddingNet, inputs: ModelInputs | np.ndarray, labels: np.ndarray,
                  triplets, run_dir: str | Path | None = None) -> None:
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.dist = distributed.context()
+        if cfg.batch_size % self.dist.world_size:
+            raise RankingError(f"batch_size {cfg.batch_size} (the global batch) must be a multiple of the "
+                               f"{self.dist.world_size} ranks")
+        self.device = resolve_device(distributed.rank_device(cfg.device, self.dist))
         self.model = model.to(self.device)
         self.inputs = ModelInputs.of(inputs)
         images = self.images = self.inputs.array
@@ -147,6 +153,8 @@ class Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------
     def save(self) -> Path:
+        if not self.dist.is_main:  # rank 0 writes for all
+            return self.checkpoint_path
         return save_checkpoint(self.checkpoint_path, {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -204,6 +212,8 @@ class Trainer:
 
     def _truncate_log(self, step: int) -> None:
         """Keep only the log rows of steps before `step` (all of them go when step is 0)."""
+        if not self.dist.is_main:
+            return
         rows = [["step", "loss", "lr", "elapsed_s"]]
         if step > 0 and self.loss_log_path.is_file():
             with open(self.loss_log_path, newline="") as f:
@@ -257,8 +267,16 @@ class Trainer:
             group["lr"] = self.cfg.lr * group["lr_scale"] * lr_factor(self.cfg, step)
         x, im, y = self._batch(step)
         b = self.cfg.batch_size
+        if self.dist.enabled:  # this rank's triplets: a slice of the queries, positives, negatives
+            s = self.dist.shard(b)
+            rows = torch.cat([torch.arange(s.start, s.stop) + k * b for k in range(3)]).to(x.device)
+            x, im = x[rows], None if im is None else im[rows]
         with autocast(self.device, self.cfg.amp, self.cfg.bf16_cpu):
             z = embed_batch(self.model, x, self.inputs.kind, im)
+        if self.dist.enabled:  # the global batch, in one-process order (see `distributed`)
+            parts = distributed.gather_rows(z, self.dist)
+            local = len(z) // 3
+            z = torch.cat([part[k * local:(k + 1) * local] for k in range(3) for part in parts])
         q, p, n = z[:b], z[b:2 * b], z[2 * b:]
         loss = self.loss_fn(q, p, n)
         if self.cfg.miner == "batch_hard":
@@ -268,6 +286,7 @@ class Trainer:
                 loss = 0.5 * (loss + self.loss_fn(q[ok], p[ok], z[hard[ok]]))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.all_reduce_gradients(self.model.parameters(), self.dist)
         self.optimizer.step()
         return float(loss.detach())
 
@@ -278,13 +297,13 @@ class Trainer:
         if not resumed:
             self._truncate_log(0)  # a fresh start: no rows of an earlier attempt survive
         end = self.cfg.steps if stop_at is None else min(stop_at, self.cfg.steps)
-        log = open(self.loss_log_path, "a", newline="")
+        log = open(self.loss_log_path if self.dist.is_main else os.devnull, "a", newline="")
         writer = csv.writer(log)
         self.model.train()
         t0 = time.perf_counter()
         start_step, loss = self.step, float("nan")
         bar = progress_bar(range(self.step, end), initial=self.step, total=self.cfg.steps, desc="train",
-                           enabled=progress, unit="step")
+                           enabled=progress and self.dist.is_main, unit="step")
         try:
             for step in bar:
                 loss = self.train_step(step)
@@ -312,6 +331,7 @@ class Trainer:
         done = self.step - start_step
         if done or not self.checkpoint_path.is_file():
             self.save()
+        distributed.barrier(self.dist)  # the other ranks return once rank 0's checkpoint is written
         wall = time.perf_counter() - t0
         final = loss if done else self._last_logged_loss()
         return TrainResult(self.checkpoint_path, self.loss_log_path, self.step, wall,

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ranking_lib import distributed
 from ranking_lib.checkpoint import load_model_state, read_checkpoint
 from ranking_lib.config import RunConfig
 from ranking_lib.data import (
@@ -63,6 +64,8 @@ def writes_run_dir(step):
     """Run `step(cfg, ...)` holding the run directory's lock (one writer per run dir)."""
     @functools.wraps(step)
     def locked(cfg: RunConfig, *args, **kwargs):
+        if not distributed.context().is_main:  # under torchrun rank 0 holds the lock and writes
+            return step(cfg, *args, **kwargs)
         with RunDirLock(cfg.run_dir, step.__name__):
             return step(cfg, *args, **kwargs)
     return locked
@@ -205,21 +208,25 @@ def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: i
     Resumes from ``checkpoints/last.pt`` when it exists (see `Trainer.resume` for what is
     refused); ``resume=False`` first removes everything an earlier training run wrote."""
     setup_torch(cfg)
-    if not resume:
+    ctx = distributed.context()
+    if not resume and ctx.is_main:
         for rel in TRAINED_OUTPUTS:
             Path(cfg.run_dir, rel).unlink(missing_ok=True)
+    distributed.barrier(ctx)  # no rank resumes from what rank 0 is removing
     caches = load_caches(cfg, progress=False)
-    triplets = training_triplets(cfg, caches["train"], progress)
-    model = initial_model(cfg, caches["train"].wnids, progress)
-    inputs = model_inputs(cfg, model, caches["train"], progress)
+    triplets = distributed.main_first(ctx, lambda: training_triplets(cfg, caches["train"], progress and ctx.is_main))
+    model = initial_model(cfg, caches["train"].wnids, progress and ctx.is_main)
+    inputs = distributed.main_first(ctx, lambda: model_inputs(cfg, model, caches["train"], progress and ctx.is_main))
     trainer = Trainer(cfg, model, inputs, caches["train"].labels, triplets, cfg.run_dir)
     if resume:
         trainer.resume()  # refuses changed settings before config.json is rewritten
-    cfg.save(run_path(cfg, "config.json"))
+    if ctx.is_main:
+        cfg.save(run_path(cfg, "config.json"))
     result = trainer.fit(resume=resume, stop_at=stop_at, progress=progress)
     summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
-    if result.steps_run or not run_path(cfg, "train_summary.json").is_file():  # else it describes the run
-        write_json(run_path(cfg, "train_summary.json"), summary)
+    summary["world_size"] = ctx.world_size
+    if ctx.is_main and (result.steps_run or not run_path(cfg, "train_summary.json").is_file()):
+        write_json(run_path(cfg, "train_summary.json"), summary)  # else it describes the run
     return result
 
 
@@ -261,18 +268,29 @@ def embed(cfg: RunConfig, model: str = "trained", progress: bool = True) -> dict
     caches = load_caches(cfg, progress=False)
     net = load_model(cfg, model)
     splits = SPLITS if cfg.evaluate_val else ("train",)
+    ctx = distributed.context()  # under torchrun each rank embeds a slice, rank 0 writes
+    device = distributed.rank_device(cfg.device, ctx)
     out = {}
     for split in splits:
         c = caches[split]
         t0 = time.perf_counter()
-        inputs = model_inputs(cfg, net, c, progress)  # frozen stages: the same in trained and baseline
-        z = embed_images(net, inputs, cfg.embed_batch_size, cfg.device, baseline=model == "baseline",
-                         progress=progress, desc=f"embed {split} ({model})", bf16_cpu=cfg.bf16_cpu,
+        inputs = distributed.main_first(ctx, lambda: model_inputs(cfg, net, c, progress and ctx.is_main))
+        if ctx.enabled:
+            part = ctx.shard(len(inputs))
+            inputs = ModelInputs(inputs.array[part], inputs.kind, None if inputs.images is None else inputs.images[part])
+        z = embed_images(net, inputs, cfg.embed_batch_size, device, baseline=model == "baseline",
+                         progress=progress and ctx.is_main, desc=f"embed {split} ({model})", bf16_cpu=cfg.bf16_cpu,
                          flip_tta=cfg.flip_tta)
+        if ctx.enabled:
+            z = distributed.gather_to_main(torch.from_numpy(z).to(resolve_device(device)), ctx)
+            if not ctx.is_main:
+                continue
+            z = z.cpu().numpy()
         EmbeddingIndex(z, c.labels, list(c.paths)).save(embeddings_path(cfg, model, split))
         out[split] = embeddings_path(cfg, model, split)
         if progress:
             print(f"embedded {len(c)} {split} images in {time.perf_counter() - t0:.1f} s")
+    distributed.barrier(ctx)
     return out
 
 
