@@ -12,7 +12,8 @@ receives the parameters its ``parameters`` cell declares; other RunConfig fields
 failing notebook with one line naming it and the failing cell. Then ``05_report`` is converted
 to ``<run-dir>/report.html`` and ``<run-dir>/report.pdf`` (code hidden unless ``--show-code``).
 
-Exit status: 0 success, 1 a notebook failed, 2 bad arguments/profile, 3 report conversion failed.
+Exit status: 0 success, 1 a notebook failed, 2 bad arguments/profile, 3 report conversion failed,
+4 a notebook's kernel died (a batch job may requeue: training resumes from its checkpoint).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 REPORT_NOTEBOOK = "05_report.ipynb"
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "deep_ranking.tex.j2"
 KERNEL = "python3"
+EXIT_DEAD_KERNEL = 4
 
 
 class RunnerError(Exception):
@@ -321,6 +323,7 @@ def run_notebooks(args, settings: dict, runner: dict, notebooks: list[Path]) -> 
     ensure_kernel()
 
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
 
     for nb in notebooks:
         out = out_dir / nb.name
@@ -331,7 +334,12 @@ def run_notebooks(args, settings: dict, runner: dict, notebooks: list[Path]) -> 
             print("FAILED", flush=True)
             print(failure_line(nb, out, e), file=sys.stderr)
             return 1
-        except Exception as e:  # kernel died, timeout, bad notebook ...
+        except DeadKernelError as e:  # killed (out of memory, node trouble): a batch job may retry
+            print("FAILED", flush=True)
+            print(f"error: {nb.name}: the kernel died ({str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'}); "
+                  f"a rerun resumes from the last checkpoint (executed notebook: {out})", file=sys.stderr)
+            return EXIT_DEAD_KERNEL
+        except Exception as e:  # timeout, bad notebook ...
             print("FAILED", flush=True)
             msg = str(e).strip().splitlines()
             print(f"error: {nb.name} failed: {type(e).__name__}: {msg[0] if msg else ''} "
