@@ -5,6 +5,11 @@
   ``/proc/cpuinfo`` on Linux, False elsewhere.
 * `autocast`: bf16 autocast on CUDA when ``amp``; on the CPU when ``bf16_cpu`` *and* the CPU has
   native bf16 (elsewhere emulated bf16 is slower than fp32, so fp32 is kept); else a no-op.
+* `to_device`: a host batch to the device; on CUDA through pinned memory, non-blocking.
+* `setup_device`: once per process; on CUDA turns on cuDNN autotuning (input shapes are fixed).
+
+None of the CUDA branches has run on a GPU yet (no session of this project had one); they are
+kept to these few lines so that they can be read in full.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 
 from ranking_lib.errors import RankingError
 
-__all__ = ["resolve_device", "cpu_has_bf16", "autocast", "uses_bf16"]
+__all__ = ["resolve_device", "cpu_has_bf16", "autocast", "uses_bf16", "to_device", "setup_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,3 +59,17 @@ def autocast(device: torch.device | str, amp: bool = True, bf16_cpu: bool = Fals
     if uses_bf16(device, amp, bf16_cpu):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`t` (on the host) on `device`: CUDA copies go through pinned memory without blocking
+    (the kernels that use the batch queue behind the copy on the same stream)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def setup_device(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: autotune convolutions once

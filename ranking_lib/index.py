@@ -44,6 +44,11 @@ def _import_faiss():
     return faiss
 
 
+def _faiss_gpus(faiss) -> int:
+    """GPUs FAISS can use (0 for the CPU-only faiss-cpu wheel)."""
+    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+
+
 def faiss_available() -> bool:
     """True when the ``faiss`` module can be imported."""
     return _import_faiss() is not None
@@ -344,6 +349,11 @@ class EmbeddingIndex:
         else:  # pragma: no cover - guarded in __init__
             raise RankingError(f"unknown index backend {self.backend!r}")
         index.add(self.embeddings)
+        if self.backend in ("faiss", "faiss-ivf") and _faiss_gpus(faiss):
+            # FAISS built with CUDA and a GPU present: search there (flat and IVF; HNSW is CPU-only).
+            # Never run here: no session of this project had a GPU.
+            self._faiss_gpu = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(self._faiss_gpu, 0, index)
         self._faiss_index = index
         return index
 

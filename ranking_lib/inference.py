@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ranking_lib.devices import autocast, resolve_device
+from ranking_lib.devices import autocast, resolve_device, setup_device, to_device
 from ranking_lib.errors import RankingError
 from ranking_lib.model import EmbeddingNet
 from ranking_lib.progress import progress as progress_bar
@@ -103,15 +103,16 @@ def embed_images(net: EmbeddingNet, inputs: ModelInputs | np.ndarray, batch_size
     """
     inputs = ModelInputs.of(inputs)
     dev = resolve_device(device)
+    setup_device(dev)
     net = net.to(dev).eval()
     out = []
     for i in progress_bar(range(0, len(inputs), batch_size), desc=desc, enabled=progress, unit="batch"):
-        x = torch.from_numpy(np.array(inputs.array[i:i + batch_size])).to(dev)
+        x = to_device(torch.from_numpy(np.array(inputs.array[i:i + batch_size])), dev)
         im = None
         if net.multiscale and inputs.from_stage and not baseline:
             if inputs.images is None:
                 raise RankingError("the multiscale network needs the images beside the stage features")
-            im = torch.from_numpy(np.array(inputs.images[i:i + batch_size])).to(dev)
+            im = to_device(torch.from_numpy(np.array(inputs.images[i:i + batch_size])), dev)
         with autocast(dev, True, bf16_cpu):
             z = embed_batch(net, x, inputs.kind, im, baseline)
             if flip_tta:

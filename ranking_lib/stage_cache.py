@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ranking_lib.data import ImageCache, verify_content
-from ranking_lib.devices import autocast, uses_bf16
+from ranking_lib.devices import autocast, to_device, uses_bf16
 from ranking_lib.errors import RankingError
 from ranking_lib.fileio import atomic_path, content_crc32, reserve, write_json
 from ranking_lib.model import EmbeddingNet
@@ -71,7 +71,7 @@ def compute_stage_features(net: EmbeddingNet, images: np.ndarray, out: np.ndarra
     net = net.to(device).eval()
     k = net.freeze_stages
     for i in progress_bar(range(0, len(images), batch_size), desc=desc, enabled=progress, unit="batch"):
-        x = torch.from_numpy(np.array(images[i:i + batch_size])).to(device)
+        x = to_device(torch.from_numpy(np.array(images[i:i + batch_size])), device)
         with autocast(device, True, bf16_cpu):
             f = net.backbone.forward_stages(net.preprocess(x), 0, k)
         f = f.float().cpu().numpy().astype(np.float16)

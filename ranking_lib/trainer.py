@@ -27,7 +27,7 @@ from ranking_lib import distributed
 from ranking_lib.augment import flip_and_shift
 from ranking_lib.checkpoint import load_model_state, read_checkpoint, save_checkpoint
 from ranking_lib.config import RunConfig, resume_differences
-from ranking_lib.devices import autocast, resolve_device
+from ranking_lib.devices import autocast, resolve_device, setup_device, to_device
 from ranking_lib.errors import CheckpointError, RankingError
 from ranking_lib.fileio import disk_full_error, is_disk_full, write_text
 from ranking_lib.inference import ModelInputs, embed_batch
@@ -137,8 +137,13 @@ class Trainer:
         self.from_stage = self.inputs.from_stage
         # On a GPU the whole uint8 cache (1.2 GB for Tiny ImageNet) moves to the device once;
         # each step then gathers its images there instead of copying them from host memory.
-        self.device_images = (torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-                              if self.device.type == "cuda" else None)
+        cuda = self.device.type == "cuda"
+        self.device_images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device) if cuda else None
+        # the multiscale network's shallow paths read the uint8 images beside the stage features
+        side = self.inputs.images if self.from_stage and model.multiscale else None
+        self.device_side_images = torch.from_numpy(np.ascontiguousarray(side)).to(self.device) \
+            if cuda and side is not None else None
+        setup_device(self.device)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         self.source = triplets if hasattr(triplets, "batch") else PresampledTriplets(triplets, cfg.batch_size, cfg.seed)
         self.triplets_sha256 = self.source.sha256
@@ -235,7 +240,7 @@ class Trainer:
         order = np.argsort(idx, kind="stable")  # sorted reads are kinder to a memory map
         out = np.empty((len(idx),) + array.shape[1:], dtype=array.dtype)
         out[order] = array[idx[order]]
-        return torch.from_numpy(out).to(self.device)
+        return to_device(torch.from_numpy(out), self.device)
 
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(inputs, the uint8 images beside stage features for a multiscale network or None,
@@ -250,7 +255,8 @@ class Trainer:
         if self.from_stage and self.model.multiscale:
             if self.inputs.images is None:
                 raise RankingError("the multiscale network needs the images beside the stage features")
-            im = self._gather(self.inputs.images, idx)
+            im = (self.device_side_images[torch.from_numpy(idx).to(self.device)]
+                  if self.device_side_images is not None else self._gather(self.inputs.images, idx))
         if self.cfg.augment:
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
             if self.from_stage:
