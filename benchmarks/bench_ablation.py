@@ -85,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         base += ["--cache-dir", str(Path(args.cache_dir).resolve())]
     results_path = Path(args.results)
     results = ablation.load(results_path) or {"rows": []}
+    from ranking_lib.settings import resolve
+
+    wnids = (Path(args.data_dir) / "wnids.txt").read_text().split()
+    classes = min(len(wnids), resolve(args.profile).config.max_classes or len(wnids))
     results.update(split="tune", hardware=hardware(), profile=args.profile,
+                   data=f"{Path(args.data_dir).resolve().name}, {classes} classes",
                    budget=f"{args.profile} profile at {args.input_size} px, {args.steps} steps",
                    base_command="python -m ranking_lib STEP " + shlex.join(base))
     py = [sys.executable, "-m", "ranking_lib"]

@@ -101,7 +101,7 @@ def findings(results: dict) -> str:
         return "The ablation has no `profile` row to compare against."
     split = results.get("split", "tune")
     p30 = ref["metrics"]["precision@30"]
-    out = [f"Measured on full Tiny ImageNet ({results.get('budget', '')}; {split} split; "
+    out = [f"Measured on {results.get('data', 'data not recorded')} ({results.get('budget', '')}; {split} split; "
            f"{results.get('hardware', 'hardware not recorded')}). Against the profile's "
            f"{split} precision@30 of {p30:.2f} %:"]
     for r in results["rows"]:

@@ -199,8 +199,17 @@ def discussion(r: RunRecord) -> str:
     ])
 
 
-def improvements(r: RunRecord) -> str:
+def improvements(r: RunRecord, measured: dict | None = None) -> str:
+    """What to try next. With `measured` (the ablation results, `ranking_lib.ablation.load`) the
+    paper's ideas are given as the measured rows, not described in words."""
     cfg, gap = r.cfg, r.train_val_gap()
+    if measured is not None:
+        from ranking_lib import ablation
+
+        head = ("1. **The paper's method, measured** (relevance-weighted sampling with in-class negatives, "
+                "online triplet buffers, the multiscale network; table and figure below). "
+                + ablation.findings(measured).replace("\n", "\n   "))
+        return "\n".join([head, _third(r, cfg, gap).replace("3. ", "2. ", 1)])
     first = ("1. **In-class negatives and online triplet sampling** (as in the paper). All pre-sampled negatives here "
              f"are out-of-class, so {r.pct('trained', 'train', 'triplet_acc')} of the training triplets end up ranked "
              "correctly and give little gradient. "
@@ -214,6 +223,10 @@ def improvements(r: RunRecord) -> str:
               "network and concatenates their embeddings, keeping colour and texture detail that the deep path "
               f"discards; with 64-pixel images this is cheap. Likewise a larger input size than {cfg.input_size} "
               "pixels or a stronger backbone.")
+    return "\n".join([first, second, _third(r, cfg, gap)])
+
+
+def _third(r: RunRecord, cfg, gap: float) -> str:
     if r.loss_still_falling():
         third = ("3. **Longer training.** The loss was still falling over the last 10% of steps, so more steps "
                  f"(than {cfg.steps}) or more triplets (than {cfg.num_triplets}) should help.")
@@ -223,4 +236,4 @@ def improvements(r: RunRecord) -> str:
     else:
         third = ("3. **More data per step.** The loss has levelled off; larger batches (more negatives per query for "
                  "mining) and a lower final learning rate are the next knobs.")
-    return "\n".join([first, second, third])
+    return third

@@ -88,3 +88,38 @@ def test_load_names_the_missing_file(tmp_path):
         (tmp_path / f"metrics_{m}.json").write_text(json.dumps({"train": _metrics(), "val": _metrics()}))
     with pytest.raises(RankingError, match="loss_log.csv not found"):
         report.RunRecord.load(tmp_path)
+
+
+def _ablation_results():
+    def row(name, p30, over):
+        return {"name": name, "overrides": over, "wall_s": 600.0, "train_s": 500.0, "command": f"cmd {name}",
+                "metrics": {"precision@1": p30 + 1, "precision@10": p30, "precision@30": p30, "map@r": 30.0,
+                            "any_hit@30": 85.0, "triplet_acc": 93.0, "score_at_top_30": 400}}
+    return {"split": "tune", "hardware": "2 cores, test CPU", "data": "tiny-imagenet-200, 200 classes", "budget": "cpu profile at 128 px, 3000 steps",
+            "rows": [row("profile", 50.0, {}), row("relevance-0.2", 47.0, {"out_of_class_fraction": 0.2}),
+                     row("relevance-1.0", 50.2, {"sampler": "relevance", "out_of_class_fraction": 1.0}),
+                     row("multiscale", 52.5, {"architecture": "multiscale"})]}
+
+
+def test_improvements_are_written_from_the_measured_ablation(tmp_path):
+    from ranking_lib import ablation
+
+    res = _ablation_results()
+    text = report.improvements(_record(), res)
+    assert "relevance-0.2" in text and "47.00 %" in text and "-3.00 points, worse" in text
+    assert "+2.50 points, better" in text and "no clear difference" in text
+    assert "Best at this budget: **multiscale**" in text
+    assert "Measured on tiny-imagenet-200, 200 classes (cpu profile at 128 px, 3000 steps; tune split" in text
+    assert "would teach" not in text  # the words-only version is gone once rows are measured
+    assert ablation.out_of_class_curve(res) == [(0.2, 47.0), (1.0, 50.2)]
+    t = ablation.table(res)
+    assert list(t.index) == ["profile", "relevance-0.2", "relevance-1.0", "multiscale"]
+    assert t.loc["multiscale", "precision@30"] == 52.5 and t.loc["profile", "wall min"] == 10.0
+    ablation.plot_out_of_class(res, tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(res))
+    assert ablation.load(path) == res and ablation.load(tmp_path / "none.json") is None
+    path.write_text("{")
+    with pytest.raises(RankingError, match="not valid JSON"):
+        ablation.load(path)
