@@ -337,3 +337,27 @@ def plot_precision_bars(table, columns: Sequence[str] | None = None, path=None) 
     return _finish(fig, path)
 
 
+
+
+def plot_precision_vs_minutes(points: Sequence[dict], path=None, target: float = 70.0) -> Figure:
+    """Precision@30 against wall-clock minutes, one marker per measured recipe: ``points`` are
+    dicts with ``minutes``, ``precision@30``, ``split`` (``tune`` or ``val``) and ``label``."""
+    fig = _new_figure((6.4, 3.8))
+    ax = fig.add_subplot(1, 1, 1)
+    styles = {"tune": dict(marker="o", color="tab:blue"), "val": dict(marker="s", color="tab:red")}
+    for split, style in styles.items():
+        pts = [p for p in points if p["split"] == split]
+        if pts:
+            ax.scatter([p["minutes"] for p in pts], [p["precision@30"] for p in pts], s=36,
+                       label=f"{split} split", **style)
+        for p in pts:
+            ax.annotate(p["label"], (p["minutes"], p["precision@30"]), textcoords="offset points",
+                        xytext=(6, 2 if split == "tune" else -9), fontsize=7)
+    ax.axhline(target, ls="--", color="gray", lw=1)
+    ax.axvline(90, ls=":", color="gray", lw=1)
+    ax.text(90, ax.get_ylim()[0], " 90 min", fontsize=7, color="gray", va="bottom")
+    ax.set_xlabel("wall-clock minutes on 2 CPU cores")
+    ax.set_ylabel("precision@30 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return _finish(fig, path)

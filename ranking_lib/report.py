@@ -199,6 +199,22 @@ def discussion(r: RunRecord) -> str:
     ])
 
 
+LEVERS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "levers.json"
+
+
+def measured_levers(path: str | Path = LEVERS) -> list[dict] | None:
+    """The recipes measured on full Tiny ImageNet (precision@30 against wall-clock minutes,
+    tuning split and val; `benchmarks/plot_levers.py`), or None when the file is absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        points = json.loads(path.read_text(encoding="utf-8"))["points"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise RankingError(f"measured recipes {path} are unreadable ({type(e).__name__}: {e})") from None
+    return points
+
+
 def improvements(r: RunRecord, measured: dict | None = None) -> str:
     """What to try next. With `measured` (the ablation results, `ranking_lib.ablation.load`) the
     paper's ideas are given as the measured rows, not described in words."""
