@@ -116,9 +116,12 @@ def test_two_ranks_train_like_one_process_and_resume_across_world_sizes(sample_d
 
 
 def test_killed_two_rank_run_resumes_to_the_uninterrupted_weights(sample_dir, sample_cache_dir, prepared):
-    f = lambda d: _flags(str(sample_dir), str(sample_cache_dir), str(d), steps=60, checkpoint_every=3)  # noqa: E731
+    """Against an uninterrupted two-rank run: resuming must not change a single weight. (Over
+    many steps two ranks and one process drift apart by rounding, amplified by the training;
+    their equality is the 4-step test above.)"""
+    f = lambda d: _flags(str(sample_dir), str(sample_cache_dir), str(d), steps=40, checkpoint_every=3)  # noqa: E731
     ref, cut = _run_dir(prepared, "ref"), _run_dir(prepared, "cut")
-    _one("train", f(ref))
+    _torchrun("train", f(ref))
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                              "-m", "ranking_lib", "train", "--quiet", *f(cut)], cwd=REPO, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -129,10 +132,10 @@ def test_killed_two_rank_run_resumes_to_the_uninterrupted_weights(sample_dir, sa
     os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
     proc.wait()
     step = int(read_checkpoint(ckpt)["step"])
-    assert step < 60, "the run finished before it could be killed; raise steps"
+    assert step < 40, "the run finished before it could be killed; raise steps"
     _torchrun("train", f(cut))
-    assert int(read_checkpoint(ckpt)["step"]) == 60
-    _assert_same_weights(ref, cut)
+    assert int(read_checkpoint(ckpt)["step"]) == 40
+    _assert_same_weights(ref, cut, atol=0.0)
 
 
 def test_two_rank_embed_writes_the_same_embeddings(sample_dir, sample_cache_dir, prepared):
