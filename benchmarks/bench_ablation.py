@@ -10,7 +10,8 @@ budget) plus the row's overrides. Its wall time covers those four commands; the 
 image cache, the frozen-stage features and the golden features are built once, before the
 first row, and shared (their time is reported apart). Results are written after every row
 (``benchmarks/results/ablation.json``, atomically), and rows already there are skipped
-unless ``--again``: a killed sweep goes on where it stopped.
+unless ``--again``: a killed sweep goes on where it stopped. The report reads the measured copy
+in ``docs/figures/`` (copy the JSON and PNG there to publish a new sweep).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--holdout-per-class", type=int, default=50)
     p.add_argument("--rows", nargs="+", default=list(ablation.ROWS), choices=list(ablation.ROWS))
-    p.add_argument("--results", default=str(ablation.DEFAULT_PATH))
+    p.add_argument("--results", default=str(ablation.RESULTS_PATH))
     p.add_argument("--again", action="store_true", help="re-run rows already in the results file")
     args = p.parse_args(argv)
 

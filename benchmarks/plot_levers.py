@@ -1,8 +1,8 @@
 """Precision@30 against wall-clock minutes for the recipes measured on full Tiny ImageNet
 (2-core CPU): the tuning-split points chose the recipe, the val points are final recipes,
-each evaluated once. Reads ``benchmarks/results/levers.json`` (each point with its command,
-split, minutes and how the minutes were counted; the numbers come from RESULTS.md) and writes
-``benchmarks/results/levers.png``.
+each evaluated once. Reads ``docs/figures/levers.json`` (each point with its command, split,
+minutes and how the minutes were counted; the numbers come from RESULTS.md) and writes
+``docs/figures/levers.png``.
 
     python benchmarks/plot_levers.py
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ranking_lib.plots import plot_precision_vs_minutes
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "figures"
 
 
 def main() -> int:

@@ -3,7 +3,8 @@ sentences the report's Improvements section is written from.
 
 Each row is a set of `RunConfig` overrides on one base recipe (the ``cpu`` profile at a reduced
 budget, scored on the tuning split); ``benchmarks/bench_ablation.py`` runs them and writes
-``benchmarks/results/ablation.json``:
+``benchmarks/results/ablation.json`` (generated, not in git; the measured results the report
+reads are copied to ``docs/figures/ablation.json``):
 
     {"base": {...}, "split": "tune", "hardware": "...", "rows": [
         {"name": ..., "overrides": {...}, "command": "...", "wall_s": ..., "train_s": ...,
@@ -33,10 +34,12 @@ ROWS: dict[str, tuple[dict, str]] = {
 }
 
 COLUMNS = ("precision@1", "precision@10", "precision@30", "map@r", "any_hit@30", "triplet_acc", "score_at_top_30")
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "ablation.json"
+_REPO = Path(__file__).resolve().parents[1]
+RESULTS_PATH = _REPO / "benchmarks" / "results" / "ablation.json"   # what bench_ablation.py writes
+MEASURED_PATH = _REPO / "docs" / "figures" / "ablation.json"        # the measured copy the report reads
 
 
-def load(path: str | Path = DEFAULT_PATH) -> dict | None:
+def load(path: str | Path = MEASURED_PATH) -> dict | None:
     """The ablation results, or None when none were measured (no file)."""
     path = Path(path)
     if not path.is_file():

@@ -199,12 +199,12 @@ def discussion(r: RunRecord) -> str:
     ])
 
 
-LEVERS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "levers.json"
+LEVERS = Path(__file__).resolve().parents[1] / "docs" / "figures" / "levers.json"
 
 
 def measured_levers(path: str | Path = LEVERS) -> list[dict] | None:
     """The recipes measured on full Tiny ImageNet (precision@30 against wall-clock minutes,
-    tuning split and val; `benchmarks/plot_levers.py`), or None when the file is absent."""
+    tuning split and val; `benchmarks/plot_levers.py`; copied from RESULTS.md), or None when the file is absent."""
     path = Path(path)
     if not path.is_file():
         return None
