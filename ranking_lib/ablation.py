@@ -115,5 +115,10 @@ def findings(results: dict) -> str:
         out.append(f"* **{r['name']}** ({ROWS.get(r['name'], ({}, ''))[1]}): {r['metrics']['precision@30']:.2f} % "
                    f"({d:+.2f} points, {verdict}; {r['wall_s'] / 60:.1f} min).")
     best = max(results["rows"], key=lambda r: r["metrics"]["precision@30"])
-    out.append(f"\nBest at this budget: **{best['name']}**.")
+    lead = best["metrics"]["precision@30"] - p30
+    if lead > 0.5:
+        out.append(f"\nBest at this budget: **{best['name']}**.")
+    else:
+        out.append(f"\nNo variant beats the profile by more than half a point at this budget "
+                   f"(highest: {best['name']}, {lead:+.2f} points): the profile keeps its recipe.")
     return "\n".join(out)

@@ -112,6 +112,9 @@ def test_improvements_are_written_from_the_measured_ablation(tmp_path):
     assert "Measured on tiny-imagenet-200, 200 classes (cpu profile at 128 px, 3000 steps; tune split" in text
     assert "would teach" not in text  # the words-only version is gone once rows are measured
     assert ablation.out_of_class_curve(res) == [(0.2, 47.0), (1.0, 50.2)]
+    res_close = {**res, "rows": res["rows"][:3]}  # without the multiscale row: nothing clearly ahead
+    assert "No variant beats the profile by more than half a point" in ablation.findings(res_close)
+    assert "(highest: relevance-1.0, +0.20 points)" in ablation.findings(res_close)
     t = ablation.table(res)
     assert list(t.index) == ["profile", "relevance-0.2", "relevance-1.0", "multiscale"]
     assert t.loc["multiscale", "precision@30"] == 52.5 and t.loc["profile", "wall min"] == 10.0
