@@ -54,15 +54,21 @@ def load(path: str | Path = MEASURED_PATH) -> dict | None:
 
 
 def table(results: dict):
-    """pandas DataFrame: one row per measured variant, metrics in %, wall time in minutes."""
+    """pandas DataFrame: one row per measured variant, metrics in % (short titles, `SHORT`),
+    score@30 a count, wall time in minutes (``min``)."""
     import pandas as pd
 
     rows = []
     for r in results["rows"]:
         m = r["metrics"]
-        rows.append({"variant": r["name"], **{c: m.get(c, np.nan) for c in COLUMNS},
-                     "wall min": r["wall_s"] / 60})
+        rows.append({"variant": r["name"], **{SHORT[c]: m.get(c, np.nan) for c in COLUMNS},
+                     "min": r["wall_s"] / 60})
     return pd.DataFrame(rows).set_index("variant")
+
+
+# column titles short enough for a page-wide table
+SHORT = {"precision@1": "P@1", "precision@10": "P@10", "precision@30": "P@30", "map@r": "MAP@R",
+         "any_hit@30": "hit@30", "triplet_acc": "triplet acc", "score_at_top_30": "score@30"}
 
 
 def row(results: dict, name: str) -> dict | None:

@@ -117,7 +117,7 @@ def test_improvements_are_written_from_the_measured_ablation(tmp_path):
     assert "(highest: relevance-1.0, +0.20 points)" in ablation.findings(res_close)
     t = ablation.table(res)
     assert list(t.index) == ["profile", "relevance-0.2", "relevance-1.0", "multiscale"]
-    assert t.loc["multiscale", "precision@30"] == 52.5 and t.loc["profile", "wall min"] == 10.0
+    assert t.loc["multiscale", "P@30"] == 52.5 and t.loc["profile", "min"] == 10.0
     ablation.plot_out_of_class(res, tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
     path = tmp_path / "a.json"
