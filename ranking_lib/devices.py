@@ -22,7 +22,7 @@ import torch
 
 from ranking_lib.errors import RankingError
 
-__all__ = ["resolve_device", "cpu_has_bf16", "autocast", "uses_bf16", "to_device", "setup_device"]
+__all__ = ["resolve_device", "cpu_has_bf16", "autocast", "uses_bf16", "uses_cpu_bf16", "to_device", "setup_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -51,6 +51,11 @@ def uses_bf16(device: torch.device | str, amp: bool = True, bf16_cpu: bool = Fal
     if kind == "cpu":
         return bool(bf16_cpu) and cpu_has_bf16()
     return False
+
+
+def uses_cpu_bf16(device: torch.device | str, bf16_cpu: bool) -> bool:
+    """Whether CPU work on `device` runs in bf16 (files computed so are kept apart from fp32 ones)."""
+    return torch.device(device).type == "cpu" and uses_bf16(device, True, bf16_cpu)
 
 
 def autocast(device: torch.device | str, amp: bool = True, bf16_cpu: bool = False):

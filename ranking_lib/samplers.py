@@ -79,11 +79,15 @@ class TripletSampler:
         r = rng.integers(0, count - 1)
         r = r + (r >= self._rank_in_class[q])
         p = self._order[start + r]
-        # negative: uniform over the n - count images outside the class
-        m = rng.integers(0, n - count)
-        m = m + (m >= start) * count
-        neg = self._order[m]
+        neg = self.out_of_class(rng, q)
         return np.stack([q, p, neg], axis=1).astype(np.int64)
+
+    def out_of_class(self, rng: np.random.Generator, q: np.ndarray) -> np.ndarray:
+        """A negative for each query: uniform over the images outside its class."""
+        cpos = self._class_pos[q]
+        start, count = self._starts[cpos], self._counts[cpos]
+        m = rng.integers(0, len(self.labels) - count)
+        return self._order[m + (m >= start) * count]
 
 
 class RelevanceTripletSampler:
@@ -135,16 +139,8 @@ class RelevanceTripletSampler:
         q = rng.choice(len(self.labels), size=num_triplets, p=rel.total / rel.total.sum())
         pools = [rel.members(c) for c in range(rel.num_classes)]
         t, self.in_class_fallbacks = draw_triplets(rng, q, pools, rel, self.fraction, self.tp, self.tr,
-                                                   out_of_class=self._out_of_class)
+                                                   out_of_class=self._base.out_of_class)
         return t
-
-    def _out_of_class(self, rng: np.random.Generator, q: np.ndarray) -> np.ndarray:
-        """Uniform over all images of the other classes (as `TripletSampler`)."""
-        b = self._base
-        cpos = b._class_pos[q]
-        start, count = b._starts[cpos], b._counts[cpos]
-        m = rng.integers(0, len(b.labels) - count)
-        return b._order[m + (m >= start) * count]
 
     def positive_probabilities(self, query: int) -> tuple[np.ndarray, np.ndarray]:
         """(candidates, probabilities) of the positive of `query` in an out-of-class triplet."""

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ranking_lib.data import ImageCache, verify_content
-from ranking_lib.devices import autocast, to_device, uses_bf16
+from ranking_lib.devices import autocast, to_device, uses_cpu_bf16
 from ranking_lib.errors import RankingError
 from ranking_lib.fileio import atomic_path, content_crc32, reserve, write_json
 from ranking_lib.model import EmbeddingNet
@@ -112,7 +112,7 @@ def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, pretraine
     """
     if net.freeze_stages < 1:
         raise RankingError("stage features need freeze_stages >= 1")
-    bf16 = uses_bf16(device, True, bf16_cpu) and torch.device(device).type == "cpu"
+    bf16 = uses_cpu_bf16(device, bf16_cpu)
     path = stage_features_file(cache, net, pretrained, bf16)
     arr, reason = _load_checked(path, len(cache))
     if arr is not None:

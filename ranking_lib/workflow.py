@@ -40,7 +40,7 @@ from ranking_lib.runlock import RunDirLock
 from ranking_lib.online import OnlineTriplets
 from ranking_lib.samplers import RelevanceTripletSampler, TripletSampler, load_triplets, save_triplets
 from ranking_lib.stage_cache import load_or_build_stage_features
-from ranking_lib.devices import resolve_device
+from ranking_lib.devices import resolve_device, uses_cpu_bf16
 from ranking_lib.holdout import holdout_split
 from ranking_lib.trainer import Trainer, TrainResult
 
@@ -142,7 +142,7 @@ def golden_features(cfg: RunConfig, cache: ImageCache, progress: bool = True) ->
         inputs = ModelInputs(cache.images)
         path = None
     else:
-        stem = stage_features_file(cache, net, cfg.pretrained, uses_bf16_cpu(cfg)).stem.replace("stage_", "golden_", 1)
+        stem = stage_features_file(cache, net, cfg.pretrained, uses_cpu_bf16(resolve_device(cfg.device), cfg.bf16_cpu)).stem.replace("stage_", "golden_", 1)
         path = Path(cache.cache_file).parent / f"{stem}.npy"
         if path.is_file():
             try:
@@ -161,13 +161,6 @@ def golden_features(cfg: RunConfig, cache: ImageCache, progress: bool = True) ->
     if progress:
         print(f"golden features of {len(cache)} {cache.split} images in {time.perf_counter() - t0:.1f} s")
     return z
-
-
-def uses_bf16_cpu(cfg: RunConfig) -> bool:
-    from ranking_lib.devices import uses_bf16
-
-    dev = resolve_device(cfg.device)
-    return uses_bf16(dev, True, cfg.bf16_cpu) and dev.type == "cpu"
 
 
 def training_triplets(cfg: RunConfig, cache: ImageCache, progress: bool = True):
