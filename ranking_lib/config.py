@@ -25,7 +25,8 @@ RESUME_FREE_FIELDS = frozenset({
     "data_dir", "run_dir", "cache_dir", "skip_corrupt", "val_triplets", "device", "num_threads",
     "checkpoint_every", "log_every", "ks", "train_eval_queries", "embed_batch_size",
     "search_backend", "num_query_examples", "query_seed", "top_k_show", "channels_last", "steps",
-    "evaluate_val", "flip_tta",
+    "evaluate_val", "flip_tta", "index_nlist", "index_nprobe", "index_pq_m", "index_refine", "index_hnsw_m",
+    "index_ef_search",
 })
 
 
@@ -221,6 +222,22 @@ class RunConfig:
     """Embed each image and its horizontal mirror (a flipped feature map on the stage-cache path)
     and average the two embeddings (re-normalised when embeddings are L2-normalised)."""
     search_backend: str = "auto"
+    """Nearest-neighbour search: ``auto`` (FAISS exact when installed, else torch), ``torch``,
+    ``faiss`` (both exact), or approximate ``faiss-ivf``, ``faiss-ivfpq``, ``faiss-hnsw`` for large
+    databases (the ``index_*`` fields below; measured in RESULTS.md, "Search at scale")."""
+    index_nlist: int | None = None
+    """IVF lists (faiss-ivf, faiss-ivfpq); default ~4 sqrt(database size)."""
+    index_nprobe: int = 32
+    """IVF lists visited per query (faiss-ivf, faiss-ivfpq)."""
+    index_pq_m: int | None = None
+    """IVF-PQ bytes per vector; must divide the embedding size (default: its largest divisor up
+    to a quarter of it)."""
+    index_refine: int = 4
+    """IVF-PQ: refine x k candidates are re-ranked by exact distance."""
+    index_hnsw_m: int = 32
+    """HNSW graph neighbours per node (faiss-hnsw)."""
+    index_ef_search: int = 128
+    """HNSW search breadth (faiss-hnsw)."""
     num_query_examples: int = 5
     query_seed: int = 0
     top_k_show: int = 10
@@ -239,6 +256,8 @@ class RunConfig:
         ("freeze_stages", 0), ("holdout_per_class", 0), ("seed", 0), ("query_seed", 0), ("num_threads", 1),
         ("max_classes", 2), ("backbone_lr_scale", 0), ("weight_decay", 0), ("momentum", 0),
         ("out_of_class_fraction", 0), ("relevance_tr", 0), ("buffer_size", 2), ("buffer_refresh_steps", 1),
+        ("index_nlist", 1), ("index_nprobe", 1), ("index_pq_m", 1), ("index_refine", 1), ("index_hnsw_m", 2),
+        ("index_ef_search", 1),
     )
 
     def validate(self) -> None:

@@ -11,8 +11,13 @@ Backends
   asked for, their distances are recomputed exactly as ``sqrt(sum((q - x)^2))`` and the final order
   is by (exact distance, database index), so ties go to the lower index.
 * ``"faiss"``: exact, ``faiss.IndexFlatL2``.
-* ``"faiss-ivf"`` / ``"faiss-hnsw"``: approximate FAISS indexes (``IndexIVFFlat`` with ``nlist`` /
-  ``nprobe``; ``IndexHNSWFlat`` with ``hnsw_m`` / ``ef_search`` / ``ef_construction``).
+* ``"faiss-ivf"`` / ``"faiss-ivfpq"`` / ``"faiss-hnsw"``: approximate FAISS indexes
+  (``IndexIVFFlat`` with ``nlist`` / ``nprobe``; ``IndexIVFPQ``, the same plus ``pq_m`` bytes per
+  vector, whose ``refine`` x k candidates are re-ranked by exact distance; ``IndexHNSWFlat`` with
+  ``hnsw_m`` / ``ef_search`` / ``ef_construction``). For databases far beyond memory (IVF-PQ
+  codes without the float vectors, sharded with ``faiss.IndexShards``) see
+  ``benchmarks/bench_search_scale.py`` and RESULTS.md; this class keeps the float vectors for the
+  exact distances it returns.
 * ``"auto"``: ``"faiss"`` when FAISS can be imported, else ``"torch"``.
 
 For every FAISS backend the returned distances are recomputed exactly for the returned ids (so they
@@ -32,7 +37,8 @@ import torch
 from ranking_lib.errors import RankingError
 from ranking_lib.fileio import atomic_path
 
-BACKENDS = ("auto", "torch", "faiss", "faiss-ivf", "faiss-hnsw")
+BACKENDS = ("auto", "torch", "faiss", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw")
+IVF_BACKENDS = ("faiss-ivf", "faiss-ivfpq")
 NPZ_KEYS = ("embeddings", "labels", "paths")
 
 
@@ -49,6 +55,17 @@ def _faiss_gpus(faiss) -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
 
 
+def default_nlist(n: int) -> int:
+    """IVF lists for n vectors: ~4 sqrt(n), with at least 39 training points per list."""
+    return int(max(1, min(4 * math.sqrt(n), n // 39)))
+
+
+def default_pq_m(d: int) -> int:
+    """IVF-PQ sub-quantizers for d dimensions: the largest divisor of d up to d / 4 (so each
+    sub-quantizer codes at least 4 dimensions in one byte)."""
+    return max(m for m in range(1, max(1, d // 4) + 1) if d % m == 0)
+
+
 def faiss_available() -> bool:
     """True when the ``faiss`` module can be imported."""
     return _import_faiss() is not None
@@ -63,7 +80,10 @@ class EmbeddingIndex:
         paths: optional list of N image paths (stored as given, ``None`` stays ``None``).
         backend: one of ``BACKENDS`` (see the module docstring).
         chunk_size: number of queries processed at once (bounds memory to ~chunk_size x N floats).
-        nlist, nprobe: IVF parameters (``faiss-ivf``); nlist defaults to ~4 sqrt(N).
+        nlist, nprobe: IVF parameters (``faiss-ivf``, ``faiss-ivfpq``); nlist defaults to
+            ``default_nlist(N)``.
+        pq_m: IVF-PQ bytes per vector (sub-quantizers); must divide d; default ``default_pq_m(d)``.
+        refine: IVF-PQ candidates per result (refine x k are re-ranked by exact distance).
         hnsw_m, ef_search, ef_construction: HNSW parameters (``faiss-hnsw``).
     """
 
@@ -77,6 +97,8 @@ class EmbeddingIndex:
         *,
         nlist: int | None = None,
         nprobe: int = 32,
+        pq_m: int | None = None,
+        refine: int = 4,
         hnsw_m: int = 32,
         ef_search: int = 128,
         ef_construction: int = 80,
@@ -139,8 +161,20 @@ class EmbeddingIndex:
             raise RankingError(
                 f"index backend {backend!r} needs faiss (pip install faiss-cpu)"
             )
+        for name, value, low in (("nlist", nlist, 1), ("nprobe", nprobe, 1), ("pq_m", pq_m, 1),
+                                 ("refine", refine, 1), ("hnsw_m", hnsw_m, 2), ("ef_search", ef_search, 1),
+                                 ("ef_construction", ef_construction, 1)):
+            if value is not None and int(value) < low:
+                raise RankingError(f"index {name} must be >= {low} (got {value})")
+        if backend == "faiss-ivfpq" and pq_m is not None and emb.shape[1] % int(pq_m):
+            raise RankingError(
+                f"index pq_m={pq_m} must divide the embedding size {emb.shape[1]} "
+                f"(e.g. {default_pq_m(emb.shape[1])})"
+            )
         self.backend = backend
         self.nlist = nlist
+        self.pq_m = None if pq_m is None else int(pq_m)
+        self.refine = int(refine)
         self.nprobe = int(nprobe)
         self.hnsw_m = int(hnsw_m)
         self.ef_search = int(ef_search)
@@ -335,11 +369,14 @@ class EmbeddingIndex:
         n, d = self.embeddings.shape
         if self.backend == "faiss":
             index = faiss.IndexFlatL2(d)
-        elif self.backend == "faiss-ivf":
-            nlist = self.nlist or int(max(1, min(4 * math.sqrt(n), n // 39)))
-            nlist = max(1, min(int(nlist), n))
+        elif self.backend in IVF_BACKENDS:
+            nlist = max(1, min(int(self.nlist or default_nlist(n)), n))
             quantizer = faiss.IndexFlatL2(d)
-            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_L2)
+            if self.backend == "faiss-ivf":
+                index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_L2)
+            else:  # 8-bit codes (fewer bits when there are fewer than 256 training vectors)
+                nbits = max(1, min(8, int(math.log2(n))))
+                index = faiss.IndexIVFPQ(quantizer, d, nlist, self.pq_m or default_pq_m(d), nbits)
             index.train(self.embeddings)
             index.nprobe = max(1, min(self.nprobe, nlist))
             self._faiss_quantizer = quantizer  # keep the quantizer alive
@@ -350,7 +387,8 @@ class EmbeddingIndex:
             raise RankingError(f"unknown index backend {self.backend!r}")
         index.add(self.embeddings)
         if self.backend in ("faiss", "faiss-ivf") and _faiss_gpus(faiss):
-            # FAISS built with CUDA and a GPU present: search there (flat and IVF; HNSW is CPU-only).
+            # FAISS built with CUDA and a GPU present: search there (flat and IVF). IVF-PQ stays on
+            # the CPU (GPU IVF-PQ accepts only some code sizes) and so does HNSW (CPU-only).
             # Never run here: no session of this project had a GPU.
             self._faiss_gpu = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._faiss_gpu, 0, index)
@@ -362,7 +400,8 @@ class EmbeddingIndex:
         if self.backend == "faiss-hnsw":
             index.hnsw.efSearch = max(self.ef_search, k + 1)
         # exact search: a few extra candidates guard against rounding in faiss's squared distances
-        margin = max(8, k // 4) if self.backend == "faiss" else 0
+        # IVF-PQ: its distances are approximate, so refine x k candidates are re-ranked exactly
+        margin = {"faiss": max(8, k // 4), "faiss-ivfpq": (self.refine - 1) * k}.get(self.backend, 0)
         kk = min(len(self), k + margin + (1 if exclude is not None else 0))
         out_idx = np.empty((len(q), k), dtype=np.int64)
         out_dist = np.empty((len(q), k), dtype=np.float32)

@@ -287,11 +287,17 @@ def embed(cfg: RunConfig, model: str = "trained", progress: bool = True) -> dict
     return out
 
 
+def index_options(cfg: RunConfig) -> dict:
+    """`EmbeddingIndex` keyword arguments from the config's search fields."""
+    return dict(backend=cfg.search_backend, nlist=cfg.index_nlist, nprobe=cfg.index_nprobe, pq_m=cfg.index_pq_m,
+                refine=cfg.index_refine, hnsw_m=cfg.index_hnsw_m, ef_search=cfg.index_ef_search)
+
+
 def load_index(cfg: RunConfig, model: str, split: str) -> EmbeddingIndex:
     path = embeddings_path(cfg, model, split)
     if not path.is_file():
         raise RankingError(f"embeddings not found: {path} (run the 'embed' step for model {model!r})")
-    return EmbeddingIndex.load(path, backend=cfg.search_backend)
+    return EmbeddingIndex.load(path, **index_options(cfg))
 
 
 SCORE_K = 30  # the paper's score at top-30
@@ -331,7 +337,7 @@ def evaluate(cfg: RunConfig, model: str = "trained") -> dict[str, dict]:
     metrics["train"] = m
     if len(held):  # tune: held-out training images against the training images that were trained on
         trip = load_run_triplets(cfg, "tune", len(db))
-        kept_db = EmbeddingIndex(db.embeddings[kept], db.labels[kept], backend=cfg.search_backend)
+        kept_db = EmbeddingIndex(db.embeddings[kept], db.labels[kept], **index_options(cfg))
         m = {"triplet_acc": triplet_accuracy_from_index(db.embeddings, trip), "num_triplets": int(len(trip))}
         m.update(retrieval_metrics(kept_db, db.embeddings[held], db.labels[held], ks=cfg.ks))
         m.update(_score_at_top(db.embeddings, trip))

@@ -75,6 +75,7 @@ def test_embeddings_are_deterministic(cli_run, tmp_path):
     (["train", "--gap", "0"], "gap must be > 0"),
     (["train", "--gap", "-1"], "gap must be > 0"),
     (["embed", "--embedding-dim", "32"], "different network"),
+    (["evaluate", "--search-backend", "faiss-ivfpq", "--index-pq-m", "3"], "pq_m=3 must divide the embedding size 16"),
 ])
 def test_bad_input_gives_one_line_error(cli_run, capsys, extra, msg):
     run, args = cli_run
@@ -82,6 +83,24 @@ def test_bad_input_gives_one_line_error(cli_run, capsys, extra, msg):
     assert main([cmd, *args, *rest]) == 2
     err = capsys.readouterr().err.strip()
     assert msg in err and len(err.splitlines()) == 1, err
+
+
+def test_search_fields_reach_the_index(cli_run, tmp_path):
+    """`--search-backend faiss-ivfpq` with every list probed and every vector re-ranked is exact, so
+    evaluate writes the exact backend's metrics; with one list probed it differs."""
+    import shutil
+
+    run, args = cli_run
+    copy = shutil.copytree(run, tmp_path / "run")
+    args = [str(copy) if a == str(run) else a for a in args]
+    exact = json.loads((run / "metrics_trained.json").read_text())["val"]
+    ivfpq = ["evaluate", *args, "--search-backend", "faiss-ivfpq", "--index-nlist", "8", "--index-pq-m", "4"]
+    assert main([*ivfpq, "--index-nprobe", "8", "--index-refine", "1000"]) == 0
+    full = json.loads((copy / "metrics_trained.json").read_text())["val"]
+    assert {k: full[k] for k in ("precision@1", "precision@30", "map@r")} == \
+        {k: exact[k] for k in ("precision@1", "precision@30", "map@r")}
+    assert main([*ivfpq, "--index-nprobe", "1", "--index-refine", "1"]) == 0
+    assert json.loads((copy / "metrics_trained.json").read_text())["val"]["map@r"] != exact["map@r"]
 
 
 def test_missing_dataset_dir_exit_code_and_message(tmp_path):

@@ -185,7 +185,7 @@ def _clustered(n, d, clusters, seed):
 
 
 @needs_faiss
-@pytest.mark.parametrize("backend", ["faiss-hnsw", "faiss-ivf"])
+@pytest.mark.parametrize("backend", ["faiss-hnsw", "faiss-ivf", "faiss-ivfpq"])
 def test_approximate_recall(backend):
     x, labels = _clustered(4000, 32, 20, seed=4)
     # queries: database points perturbed by small noise (so the exact top-10 is well defined)
@@ -212,3 +212,35 @@ def test_auto_backend_and_faiss_agree_with_torch():
     np.testing.assert_array_equal(np.sort(t_i, axis=1), np.sort(f_i, axis=1))
     np.testing.assert_allclose(t_d, f_d, rtol=1e-6)
     assert EmbeddingIndex(x, labels).backend in ("torch", "faiss")
+
+
+@needs_faiss
+def test_ivfpq_codes_and_refine():
+    """IVF-PQ stores pq_m-byte codes; with every list probed and every vector a candidate
+    (refine x k >= N) the exact re-rank makes it exact; fewer candidates lose recall."""
+    x, labels = _clustered(3000, 32, 10, seed=7)
+    q = np.random.default_rng(8).normal(size=(50, 32)).astype(np.float32) * 4
+    exact_i, exact_d = EmbeddingIndex(x, labels, backend="torch").topk(q, 10)
+    full = EmbeddingIndex(x, labels, backend="faiss-ivfpq", nlist=16, nprobe=16, pq_m=4, refine=300)
+    i, d = full.topk(q, 10)
+    np.testing.assert_array_equal(i, exact_i)
+    np.testing.assert_allclose(d, exact_d, rtol=1e-6)
+    assert full._faiss_index.pq.M == 4 and full._faiss_index.code_size == 4 and full._faiss_index.nprobe == 16
+    one = EmbeddingIndex(x, labels, backend="faiss-ivfpq", nlist=16, nprobe=16, pq_m=4, refine=1)
+    i1, _ = one.topk(q, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i1, exact_i)]) < 1.0
+
+
+def test_index_defaults_and_bad_parameters():
+    from ranking_lib.index import default_nlist, default_pq_m
+
+    assert [default_pq_m(d) for d in (128, 200, 1280, 7, 2)] == [32, 50, 320, 1, 1]
+    assert default_nlist(1_000_000) == 4000 and default_nlist(100) == 2
+    x, labels, _ = _data(n=50, d=12)
+    for kwargs, msg in (({"nprobe": 0}, "nprobe must be >= 1"), ({"hnsw_m": 1}, "hnsw_m must be >= 2"),
+                        ({"refine": 0}, "refine must be >= 1"), ({"nlist": 0}, "nlist must be >= 1")):
+        with pytest.raises(RankingError, match=msg):
+            EmbeddingIndex(x, labels, backend="torch", **kwargs)
+    if faiss_available():
+        with pytest.raises(RankingError, match="pq_m=5 must divide the embedding size 12"):
+            EmbeddingIndex(x, labels, backend="faiss-ivfpq", pq_m=5)

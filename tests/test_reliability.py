@@ -424,6 +424,8 @@ BAD_FLAGS = [
     (["--max-classes", "1"], "max_classes must be >= 2"),
     (["--backbone", "vgg"], "backbone must be one of"),
     (["--search-backend", "annoy"], "search_backend must be one of"),
+    (["--index-nprobe", "0"], "index_nprobe must be >= 1"),
+    (["--index-hnsw-m", "1"], "index_hnsw_m must be >= 2"),
     (["--optimizer", "lbfgs"], "optimizer must be"),
     (["--device", "tpu"], "device must be"),
     (["--cache-stage-features"], "cache_stage_features needs freeze_stages >= 1"),
