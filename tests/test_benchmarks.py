@@ -31,6 +31,34 @@ def test_bench_search_exact_methods_agree(tmp_path):
     assert all(r["search_s"] > 0 for r in rows)
 
 
+def test_bench_search_scale_rows(tmp_path):
+    """Every index kind gets its rows; recall is against the exact top-k (probing every list makes
+    IVF-Flat exact, the exact re-rank never loses to the PQ codes alone); the HNSW row past the
+    build cap is marked as an estimate."""
+    pytest.importorskip("faiss")
+    out = tmp_path / "scale.json"
+    script = load_script("bench_search_scale")
+    assert script.main(["--n", "6000", "12000", "--dims", "16", "--q", "50", "--k", "10", "--nlist", "16",
+                        "--train-per-list", "700", "--nprobe", "1", "16", "--clusters", "50",
+                        "--hnsw-max-n", "6000", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    by = {(r["n"], r["method"]): r for r in rows}
+    for n in (6000, 12000):
+        assert by[(n, "exact (faiss.knn = IndexFlatL2)")]["recall@10"] == 1.0
+        assert by[(n, "IVF16_HNSW32,Flat nprobe=16")]["recall@10"] == 1.0
+        assert by[(n, "IVF16_HNSW32,Flat nprobe=1")]["recall@10"] < 1.0
+        pq, refined = by[(n, "IVF16_HNSW32,PQ4 nprobe=16")], by[(n, "IVF16_HNSW32,PQ4 nprobe=16 + exact re-rank of 4k")]
+        assert refined["recall@10"] >= pq["recall@10"] and pq["bytes_per_vector"] == 4 + 8
+    assert by[(6000, "HNSW32,Flat efSearch=64")]["recall@10"] > 0.9
+    assert by[(12000, "HNSW32,Flat (not built)")]["estimate"] is True
+    with pytest.raises(SystemExit):
+        script.main(["--n", "0"])
+    # the data are seeded and L2-normalised
+    a, qa = script.synthetic(100, 5, 8, 3, seed=1)
+    b, _ = script.synthetic(100, 5, 8, 3, seed=1)
+    assert (a == b).all() and abs(float((qa ** 2).sum(1).max()) - 1) < 1e-5
+
+
 @pytest.mark.slow
 def test_bench_quality_time_curves(sample_dir, sample_cache_dir, tmp_path):
     out = tmp_path / "quality_time.json"
