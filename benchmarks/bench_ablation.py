@@ -12,6 +12,15 @@ first row, and shared (their time is reported apart). Results are written after 
 (``benchmarks/results/ablation.json``, atomically), and rows already there are skipped
 unless ``--again``: a killed sweep goes on where it stopped. The report reads the measured copy
 in ``docs/figures/`` (copy the JSON and PNG there to publish a new sweep).
+
+Equal wall time: ``--equal-time multiscale online`` repeats measured rows whose steps cost more
+than the profile's, with ``steps * profile train_s / row train_s`` steps (rows
+``<row>@equal-time``), so every recipe gets the same training time.
+
+Full budget, val once: ``--val course profile`` runs ``python -m ranking_lib all`` with the
+profile as it is (its own steps and input size, val evaluated) plus the row's overrides, and
+records the val metrics under ``val_rows``; ``--val-from profile=RUN_DIR`` records a run made
+earlier with that command instead (its config.json must match the row's, or it is refused).
 """
 
 from __future__ import annotations
@@ -72,7 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--holdout-per-class", type=int, default=50)
-    p.add_argument("--rows", nargs="+", default=list(ablation.ROWS), choices=list(ablation.ROWS))
+    p.add_argument("--rows", nargs="*", default=list(ablation.ROWS), choices=list(ablation.ROWS))
+    p.add_argument("--equal-time", nargs="+", default=[], choices=list(ablation.ROWS), metavar="ROW",
+                   help="re-run these measured rows at the profile's training time")
+    p.add_argument("--val", nargs="+", default=[], choices=list(ablation.ROWS), metavar="ROW",
+                   help="full-budget runs of these rows, evaluated on val once")
+    p.add_argument("--val-from", nargs="+", default=[], metavar="ROW=RUN_DIR",
+                   help="record finished full-budget runs as val rows (config checked)")
     p.add_argument("--results", default=str(ablation.RESULTS_PATH))
     p.add_argument("--again", action="store_true", help="re-run rows already in the results file")
     args = p.parse_args(argv)
@@ -97,19 +112,19 @@ def main(argv: list[str] | None = None) -> int:
     py = [sys.executable, "-m", "ranking_lib"]
     log = open(out / "ablation.log", "a")
 
-    # shared inputs first: image cache, frozen-stage features, golden features (timed apart)
-    t0 = time.perf_counter()
-    warm = base + ["--run-dir", str(out / "_warm"), "--out-of-class-fraction", "0.5", "--steps", "1"]
-    run(py + ["prepare"] + warm, log)
-    run(py + ["sample"] + warm, log)   # golden features
-    run(py + ["train"] + warm + ["--no-resume"], log)  # frozen-stage features
-    results["shared_s"] = round(time.perf_counter() - t0, 1)
+    todo = [n for n in args.rows if args.again or not ablation.row(results, n)]
+    todo_equal = [n for n in args.equal_time if args.again or not ablation.row(results, n + ablation.EQUAL_TIME)]
+    if todo or todo_equal:
+        # shared inputs first: image cache, frozen-stage features, golden features (timed apart;
+        # the first sweep's time is kept, later ones find them cached)
+        t0 = time.perf_counter()
+        warm = base + ["--run-dir", str(out / "_warm"), "--out-of-class-fraction", "0.5", "--steps", "1"]
+        run(py + ["prepare"] + warm, log)
+        run(py + ["sample"] + warm, log)   # golden features
+        run(py + ["train"] + warm + ["--no-resume"], log)  # frozen-stage features
+        results.setdefault("shared_s", round(time.perf_counter() - t0, 1))
 
-    for name in args.rows:
-        if ablation.row(results, name) and not args.again:
-            print(f"{name}: already measured, skipped (--again re-runs it)")
-            continue
-        overrides = ablation.ROWS[name][0]
+    def measure(name: str, overrides: dict) -> None:
         run_dir = out / name
         cmd = base + ["--run-dir", str(run_dir)] + flags(overrides)
         t = time.perf_counter()
@@ -128,8 +143,74 @@ def main(argv: list[str] | None = None) -> int:
         results["rows"] = [r for r in results["rows"] if r["name"] != name] + [entry]
         write_json(results_path, results)
         print(f"{name}: tune P@30 {entry['metrics']['precision@30']:.2f}  ({wall / 60:.1f} min)", flush=True)
+
+    for name in args.rows:
+        if name not in todo:
+            print(f"{name}: already measured, skipped (--again re-runs it)")
+            continue
+        measure(name, ablation.ROWS[name][0])
+
+    for name in args.equal_time:
+        ref, measured = ablation.row(results, "profile"), ablation.row(results, name)
+        if ref is None or measured is None:
+            raise SystemExit(f"error: --equal-time {name} needs the measured 'profile' and {name!r} rows first")
+        steps = max(1, round(args.steps * ref["train_s"] / measured["train_s"]))
+        if name not in todo_equal:
+            print(f"{name}{ablation.EQUAL_TIME}: already measured, skipped (--again re-runs it)")
+            continue
+        measure(name + ablation.EQUAL_TIME, {**ablation.ROWS[name][0], "steps": steps})
+
+    full = ["--profile", args.profile, "--data-dir", str(Path(args.data_dir).resolve()), "--quiet"]
+    if args.cache_dir:
+        full += ["--cache-dir", str(Path(args.cache_dir).resolve())]
+    profile_cfg = resolve(args.profile).config
+    results["val_budget"] = (f"{args.profile} profile: {profile_cfg.input_size} px, {profile_cfg.steps:,} steps, "
+                             f"{classes} classes")
+
+    def record_val(name: str, run_dir: Path, wall_s: float | None) -> None:
+        from ranking_lib.config import RunConfig, resume_differences
+
+        overrides = ablation.ROWS[name][0]
+        saved = RunConfig.load(run_dir / "config.json")
+        want = resolve(args.profile, {**overrides, "data_dir": str(Path(args.data_dir).resolve())}).config
+        diff = resume_differences(saved.to_dict(), want)
+        if diff:
+            raise SystemExit(f"error: {run_dir} was not made with row {name!r}'s settings: " +
+                             ", ".join(f"{k}={a!r} (row: {b!r})" for k, (a, b) in diff.items()))
+        metrics = json.loads((run_dir / "metrics_trained.json").read_text())
+        if "val" not in metrics:
+            raise SystemExit(f"error: {run_dir} has no val metrics (evaluate it with val on)")
+        summary = json.loads((run_dir / "train_summary.json").read_text())
+        entry = {"name": name, "overrides": overrides, "train_s": round(summary["wall_s"], 1),
+                 "wall_s": None if wall_s is None else round(wall_s, 1),
+                 "command": "python -m ranking_lib all " + shlex.join(
+                     [a for a in full if a != "--quiet"] + ["--run-dir", f"runs/val/{name}"] + flags(overrides)),
+                 "metrics": {k: metrics["val"][k] for k in ablation.COLUMNS if k in metrics["val"]}}
+        results["val_rows"] = [r for r in results.get("val_rows", []) if r["name"] != name] + [entry]
+        write_json(results_path, results)
+        print(f"{name}: val P@30 {entry['metrics']['precision@30']:.2f} (full budget)", flush=True)
+
+    for spec in args.val_from:
+        name, _, run_dir = spec.partition("=")
+        if name not in ablation.ROWS or not run_dir:
+            raise SystemExit(f"error: --val-from expects ROW=RUN_DIR with ROW one of {', '.join(ablation.ROWS)}")
+        record_val(name, Path(run_dir), None)
+    for name in args.val:
+        if ablation.row(results, name, "val_rows") and not args.again:
+            print(f"{name}: val row already measured, skipped (--again re-runs it)")
+            continue
+        run_dir = out / f"val-{name}"
+        t = time.perf_counter()
+        run(py + ["all"] + full + ["--run-dir", str(run_dir)] + flags(ablation.ROWS[name][0]), log)
+        record_val(name, run_dir, time.perf_counter() - t)
     order = list(ablation.ROWS)
-    results["rows"].sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+
+    def position(r):
+        base = r["name"].removesuffix(ablation.EQUAL_TIME)
+        return (order.index(base) if base in order else len(order), r["name"])
+
+    results["rows"].sort(key=position)
+    results.get("val_rows", []).sort(key=position)
     write_json(results_path, results)
     print(ablation.table(results).round(2).to_string())
     ablation.plot_out_of_class(results, results_path.with_name("ablation_out_of_class.png"))

@@ -8,7 +8,14 @@ reads are copied to ``docs/figures/ablation.json``):
 
     {"base": {...}, "split": "tune", "hardware": "...", "rows": [
         {"name": ..., "overrides": {...}, "command": "...", "wall_s": ..., "train_s": ...,
-         "metrics": {"precision@30": ..., ...}}, ...]}
+         "metrics": {"precision@30": ..., ...}}, ...],
+     "val_rows": [{"name": ..., "overrides": {...}, "command": "...", "train_s": ...,
+                   "metrics": {...val...}}, ...]}
+
+Rows named ``<row>@equal-time`` repeat a row whose steps cost more than the profile's with its
+steps cut so that its training time matches the profile's (``steps`` in their overrides).
+``val_rows`` are full-budget runs of a row (the profile's own steps and input size), evaluated on
+val once each.
 """
 
 from __future__ import annotations
@@ -71,8 +78,30 @@ SHORT = {"precision@1": "P@1", "precision@10": "P@10", "precision@30": "P@30", "
          "any_hit@30": "hit@30", "triplet_acc": "triplet acc", "score_at_top_30": "score@30"}
 
 
-def row(results: dict, name: str) -> dict | None:
-    return next((r for r in results["rows"] if r["name"] == name), None)
+EQUAL_TIME = "@equal-time"
+
+
+def describe(name: str) -> str:
+    """What a row is (``<row>@equal-time`` rows: their row's description, at equal training time)."""
+    base = name.removesuffix(EQUAL_TIME)
+    what = ROWS.get(base, ({}, ""))[1]
+    return f"{what}, steps cut to the profile's training time" if name.endswith(EQUAL_TIME) else what
+
+
+def row(results: dict, name: str, key: str = "rows") -> dict | None:
+    return next((r for r in results.get(key, []) if r["name"] == name), None)
+
+
+def val_table(results: dict):
+    """pandas DataFrame of the full-budget val rows (None when there are none): metrics in %,
+    score@30 a count, training time in minutes (``train min``)."""
+    import pandas as pd
+
+    if not results.get("val_rows"):
+        return None
+    rows = [{"variant": r["name"], **{SHORT[c]: r["metrics"].get(c, np.nan) for c in COLUMNS},
+             "train min": r["train_s"] / 60} for r in results["val_rows"]]
+    return pd.DataFrame(rows).set_index("variant")
 
 
 def out_of_class_curve(results: dict) -> list[tuple[float, float]]:
@@ -118,8 +147,9 @@ def findings(results: dict) -> str:
             continue
         d = r["metrics"]["precision@30"] - p30
         verdict = "better" if d > 0.5 else "worse" if d < -0.5 else "no clear difference"
-        out.append(f"* **{r['name']}** ({ROWS.get(r['name'], ({}, ''))[1]}): {r['metrics']['precision@30']:.2f} % "
-                   f"({d:+.2f} points, {verdict}; {r['wall_s'] / 60:.1f} min).")
+        steps = f"{r['overrides']['steps']:,} steps, " if "steps" in r["overrides"] else ""
+        out.append(f"* **{r['name']}** ({describe(r['name'])}): {r['metrics']['precision@30']:.2f} % "
+                   f"({d:+.2f} points, {verdict}; {steps}{r['wall_s'] / 60:.1f} min).")
     best = max(results["rows"], key=lambda r: r["metrics"]["precision@30"])
     lead = best["metrics"]["precision@30"] - p30
     if lead > 0.5:
@@ -127,4 +157,13 @@ def findings(results: dict) -> str:
     else:
         out.append(f"\nNo variant beats the profile by more than half a point at this budget "
                    f"(highest: {best['name']}, {lead:+.2f} points): the profile keeps its recipe.")
+    val = {r["name"]: r for r in results.get("val_rows", [])}
+    if val:
+        parts = [f"**{n}** {r['metrics']['precision@30']:.2f} % ({r['train_s'] / 60:.0f} min of training)"
+                 for n, r in val.items()]
+        out.append(f"\nAt the full budget ({results.get('val_budget', 'the profile as it is')}), val precision@30, "
+                   f"measured once per row: " + "; ".join(parts) + ".")
+        if "profile" in val and "course" in val:
+            gain = val["profile"]["metrics"]["precision@30"] - val["course"]["metrics"]["precision@30"]
+            out.append(f"Batch-hard mining adds {gain:+.2f} points of val precision@30 over the course's recipe.")
     return "\n".join(out)

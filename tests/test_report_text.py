@@ -126,3 +126,26 @@ def test_improvements_are_written_from_the_measured_ablation(tmp_path):
     path.write_text("{")
     with pytest.raises(RankingError, match="not valid JSON"):
         ablation.load(path)
+
+
+def test_equal_time_and_full_budget_val_rows_in_table_and_findings():
+    from ranking_lib import ablation
+
+    res = _ablation_results()
+    slow = {**ablation.row(res, "multiscale"), "name": "multiscale@equal-time", "metrics": {
+        **ablation.row(res, "multiscale")["metrics"], "precision@30": 49.0}, "overrides": {
+        "architecture": "multiscale", "steps": 2187}}
+    res["rows"].append(slow)
+    assert ablation.val_table(res) is None
+    val = lambda name, p30, minutes: {"name": name, "overrides": {}, "train_s": 60.0 * minutes, "wall_s": None,
+                                      "command": f"cmd {name}", "metrics": {"precision@30": p30, "precision@1": 1.0}}
+    res["val_rows"] = [val("course", 60.25, 40), val("profile", 67.5, 44)]
+    res["val_budget"] = "cpu profile: 192 px, 12,000 steps, 200 classes"
+    text = ablation.findings(res)
+    assert "**multiscale@equal-time** (the multiscale network (two shallow 4:1 and 8:1 paths), steps cut to the " \
+           "profile's training time): 49.00 % (-1.00 points, worse; 2,187 steps" in text
+    assert "**course** 60.25 % (40 min of training); **profile** 67.50 % (44 min of training)" in text
+    assert "Batch-hard mining adds +7.25 points of val precision@30" in text
+    t = ablation.val_table(res)
+    assert list(t.index) == ["course", "profile"] and t.loc["profile", "train min"] == 44.0
+    assert t.loc["course", "P@30"] == 60.25 and np.isnan(t.loc["course", "MAP@R"])
