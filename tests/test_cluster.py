@@ -1,7 +1,8 @@
 """The cluster job scripts (`cluster/`), run by bash with the scheduler's environment variables set
-and its commands (`scontrol`, `srun`, `qrerun`) replaced by small shims on PATH. No scheduler
-daemon runs here: a one-node Slurm needs munge and root-owned daemons that CI does not start.
-The runner, torchrun and the training they call are the real ones."""
+and its commands (`scontrol`, `srun`, `qrerun`) replaced by small shims on PATH: this runs with no
+scheduler installed, and it is how the PBS scripts are tested (no PBS server runs here). The
+Slurm scripts also run under a real one-node Slurm in `test_slurm.py`. The runner, torchrun and
+the training they call are the real ones."""
 
 from __future__ import annotations
 
