@@ -16,7 +16,7 @@ NOTEBOOKS ?=
 RUN_ARGS := --profile $(PROFILE) --run-dir $(RUN) $(if $(DATA),--data-dir $(DATA)) \
             $(if $(SET),--set $(SET)) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))
 
-.PHONY: setup pdf-deps report html test test-fast test-notebooks bench demo-data clean
+.PHONY: setup pdf-deps report html test test-fast test-notebooks bench bench-search-scale demo-data clean
 
 setup: $(VENV)/.installed pdf-deps
 
@@ -59,6 +59,10 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_train.py --env-profile cpu --data-dir $(DATA) --max-classes 200 --input-size 128 \
 	    --batch-size 32 --steps 6 --freeze-stages 7
 	$(PY) benchmarks/bench_quality_time.py --data-dir $(DATA) --profile cpu --budget-min 12 --eval-every-min 4 --val-queries 1000 --db-per-class 50
+
+# Search at 1M and 10M synthetic embeddings (about 30 min on 2 cores, up to ~20 GB of memory):
+bench-search-scale: $(VENV)/.installed
+	$(PY) benchmarks/bench_search_scale.py
 
 demo-data:
 	$(PY) data_scripts/make_demo_dataset.py --out runs/demo-data
