@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
     wnids = (Path(args.data_dir) / "wnids.txt").read_text().split()
     classes = min(len(wnids), resolve(args.profile).config.max_classes or len(wnids))
-    results.update(split="tune", hardware=hardware(), profile=args.profile,
+    results.setdefault("hardware", hardware())  # the sweep's machine; every row records its own
+    results.update(split="tune", profile=args.profile,
                    data=f"{Path(args.data_dir).resolve().name}, {classes} classes",
                    budget=f"{args.profile} profile at {args.input_size} px, {args.steps} steps",
                    base_command="python -m ranking_lib STEP " + shlex.join(base))
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - t
         metrics = json.loads((run_dir / "metrics_trained.json").read_text())["tune"]
         entry = {"name": name, "overrides": overrides, "wall_s": round(wall, 1), "train_s": round(train_s, 1),
+                 "hardware": hardware(),
                  "command": "python -m ranking_lib all " + shlex.join(
                      [a for a in base if a != "--quiet"] + ["--run-dir", f"runs/ablation/{name}"] + flags(overrides)),
                  "metrics": {k: metrics[k] for k in ablation.COLUMNS if k in metrics}}
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: {run_dir} has no val metrics (evaluate it with val on)")
         summary = json.loads((run_dir / "train_summary.json").read_text())
         entry = {"name": name, "overrides": overrides, "train_s": round(summary["wall_s"], 1),
-                 "wall_s": None if wall_s is None else round(wall_s, 1),
+                 "wall_s": None if wall_s is None else round(wall_s, 1), "hardware": hardware(),
                  "command": "python -m ranking_lib all " + shlex.join(
                      [a for a in full if a != "--quiet"] + ["--run-dir", f"runs/val/{name}"] + flags(overrides)),
                  "metrics": {k: metrics["val"][k] for k in ablation.COLUMNS if k in metrics["val"]}}

@@ -70,7 +70,25 @@ def table(results: dict):
         m = r["metrics"]
         rows.append({"variant": r["name"], **{SHORT[c]: m.get(c, np.nan) for c in COLUMNS},
                      "min": r["wall_s"] / 60})
-    return pd.DataFrame(rows).set_index("variant")
+    return _with_machine(pd.DataFrame(rows).set_index("variant"), results["rows"], results.get("hardware"))
+
+
+def machine(hardware: str | None) -> str:
+    """A hardware string short enough for a table cell ("2 cores, Intel(R) Xeon(R) Processor" ->
+    "2 cores, Intel Xeon")."""
+    out = hardware or "not recorded"
+    for noise in ("(R)", "(TM)", " Processor", " CPU"):
+        out = out.replace(noise, "")
+    return " ".join(out.split())
+
+
+def _with_machine(df, rows: list[dict], default: str | None):
+    """`df` with a ``machine`` column when its rows were measured on more than one machine
+    (a row without its own ``hardware`` was measured on the results' ``default``)."""
+    machines = [machine(r.get("hardware", default)) for r in rows]
+    if len(set(machines)) > 1:
+        df["machine"] = machines
+    return df
 
 
 # column titles short enough for a page-wide table
@@ -101,7 +119,7 @@ def val_table(results: dict):
         return None
     rows = [{"variant": r["name"], **{SHORT[c]: r["metrics"].get(c, np.nan) for c in COLUMNS},
              "train min": r["train_s"] / 60} for r in results["val_rows"]]
-    return pd.DataFrame(rows).set_index("variant")
+    return _with_machine(pd.DataFrame(rows).set_index("variant"), results["val_rows"], results.get("hardware"))
 
 
 def out_of_class_curve(results: dict) -> list[tuple[float, float]]:
@@ -148,8 +166,10 @@ def findings(results: dict) -> str:
         d = r["metrics"]["precision@30"] - p30
         verdict = "better" if d > 0.5 else "worse" if d < -0.5 else "no clear difference"
         steps = f"{r['overrides']['steps']:,} steps, " if "steps" in r["overrides"] else ""
+        where = (f" on {machine(r['hardware'])}" if r.get("hardware", results.get("hardware")) != results.get("hardware")
+                 else "")
         out.append(f"* **{r['name']}** ({describe(r['name'])}): {r['metrics']['precision@30']:.2f} % "
-                   f"({d:+.2f} points, {verdict}; {steps}{r['wall_s'] / 60:.1f} min).")
+                   f"({d:+.2f} points, {verdict}; {steps}{r['wall_s'] / 60:.1f} min{where}).")
     best = max(results["rows"], key=lambda r: r["metrics"]["precision@30"])
     lead = best["metrics"]["precision@30"] - p30
     if lead > 0.5:
@@ -159,8 +179,8 @@ def findings(results: dict) -> str:
                    f"(highest: {best['name']}, {lead:+.2f} points): the profile keeps its recipe.")
     val = {r["name"]: r for r in results.get("val_rows", [])}
     if val:
-        parts = [f"**{n}** {r['metrics']['precision@30']:.2f} % ({r['train_s'] / 60:.0f} min of training)"
-                 for n, r in val.items()]
+        parts = [f"**{n}** {r['metrics']['precision@30']:.2f} % ({r['train_s'] / 60:.0f} min of training"
+                 + (f", {machine(r['hardware'])})" if r.get("hardware") else ")") for n, r in val.items()]
         out.append(f"\nAt the full budget ({results.get('val_budget', 'the profile as it is')}), val precision@30, "
                    f"measured once per row: " + "; ".join(parts) + ".")
         if "profile" in val and "course" in val:

@@ -149,3 +149,16 @@ def test_equal_time_and_full_budget_val_rows_in_table_and_findings():
     t = ablation.val_table(res)
     assert list(t.index) == ["course", "profile"] and t.loc["profile", "train min"] == 44.0
     assert t.loc["course", "P@30"] == 60.25 and np.isnan(t.loc["course", "MAP@R"])
+    assert "machine" not in t.columns and "machine" not in ablation.table(res).columns  # one machine
+
+    # rows measured on another machine than the sweep's say which, in the tables and the sentences
+    res["hardware"] = "2 cores, AMD EPYC"
+    res["val_rows"][0]["hardware"] = "2 cores, Intel(R) Xeon(R) Processor"
+    slow["hardware"] = "2 cores, Intel(R) Xeon(R) Processor"
+    text = ablation.findings(res)
+    assert "**course** 60.25 % (40 min of training, 2 cores, Intel Xeon); **profile** 67.50 % (44 min of " \
+           "training)" in text
+    assert f"2,187 steps, {slow['wall_s'] / 60:.1f} min on 2 cores, Intel Xeon)." in text
+    assert list(ablation.val_table(res)["machine"]) == ["2 cores, Intel Xeon", "2 cores, AMD EPYC"]
+    assert ablation.table(res)["machine"].tolist()[-1] == "2 cores, Intel Xeon"
+    assert set(ablation.table(res)["machine"].tolist()[:-1]) == {"2 cores, AMD EPYC"}
