@@ -17,6 +17,9 @@ Equal wall time: ``--equal-time multiscale online`` repeats measured rows whose 
 than the profile's, with ``steps * profile train_s / row train_s`` steps (rows
 ``<row>@equal-time``), so every recipe gets the same training time.
 
+``--step-cost step_cost.json`` (from ``bench_step_cost.py``) takes the time-per-step ratios from
+a measurement made with nothing else on the CPU instead.
+
 Full budget, val once: ``--val course profile`` runs ``python -m ranking_lib all`` with the
 profile as it is (its own steps and input size, val evaluated) plus the row's overrides, and
 records the val metrics under ``val_rows``; ``--val-from profile=RUN_DIR`` records a run made
@@ -72,6 +75,14 @@ def run(cmd: list[str], log) -> None:
         raise SystemExit(f"error: {shlex.join(cmd)} exited with {r.returncode} (see {log.name})")
 
 
+def equal_time_steps(steps: int, profile_row: dict, row: dict, step_cost: dict | None = None) -> int:
+    """Steps that give `row` the profile's training time at `steps` steps: from the ratio of
+    seconds per step measured by bench_step_cost.py when given, else from the two rows' own
+    training times."""
+    ratio = step_cost["ratio_to_profile"] if step_cost else row["train_s"] / profile_row["train_s"]
+    return max(1, round(steps / ratio))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True)
@@ -84,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", nargs="*", default=list(ablation.ROWS), choices=list(ablation.ROWS))
     p.add_argument("--equal-time", nargs="+", default=[], choices=list(ablation.ROWS), metavar="ROW",
                    help="re-run these measured rows at the profile's training time")
+    p.add_argument("--step-cost", default=None, metavar="JSON",
+                   help="for --equal-time: each row's time per step relative to the profile's, from "
+                        "bench_step_cost.py (default: from the measured rows' training times)")
     p.add_argument("--val", nargs="+", default=[], choices=list(ablation.ROWS), metavar="ROW",
                    help="full-budget runs of these rows, evaluated on val once")
     p.add_argument("--val-from", nargs="+", default=[], metavar="ROW=RUN_DIR",
@@ -156,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         ref, measured = ablation.row(results, "profile"), ablation.row(results, name)
         if ref is None or measured is None:
             raise SystemExit(f"error: --equal-time {name} needs the measured 'profile' and {name!r} rows first")
-        steps = max(1, round(args.steps * ref["train_s"] / measured["train_s"]))
+        cost = None
+        if args.step_cost:
+            cost = ablation.row(json.loads(Path(args.step_cost).read_text()), name)
+            if cost is None:
+                raise SystemExit(f"error: --step-cost {args.step_cost} has no row {name!r}")
+        steps = equal_time_steps(args.steps, ref, measured, cost)
         if name not in todo_equal:
             print(f"{name}{ablation.EQUAL_TIME}: already measured, skipped (--again re-runs it)")
             continue

@@ -81,3 +81,27 @@ def test_bench_quality_time_curves(sample_dir, sample_cache_dir, tmp_path):
     assert curves["profile"]["points"][0]["train_min"] == pytest.approx(curves["profile"]["stage_pass_s"] / 60)
     assert curves["full"]["points"][0]["train_min"] == 0
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_bench_step_cost_and_the_equal_time_steps_it_gives(sample_dir, sample_cache_dir, tmp_path):
+    """Rows train in their own run dirs; the profile's ratio is 1 and every row's is its seconds
+    per step over the profile's; bench_ablation's equal-time steps follow that ratio."""
+    out = tmp_path / "step_cost.json"
+    assert load_script("bench_step_cost").main([
+        "--data-dir", str(sample_dir), "--cache-dir", str(sample_cache_dir), "--profile", "sample",
+        "--input-size", "64", "--steps", "3", "--holdout-per-class", "10", "--rows", "multiscale",
+        "--out-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    by = {r["name"]: r for r in res["rows"]}
+    assert list(by) == ["profile", "multiscale"]  # the profile is always measured, first
+    assert by["profile"]["ratio_to_profile"] == 1.0
+    ms = by["multiscale"]
+    assert ms["ratio_to_profile"] == round(ms["s_per_step"] / by["profile"]["s_per_step"], 3) > 0
+    assert ms["overrides"] == {"architecture": "multiscale"}
+    cfg = json.loads((tmp_path / "runs" / "multiscale" / "config.json").read_text())
+    assert cfg["architecture"] == "multiscale" and cfg["steps"] == 3 and cfg["input_size"] == 64
+    bench = load_script("bench_ablation")
+    assert bench.equal_time_steps(3000, {"train_s": 300.0}, {"train_s": 411.0}) == 2190
+    assert bench.equal_time_steps(3000, {"train_s": 300.0}, {"train_s": 463.0},
+                                  {"name": "online", "ratio_to_profile": 1.02}) == 2941
