@@ -75,6 +75,17 @@ def run(cmd: list[str], log) -> None:
         raise SystemExit(f"error: {shlex.join(cmd)} exited with {r.returncode} (see {log.name})")
 
 
+def tune_flags(args) -> list[str]:
+    """The flags every reduced-budget row shares: the profile at ``args.input_size`` px and
+    ``args.steps`` steps, trained without the held-out images, val not evaluated."""
+    base = ["--profile", args.profile, "--data-dir", str(Path(args.data_dir).resolve()),
+            "--holdout-per-class", str(args.holdout_per_class), "--no-evaluate-val",
+            "--input-size", str(args.input_size), "--steps", str(args.steps), "--quiet"]
+    if args.cache_dir:
+        base += ["--cache-dir", str(Path(args.cache_dir).resolve())]
+    return base
+
+
 def equal_time_steps(steps: int, profile_row: dict, row: dict, step_cost: dict | None = None) -> int:
     """Steps that give `row` the profile's training time at `steps` steps: from the ratio of
     seconds per step measured by bench_step_cost.py when given, else from the two rows' own
@@ -108,11 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    base = ["--profile", args.profile, "--data-dir", str(Path(args.data_dir).resolve()),
-            "--holdout-per-class", str(args.holdout_per_class), "--no-evaluate-val",
-            "--input-size", str(args.input_size), "--steps", str(args.steps), "--quiet"]
-    if args.cache_dir:
-        base += ["--cache-dir", str(Path(args.cache_dir).resolve())]
+    base = tune_flags(args)
     results_path = Path(args.results)
     results = ablation.load(results_path) or {"rows": []}
     from ranking_lib.settings import resolve

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the ablation bench beside this script
-from bench_ablation import REPO, flags, hardware, run  # noqa: E402
+from bench_ablation import REPO, flags, hardware, run, tune_flags  # noqa: E402
 
 from ranking_lib import ablation  # noqa: E402
 from ranking_lib.fileio import write_json  # noqa: E402
@@ -46,11 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    base = ["--profile", args.profile, "--data-dir", str(Path(args.data_dir).resolve()),
-            "--holdout-per-class", str(args.holdout_per_class), "--no-evaluate-val",
-            "--input-size", str(args.input_size), "--steps", str(args.steps), "--quiet"]
-    if args.cache_dir:
-        base += ["--cache-dir", str(Path(args.cache_dir).resolve())]
+    base = tune_flags(args)
     py = [sys.executable, "-m", "ranking_lib"]
     log = open(out / "step_cost.log", "a")
     rows = []
