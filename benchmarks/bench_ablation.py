@@ -56,15 +56,7 @@ def hardware() -> str:
     return f"{os.cpu_count()} cores, {model}"
 
 
-def flags(overrides: dict) -> list[str]:
-    out = []
-    for k, v in overrides.items():
-        name = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            out.append(name if v else "--no-" + k.replace("_", "-"))
-        else:
-            out += [name, str(v)]
-    return out
+flags = ablation.override_flags
 
 
 def run(cmd: list[str], log) -> None:

@@ -106,6 +106,33 @@ def describe(name: str) -> str:
     return f"{what}, steps cut to the profile's training time" if name.endswith(EQUAL_TIME) else what
 
 
+def override_flags(overrides: dict) -> list[str]:
+    """The CLI flags of a row's `RunConfig` overrides (``{"miner": "none"}`` -> ``--miner none``;
+    booleans as ``--name`` / ``--no-name``)."""
+    out = []
+    for k, v in overrides.items():
+        name = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            out.append(name if v else "--no-" + k.replace("_", "-"))
+        else:
+            out += [name, str(v)]
+    return out
+
+
+def commands(results: dict) -> str:
+    """Markdown: the command of every measured row (the reduced-budget rows as the shared base
+    command plus each row's flags; the full-budget val rows in full)."""
+    base = results.get("base_command", "python -m ranking_lib STEP ...").replace(" --quiet", "")
+    base = base.replace("python -m ranking_lib STEP", "python -m ranking_lib all", 1)
+    rows = "; ".join(f"**{r['name']}** `{' '.join(override_flags(r['overrides'])) or '(none)'}`"
+                     for r in results["rows"])
+    out = [f"Commands. Every reduced-budget row is `{base} --run-dir runs/ablation/ROW` plus its flags: {rows}."]
+    if results.get("val_rows"):
+        out.append("Full-budget val rows: " + "; ".join(f"**{r['name']}** `{r['command']}`"
+                                                        for r in results["val_rows"]) + ".")
+    return "\n\n".join(out)
+
+
 def row(results: dict, name: str, key: str = "rows") -> dict | None:
     return next((r for r in results.get(key, []) if r["name"] == name), None)
 

@@ -162,3 +162,24 @@ def test_equal_time_and_full_budget_val_rows_in_table_and_findings():
     assert list(ablation.val_table(res)["machine"]) == ["2 cores, Intel Xeon", "2 cores, AMD EPYC"]
     assert ablation.table(res)["machine"].tolist()[-1] == "2 cores, Intel Xeon"
     assert set(ablation.table(res)["machine"].tolist()[:-1]) == {"2 cores, AMD EPYC"}
+
+
+def test_ablation_commands_name_every_row():
+    from ranking_lib import ablation
+
+    res = _ablation_results()
+    res["base_command"] = "python -m ranking_lib STEP --profile cpu --steps 3000 --quiet"
+    res["rows"].append({**ablation.row(res, "multiscale"), "name": "multiscale@equal-time",
+                        "overrides": {"architecture": "multiscale", "steps": 2120}})
+    text = ablation.commands(res)
+    assert text.startswith("Commands. Every reduced-budget row is `python -m ranking_lib all --profile cpu "
+                           "--steps 3000 --run-dir runs/ablation/ROW` plus its flags:")
+    for r in res["rows"]:
+        assert f"**{r['name']}** `" in text
+    assert "**multiscale@equal-time** `--architecture multiscale --steps 2120`" in text
+    assert "**profile** `(none)`" in text and "Full-budget" not in text
+    res["val_rows"] = [{"name": "course", "command": "python -m ranking_lib all --miner none"}]
+    assert text + "\n\nFull-budget val rows: **course** `python -m ranking_lib all --miner none`." == \
+        ablation.commands(res)
+    assert ablation.override_flags({"flip_tta": True, "bf16_cpu": False, "steps": 5}) == \
+        ["--flip-tta", "--no-bf16-cpu", "--steps", "5"]
