@@ -56,9 +56,6 @@ def hardware() -> str:
     return f"{os.cpu_count()} cores, {model}"
 
 
-flags = ablation.override_flags
-
-
 def run(cmd: list[str], log) -> None:
     log.write("$ " + shlex.join(cmd) + "\n")
     log.flush()
@@ -140,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure(name: str, overrides: dict) -> None:
         run_dir = out / name
-        cmd = base + ["--run-dir", str(run_dir)] + flags(overrides)
+        cmd = base + ["--run-dir", str(run_dir)] + ablation.override_flags(overrides)
         t = time.perf_counter()
         run(py + ["sample"] + cmd, log)
         t_train = time.perf_counter()
@@ -153,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = {"name": name, "overrides": overrides, "wall_s": round(wall, 1), "train_s": round(train_s, 1),
                  "hardware": hardware(),
                  "command": "python -m ranking_lib all " + shlex.join(
-                     [a for a in base if a != "--quiet"] + ["--run-dir", f"runs/ablation/{name}"] + flags(overrides)),
+                     [a for a in base if a != "--quiet"] + ["--run-dir", f"runs/ablation/{name}"] + ablation.override_flags(overrides)),
                  "metrics": {k: metrics[k] for k in ablation.COLUMNS if k in metrics}}
         results["rows"] = [r for r in results["rows"] if r["name"] != name] + [entry]
         write_json(results_path, results)
@@ -204,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = {"name": name, "overrides": overrides, "train_s": round(summary["wall_s"], 1),
                  "wall_s": None if wall_s is None else round(wall_s, 1), "hardware": hardware(),
                  "command": "python -m ranking_lib all " + shlex.join(
-                     [a for a in full if a != "--quiet"] + ["--run-dir", f"runs/val/{name}"] + flags(overrides)),
+                     [a for a in full if a != "--quiet"] + ["--run-dir", f"runs/val/{name}"] + ablation.override_flags(overrides)),
                  "metrics": {k: metrics["val"][k] for k in ablation.COLUMNS if k in metrics["val"]}}
         results["val_rows"] = [r for r in results.get("val_rows", []) if r["name"] != name] + [entry]
         write_json(results_path, results)
@@ -221,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         run_dir = out / f"val-{name}"
         t = time.perf_counter()
-        run(py + ["all"] + full + ["--run-dir", str(run_dir)] + flags(ablation.ROWS[name][0]), log)
+        run(py + ["all"] + full + ["--run-dir", str(run_dir)] + ablation.override_flags(ablation.ROWS[name][0]), log)
         record_val(name, run_dir, time.perf_counter() - t)
     order = list(ablation.ROWS)
 

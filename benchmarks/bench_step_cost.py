@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the ablation bench beside this script
-from bench_ablation import REPO, flags, hardware, run, tune_flags  # noqa: E402
+from bench_ablation import REPO, hardware, run, tune_flags  # noqa: E402
 
 from ranking_lib import ablation  # noqa: E402
 from ranking_lib.fileio import write_json  # noqa: E402
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     log = open(out / "step_cost.log", "a")
     rows = []
     for name in args.rows:
-        cmd = base + ["--run-dir", str(out / name)] + flags(ablation.ROWS[name][0])
+        cmd = base + ["--run-dir", str(out / name)] + ablation.override_flags(ablation.ROWS[name][0])
         run(py + ["sample"] + cmd, log)
         run(py + ["train", "--no-resume"] + cmd, log)
         wall = json.loads((out / name / "train_summary.json").read_text())["wall_s"]

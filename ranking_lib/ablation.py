@@ -83,8 +83,8 @@ def machine(hardware: str | None) -> str:
 
 
 def _with_machine(df, rows: list[dict], default: str | None):
-    """`df` with an ``on`` column (the machine's last word) when its rows were measured on more than one machine
-    (a row without its own ``hardware`` was measured on the results' ``default``)."""
+    """`df` with an ``on`` column (the machine's last word) when its rows were measured on more
+    than one machine (a row without its own ``hardware`` was measured on the results' ``default``)."""
     machines = [machine(r.get("hardware", default)) for r in rows]
     if len(set(machines)) > 1:  # the last word ("EPYC", "Xeon") keeps the table on the page
         df["on"] = [m.split()[-1] for m in machines]
