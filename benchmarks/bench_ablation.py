@@ -1,4 +1,4 @@
-"""The paper's method, measured: every ablation row (`ranking_lib.ablation.ROWS`) trained from
+"""The paper's method, measured: every ablation row (`ranking_lib.reporting.ablation.ROWS`) trained from
 one base recipe at one budget and scored on the tuning split (val never looked at).
 
     python benchmarks/bench_ablation.py --data-dir data/tiny-imagenet-200 --out-dir runs/ablation \\
@@ -38,8 +38,8 @@ import sys
 import time
 from pathlib import Path
 
-from ranking_lib import ablation
-from ranking_lib.fileio import write_json
+from ranking_lib.reporting import ablation
+from ranking_lib.core.fileio import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     base = tune_flags(args)
     results_path = Path(args.results)
     results = ablation.load(results_path) or {"rows": []}
-    from ranking_lib.settings import resolve
+    from ranking_lib.core.settings import resolve
 
     wnids = (Path(args.data_dir) / "wnids.txt").read_text().split()
     classes = min(len(wnids), resolve(args.profile).config.max_classes or len(wnids))
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"{classes} classes")
 
     def record_val(name: str, run_dir: Path, wall_s: float | None) -> None:
-        from ranking_lib.config import RunConfig, resume_differences
+        from ranking_lib.core.config import RunConfig, resume_differences
 
         overrides = ablation.ROWS[name][0]
         saved = RunConfig.load(run_dir / "config.json")

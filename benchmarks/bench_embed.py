@@ -18,15 +18,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ranking_lib.settings import resolve
+from ranking_lib.core.settings import resolve
 
 MALLOC_ENV = resolve("cpu").env  # the allocator settings live in profiles/cpu.yaml only
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import json, sys, time, numpy as np, torch
-from ranking_lib.model import EmbeddingNet
-from ranking_lib.inference import embed_images
+from ranking_lib.models.model import EmbeddingNet
+from ranking_lib.models.inference import embed_images
 size, n, bs, cl, dev, bf16 = {size}, {n}, {bs}, {cl}, {dev!r}, {bf16}
 torch.manual_seed(0)
 net = EmbeddingNet(input_size=size, channels_last=cl)
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes:
         vals = {r["variant"]: r["img_per_s"] for r in rows if r["input_size"] == size}
         print(f"| {size} px | " + " | ".join(f"{vals[v]:.1f}" for v in args.variants) + " |")
-    from ranking_lib.devices import cpu_has_bf16
-    from ranking_lib.fileio import write_json
+    from ranking_lib.core.devices import cpu_has_bf16
+    from ranking_lib.core.fileio import write_json
 
     write_json(args.out, {"device": args.device, "cpu_count": os.cpu_count(), "batch_size": args.batch_size,
                           "cpu_has_bf16": cpu_has_bf16(), "rows": rows})

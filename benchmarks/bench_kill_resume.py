@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ranking_lib.checkpoint import read_checkpoint
-from ranking_lib.fileio import write_json
+from ranking_lib.training.checkpoint import read_checkpoint
+from ranking_lib.core.fileio import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -39,17 +39,17 @@ import numpy as np
 import torch
 
 
-from ranking_lib.config import RunConfig
-from ranking_lib.settings import apply_env, resolve
+from ranking_lib.core.config import RunConfig
+from ranking_lib.core.settings import apply_env, resolve
 from ranking_lib.data import TinyImageNet, load_or_build_cache
-from ranking_lib.errors import RankingError
-from ranking_lib.index import EmbeddingIndex
-from ranking_lib.metrics import precision_at_k
-from ranking_lib.model import build_model
-from ranking_lib.samplers import TripletSampler
-from ranking_lib.stage_cache import compute_stage_features
-from ranking_lib.trainer import Trainer, resolve_device
-from ranking_lib.inference import ModelInputs, embed_images
+from ranking_lib.core.errors import RankingError
+from ranking_lib.retrieval.index import EmbeddingIndex
+from ranking_lib.retrieval.metrics import precision_at_k
+from ranking_lib.models.model import build_model
+from ranking_lib.triplets.samplers import TripletSampler
+from ranking_lib.models.stage_cache import compute_stage_features
+from ranking_lib.training.trainer import Trainer, resolve_device
+from ranking_lib.models.inference import ModelInputs, embed_images
 from ranking_lib.workflow import initial_model
 
 K = 30

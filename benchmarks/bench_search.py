@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 
-from ranking_lib.index import EmbeddingIndex
+from ranking_lib.retrieval.index import EmbeddingIndex
 
 
 def clustered(n: int, q: int, d: int, clusters: int, seed: int):

@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the ablation bench beside this script
 from bench_ablation import REPO, hardware, run, tune_flags  # noqa: E402
 
-from ranking_lib import ablation  # noqa: E402
-from ranking_lib.fileio import write_json  # noqa: E402
+from ranking_lib.reporting import ablation  # noqa: E402
+from ranking_lib.core.fileio import write_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,14 +29,14 @@ import torch
 from PIL import Image
 
 
-from ranking_lib.config import RunConfig
+from ranking_lib.core.config import RunConfig
 from ranking_lib.data import TinyImageNet, load_or_build_cache
-from ranking_lib.devices import cpu_has_bf16
-from ranking_lib.inference import ModelInputs
-from ranking_lib.losses import RankingLoss
-from ranking_lib.model import build_model
-from ranking_lib.samplers import TripletSampler
-from ranking_lib.trainer import Trainer
+from ranking_lib.core.devices import cpu_has_bf16
+from ranking_lib.models.inference import ModelInputs
+from ranking_lib.training.losses import RankingLoss
+from ranking_lib.models.model import build_model
+from ranking_lib.triplets.samplers import TripletSampler
+from ranking_lib.training.trainer import Trainer
 
 
 class JpegTriplets(torch.utils.data.Dataset):
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="benchmarks/results/train_throughput.json")
     args = ap.parse_args(argv)
     if args.env_profile:  # settings read at process start: re-executed once with them
-        from ranking_lib.settings import apply_env, resolve
+        from ranking_lib.core.settings import apply_env, resolve
 
         apply_env(resolve(args.env_profile).env, sys.argv if argv is None else None)
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     proj = time_project(cfg, cache.images, cache.labels, triplets, args.steps, run_dir)
     rows.append({"path": "project (uint8 cache, one 3B batch, frozen BN)", "triplets_per_s": proj})
     if args.freeze_stages:
-        from ranking_lib.stage_cache import load_or_build_stage_features
+        from ranking_lib.models.stage_cache import load_or_build_stage_features
 
         scfg = cfg.replace(freeze_stages=args.freeze_stages, cache_stage_features=True)
         net = build_model(scfg)
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"path": f"project + stage cache (first {args.freeze_stages} stages frozen)",
                      "triplets_per_s": sp, "stage_cache_build_s": build_s})
         if args.bf16:
-            from ranking_lib.stage_cache import compute_stage_features
+            from ranking_lib.models.stage_cache import compute_stage_features
 
             bcfg = scfg.replace(bf16_cpu=True)
             n = min(len(cache), 2048)  # the frozen-stage pass on the same images, fp32 then bf16

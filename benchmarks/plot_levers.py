@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from ranking_lib.plots import plot_precision_vs_minutes
+from ranking_lib.reporting.plots import plot_precision_vs_minutes
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "figures"
 

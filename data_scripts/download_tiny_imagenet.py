@@ -26,7 +26,7 @@ import zipfile
 from pathlib import Path
 
 from ranking_lib.data import TinyImageNet
-from ranking_lib.errors import DatasetError
+from ranking_lib.core.errors import DatasetError
 
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINY_IMAGENET_SIZE = 248100043  # bytes

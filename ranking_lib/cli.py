@@ -13,9 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ranking_lib.config import RunConfig, field_kind
-from ranking_lib.errors import RankingError
-from ranking_lib.settings import Settings, resolve
+from ranking_lib.core.config import RunConfig, field_kind
+from ranking_lib.core.errors import RankingError
+from ranking_lib.core.settings import Settings, resolve
 
 
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from_args(args)
         # the profile's env (allocator settings) must be there when the process starts: a
         # command-line run re-executes itself once with it; a caller of main() keeps its process
-        from ranking_lib.settings import apply_env
+        from ranking_lib.core.settings import apply_env
 
         apply_env(settings.env, ["-m", "ranking_lib", *sys.argv[1:]] if from_command_line else None)
         return run(args, settings.config)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the environment, not the input: disk, permissions, ...
-        from ranking_lib.fileio import disk_full_error, is_disk_full
+        from ranking_lib.core.fileio import disk_full_error, is_disk_full
 
         if is_disk_full(e):
             print(f"error: {disk_full_error(e.filename or '.')}", file=sys.stderr)
@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, cfg: RunConfig) -> int:
-    from ranking_lib import distributed, workflow
-    from ranking_lib.runlock import RunDirLock
+    from ranking_lib.training import distributed
+    from ranking_lib import workflow
+    from ranking_lib.core.runlock import RunDirLock
 
     if args.command == "query":  # reads only
         return _run(args, cfg, workflow)
@@ -118,12 +119,12 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> int:
 
 
 def _run_distributed(args: argparse.Namespace, cfg: RunConfig, workflow) -> int:
-    """One rank of ``torchrun ... -m ranking_lib train|embed`` (see `ranking_lib.distributed`)."""
+    """One rank of ``torchrun ... -m ranking_lib train|embed`` (see `ranking_lib.training.distributed`)."""
     import contextlib
     import os
 
-    from ranking_lib import distributed
-    from ranking_lib.runlock import RunDirLock
+    from ranking_lib.training import distributed
+    from ranking_lib.core.runlock import RunDirLock
 
     if args.command not in DISTRIBUTED_COMMANDS:
         raise RankingError(f"under torchrun only {' and '.join(DISTRIBUTED_COMMANDS)} run on several processes "

@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 
 from ranking_lib import workflow
-from ranking_lib.config import RunConfig
-from ranking_lib.errors import RankingError
+from ranking_lib.core.config import RunConfig
+from ranking_lib.core.errors import RankingError
 
 
 @contextlib.contextmanager
@@ -65,13 +65,13 @@ class QueryExplorer:
         """The query's own pixels (64 px uint8): from the val cache, or decoded from `data`."""
         if result.query_index is not None:
             return self.val.images[result.query_index]
-        from ranking_lib.decode import load_image_rgb
+        from ranking_lib.data.decode import load_image_rgb
 
         with _as_file(data or b"", result.query_path) as f:
             return load_image_rgb(f)
 
     def figure(self, result: workflow.QueryResult, data: bytes | None = None):
-        from ranking_lib import plots
+        from ranking_lib.reporting import plots
 
         return plots.plot_query(result, self.query_image(result, data), self.train)
 
@@ -90,7 +90,7 @@ class QueryExplorer:
         """A val-image picker, an upload button and the result (figure + summary line)."""
         import ipywidgets as w
 
-        from ranking_lib import plots
+        from ranking_lib.reporting import plots
 
         picker = w.Dropdown(options=self.val_choices(), description="val image", layout=w.Layout(width="60%"))
         upload = w.FileUpload(accept="image/*", multiple=False, description="upload")

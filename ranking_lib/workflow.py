@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ranking_lib import distributed
-from ranking_lib.checkpoint import load_model_state, read_checkpoint
-from ranking_lib.config import RunConfig
+from ranking_lib.training import distributed
+from ranking_lib.training.checkpoint import load_model_state, read_checkpoint
+from ranking_lib.core.config import RunConfig
 from ranking_lib.data import (
     SPLITS,
     ImageCache,
@@ -30,19 +30,19 @@ from ranking_lib.data import (
     load_image_rgb,
     load_or_build_cache,
 )
-from ranking_lib.errors import RankingError
-from ranking_lib.fileio import ensure_dir, write_json
-from ranking_lib.index import EmbeddingIndex
-from ranking_lib.inference import ModelInputs, embed_images
-from ranking_lib.metrics import retrieval_metrics, score_at_top_k, triplet_accuracy_from_index
-from ranking_lib.model import EmbeddingNet, build_model, init_head_from_classifier
-from ranking_lib.runlock import RunDirLock
-from ranking_lib.online import OnlineTriplets
-from ranking_lib.samplers import RelevanceTripletSampler, TripletSampler, load_triplets, save_triplets
-from ranking_lib.stage_cache import load_or_build_stage_features
-from ranking_lib.devices import resolve_device, uses_cpu_bf16
-from ranking_lib.holdout import holdout_split
-from ranking_lib.trainer import Trainer, TrainResult
+from ranking_lib.core.errors import RankingError
+from ranking_lib.core.fileio import ensure_dir, write_json
+from ranking_lib.retrieval.index import EmbeddingIndex
+from ranking_lib.models.inference import ModelInputs, embed_images
+from ranking_lib.retrieval.metrics import retrieval_metrics, score_at_top_k, triplet_accuracy_from_index
+from ranking_lib.models.model import EmbeddingNet, build_model, init_head_from_classifier
+from ranking_lib.core.runlock import RunDirLock
+from ranking_lib.triplets.online import OnlineTriplets
+from ranking_lib.triplets.samplers import RelevanceTripletSampler, TripletSampler, load_triplets, save_triplets
+from ranking_lib.models.stage_cache import load_or_build_stage_features
+from ranking_lib.core.devices import resolve_device, uses_cpu_bf16
+from ranking_lib.data.holdout import holdout_split
+from ranking_lib.training.trainer import Trainer, TrainResult
 
 MODELS = ("trained", "baseline")
 METRIC_SPLITS = ("train", "tune", "val")  # in metrics_<model>.json; tune only with holdout_per_class
@@ -134,8 +134,8 @@ def golden_features(cfg: RunConfig, cache: ImageCache, progress: bool = True) ->
     """The frozen pretrained backbone's L2-normalised pooled features of every image of `cache`
     (the `baseline` model at the run's input size): the golden feature behind the relevance
     r_ij of relevance-weighted sampling. Computed once, float16, beside the image cache."""
-    from ranking_lib.fileio import atomic_path
-    from ranking_lib.stage_cache import stage_features_file
+    from ranking_lib.core.fileio import atomic_path
+    from ranking_lib.models.stage_cache import stage_features_file
 
     net = build_model(cfg.replace(architecture="single")).eval()
     if cache.cache_file is None:

@@ -43,8 +43,8 @@ class RunnerError(Exception):
 # ---- settings ------------------------------------------------------------------------------
 def parse_set(items: list[str]) -> dict:
     """``--set key=value ...`` -> {key: value}, values parsed as YAML (1e-4 is a float)."""
-    from ranking_lib.errors import RankingError
-    from ranking_lib.settings import parse_yaml_scalar
+    from ranking_lib.core.errors import RankingError
+    from ranking_lib.core.settings import parse_yaml_scalar
 
     out = {}
     for item in items:
@@ -59,9 +59,9 @@ def parse_set(items: list[str]) -> dict:
 
 
 def resolve_settings(args) -> tuple[dict, dict]:
-    """(notebook settings, runner settings) through the one resolver (`ranking_lib.settings`):
+    """(notebook settings, runner settings) through the one resolver (`ranking_lib.core.settings`):
     profile < --data-dir/--run-dir < --set; every field validated before a kernel starts."""
-    from ranking_lib.settings import resolve
+    from ranking_lib.core.settings import resolve
 
     overrides = parse_set(args.set or [])
     if args.data_dir:
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from ranking_lib.runlock import TOKEN_ENV, RunDirLock
+    from ranking_lib.core.runlock import TOKEN_ENV, RunDirLock
 
     try:
         with RunDirLock(settings["run_dir"], "run_pipeline.py") as lock:

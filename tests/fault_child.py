@@ -34,7 +34,7 @@ def main() -> int:
         os.replace = stalling_replace
     decode_at = os.environ.get("FAULT_STALL_DECODE")
     if decode_at:
-        from ranking_lib import decode
+        from ranking_lib.data import decode
 
         real_load, count = decode.load_image_rgb, [0]
 

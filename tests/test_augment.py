@@ -1,6 +1,6 @@
 import torch
 
-from ranking_lib.augment import flip_and_shift
+from ranking_lib.training.augment import flip_and_shift
 
 
 def _imgs(n=16):

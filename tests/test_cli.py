@@ -42,7 +42,7 @@ def test_all_writes_every_artifact(cli_run):
     dp, dn = np.linalg.norm(z[t[:, 0]] - z[t[:, 1]], axis=1), np.linalg.norm(z[t[:, 0]] - z[t[:, 2]], axis=1)
     assert m["val"]["triplet_acc"] == pytest.approx(100 * (dp < dn).mean(), abs=1e-6)
     # the paper's score at top-30 over the val triplets, from the same embeddings
-    from ranking_lib.metrics import score_at_top_k
+    from ranking_lib.retrieval.metrics import score_at_top_k
 
     s = score_at_top_k(val["embeddings"], t, 30)
     assert m["val"]["score_at_top_30"] == s["score"] and m["val"]["score_at_top_30_counted"] == s["counted"] > 0

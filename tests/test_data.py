@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ranking_lib import decode as decode_mod
-from ranking_lib import image_cache as cache_mod
+from ranking_lib.data import decode as decode_mod
+from ranking_lib.data import image_cache as cache_mod
 from ranking_lib.data import (
     ImageCache,
     TinyImageNet,
@@ -20,7 +20,7 @@ from ranking_lib.data import (
     load_image_rgb,
     load_or_build_cache,
 )
-from ranking_lib.errors import CorruptImageError, DatasetError, RankingError
+from ranking_lib.core.errors import CorruptImageError, DatasetError, RankingError
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "tiny-imagenet-sample"
 

@@ -13,7 +13,7 @@ from PIL import Image
 from data_scripts import download_tiny_imagenet as dl
 from data_scripts.make_demo_dataset import make_demo_dataset
 from ranking_lib.data import TinyImageNet, load_or_build_cache
-from ranking_lib.errors import DatasetError
+from ranking_lib.core.errors import DatasetError
 
 REPO = Path(__file__).resolve().parents[1]
 DL_SCRIPT = REPO / "data_scripts" / "download_tiny_imagenet.py"

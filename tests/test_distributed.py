@@ -1,4 +1,4 @@
-"""torchrun: two gloo ranks on the CPU train and embed like one process (`ranking_lib.distributed`).
+"""torchrun: two gloo ranks on the CPU train and embed like one process (`ranking_lib.training.distributed`).
 
 Equality is checked with SGD (momentum, Nesterov): its update is linear in the gradient, so the
 only difference between two ranks and one process is the order of floating-point additions
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from ranking_lib.checkpoint import read_checkpoint
-from ranking_lib.distributed import DistContext
+from ranking_lib.training.checkpoint import read_checkpoint
+from ranking_lib.training.distributed import DistContext
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

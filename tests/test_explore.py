@@ -11,7 +11,7 @@ from PIL import Image
 
 from data_scripts.make_demo_dataset import make_demo_dataset
 from ranking_lib import cli, workflow
-from ranking_lib.errors import RankingError
+from ranking_lib.core.errors import RankingError
 from ranking_lib.explore import QueryExplorer
 
 

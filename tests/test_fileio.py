@@ -1,6 +1,6 @@
 import pytest
 
-from ranking_lib.fileio import atomic_path
+from ranking_lib.core.fileio import atomic_path
 
 
 def test_replaces_on_success_and_keeps_suffix(tmp_path):

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from data_scripts.make_demo_dataset import make_demo_dataset
-from ranking_lib import cli, devices, workflow
-from ranking_lib.errors import RankingError
-from ranking_lib.holdout import holdout_split
+from ranking_lib import cli, workflow
+from ranking_lib.core import devices
+from ranking_lib.core.errors import RankingError
+from ranking_lib.data.holdout import holdout_split
 
 
 def test_holdout_split_per_class_seeded_and_disjoint():
@@ -55,8 +56,8 @@ def test_held_out_images_never_train_and_get_their_own_metrics(demo):
     assert not (run / "embeddings_trained_val.npz").exists()  # not even embedded
     assert m["tune"]["num_queries"] == 20
     # the tune numbers are the held-out images ranked against the kept ones
-    from ranking_lib.index import EmbeddingIndex
-    from ranking_lib.metrics import retrieval_metrics
+    from ranking_lib.retrieval.index import EmbeddingIndex
+    from ranking_lib.retrieval.metrics import retrieval_metrics
 
     z = np.load(run / "embeddings_trained_train.npz")
     ref = retrieval_metrics(EmbeddingIndex(z["embeddings"][kept], z["labels"][kept]), z["embeddings"][held],

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ranking_lib.errors import RankingError
-from ranking_lib.index import EmbeddingIndex, faiss_available
+from ranking_lib.core.errors import RankingError
+from ranking_lib.retrieval.index import EmbeddingIndex, faiss_available
 
 EXACT = ["torch"] + (["faiss"] if faiss_available() else [])
 needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
@@ -232,7 +232,7 @@ def test_ivfpq_codes_and_refine():
 
 
 def test_index_defaults_and_bad_parameters():
-    from ranking_lib.index import default_nlist, default_pq_m
+    from ranking_lib.retrieval.index import default_nlist, default_pq_m
 
     assert [default_pq_m(d) for d in (128, 200, 1280, 7, 2)] == [32, 50, 320, 1, 1]
     assert default_nlist(1_000_000) == 4000 and default_nlist(100) == 2

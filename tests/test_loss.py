@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from ranking_lib.errors import RankingError
-from ranking_lib.losses import RankingLoss
+from ranking_lib.core.errors import RankingError
+from ranking_lib.training.losses import RankingLoss
 
 
 def test_hand_computed_values():

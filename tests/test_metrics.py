@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from ranking_lib.errors import RankingError
-from ranking_lib.index import EmbeddingIndex
-from ranking_lib.metrics import (
+from ranking_lib.core.errors import RankingError
+from ranking_lib.retrieval.index import EmbeddingIndex
+from ranking_lib.retrieval.metrics import (
     any_hit_at_k,
     knn_accuracy,
     map_at_r,
@@ -159,7 +159,7 @@ def test_retrieval_metrics_external_queries_by_hand():
 def test_triplet_accuracy_from_index_chunking_matches_one_shot():
     import numpy as np
 
-    from ranking_lib.metrics import triplet_accuracy_from_index
+    from ranking_lib.retrieval.metrics import triplet_accuracy_from_index
 
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(50, 4)).astype(np.float32)
@@ -172,7 +172,7 @@ def test_triplet_accuracy_from_index_chunking_matches_one_shot():
 
 
 def test_score_at_top_k_by_hand():
-    from ranking_lib.metrics import score_at_top_k
+    from ranking_lib.retrieval.metrics import score_at_top_k
 
     e = np.array([[0.0], [1.0], [3.0], [6.0], [10.0]])
     t = np.array([[0, 1, 2],   # top-2 of 0 = {1, 2}; p in it; 1 < 3: correct

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from ranking_lib.backbones import BACKBONES, create_backbone
+from ranking_lib.models.backbones import BACKBONES, create_backbone
 from ranking_lib.data import TinyImageNet, load_or_build_cache
-from ranking_lib.errors import RankingError
-from ranking_lib.model import EmbeddingNet, imagenet_synsets
+from ranking_lib.core.errors import RankingError
+from ranking_lib.models.model import EmbeddingNet, imagenet_synsets
 
 SYNSETS = imagenet_synsets()
 
@@ -99,7 +99,7 @@ def test_pretrained_efficientnet_classifies_real_tiny_imagenet(real_sample_dir, 
 def test_head_init_from_classifier_reproduces_class_logits(real_sample_dir, sample_cache_dir):
     ds = TinyImageNet(real_sample_dir)
     val = load_or_build_cache(ds, "val", sample_cache_dir, progress=False)
-    from ranking_lib.model import init_head_from_classifier
+    from ranking_lib.models.model import init_head_from_classifier
 
     net = EmbeddingNet(embedding_dim=len(ds.wnids), input_size=64, normalize=False).eval()
     assert init_head_from_classifier(net, ds.wnids) == len(ds.wnids)

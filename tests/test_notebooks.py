@@ -55,8 +55,8 @@ def test_committed_notebook_is_stripped_and_parameterised(name):
 def test_notebook_defaults_are_the_demo_profile(name):
     """Opening a notebook and pressing Run All gives the demo run: every setting of the demo
     profile equals the notebook's default (parameters cell, `extra`, then RunConfig defaults)."""
-    from ranking_lib.config import RunConfig
-    from ranking_lib.settings import resolve
+    from ranking_lib.core.config import RunConfig
+    from ranking_lib.core.settings import resolve
 
     params = _runner_module().parameter_defaults(NOTEBOOK_DIR / name)
     values = dict(params)
@@ -87,7 +87,7 @@ def test_runner_passes_each_setting_once(name, profile):
 
 
 def resolve_profile(profile: str) -> dict:
-    from ranking_lib.settings import resolve
+    from ranking_lib.core.settings import resolve
 
     r = resolve(profile)
     cfg = r.config.to_dict()
@@ -106,7 +106,7 @@ def test_parameters_not_declared_travel_in_extra():
 
 @pytest.mark.parametrize("profile", ["demo", "sample", "cpu", "gpu"])
 def test_profiles_are_valid_configs(profile):
-    from ranking_lib.settings import REPO_ROOT, load_profile, resolve
+    from ranking_lib.core.settings import REPO_ROOT, load_profile, resolve
 
     raw = load_profile(profile)
     s = resolve(profile)  # raises on unknown fields / invalid values
@@ -119,7 +119,7 @@ def test_profiles_are_valid_configs(profile):
 def test_cli_runner_and_benchmarks_resolve_a_profile_alike(tmp_path, monkeypatch):
     """One resolver: the CLI's config and the runner's notebook settings are the same run."""
     from ranking_lib import cli
-    from ranking_lib.config import RunConfig
+    from ranking_lib.core.config import RunConfig
 
     monkeypatch.chdir(tmp_path)  # relative command-line paths are relative to the cwd
     args = cli.build_parser().parse_args(["train", "--profile", "sample", "--run-dir", "r", "--lr", "0.001"])
@@ -242,7 +242,7 @@ def test_demo_report_pdf(demo_run):
             pages_of.setdefault(n, []).append(i)
     # sample grid, triplets, loss, bars, 5 queries; then the measured full-data figures the repository
     # holds (recipes against minutes, the ablation's out-of-class curve)
-    from ranking_lib import ablation, report
+    from ranking_lib.reporting import ablation, report
 
     n_figures = 9 + (report.measured_levers() is not None) + (ablation.load() is not None)
     assert sorted(pages_of) == list(range(1, n_figures + 1)), pages_of

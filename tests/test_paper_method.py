@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from ranking_lib import workflow
-from ranking_lib.checkpoint import load_model_state, read_checkpoint
-from ranking_lib.config import RunConfig
-from ranking_lib.errors import CheckpointError, RankingError
-from ranking_lib.inference import ModelInputs, embed_images
-from ranking_lib.model import EmbeddingNet
-from ranking_lib.online import OnlineTriplets, Reservoir, fill_buffers, reservoir_keys
-from ranking_lib.relevance import RelevanceScores
-from ranking_lib.samplers import RelevanceTripletSampler
+from ranking_lib.training.checkpoint import load_model_state, read_checkpoint
+from ranking_lib.core.config import RunConfig
+from ranking_lib.core.errors import CheckpointError, RankingError
+from ranking_lib.models.inference import ModelInputs, embed_images
+from ranking_lib.models.model import EmbeddingNet
+from ranking_lib.triplets.online import OnlineTriplets, Reservoir, fill_buffers, reservoir_keys
+from ranking_lib.triplets.relevance import RelevanceScores
+from ranking_lib.triplets.samplers import RelevanceTripletSampler
 
 
 def _toy(num_classes=4, per_class=30, dim=8, seed=0):

@@ -7,7 +7,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ranking_lib import plots, tables
+from ranking_lib.reporting import plots, tables
 
 
 def _images(n, seed=0):

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from ranking_lib import progress
+from ranking_lib.core import progress
 
 
 def test_lines_mode_prints_one_line_per_tenth_and_at_the_end(monkeypatch, capsys):

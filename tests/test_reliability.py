@@ -22,12 +22,13 @@ import pytest
 import torch
 
 from data_scripts.make_demo_dataset import make_demo_dataset
-from ranking_lib import cli, fileio, workflow
-from ranking_lib.checkpoint import FORMAT, read_checkpoint, save_checkpoint
-from ranking_lib.config import RunConfig
+from ranking_lib import cli, workflow
+from ranking_lib.core import fileio
+from ranking_lib.training.checkpoint import FORMAT, read_checkpoint, save_checkpoint
+from ranking_lib.core.config import RunConfig
 from ranking_lib.data import TinyImageNet, load_or_build_cache
-from ranking_lib.errors import CheckpointError, DiskFullError
-from ranking_lib.runlock import TOKEN_ENV, RunDirLock
+from ranking_lib.core.errors import CheckpointError, DiskFullError
+from ranking_lib.core.runlock import TOKEN_ENV, RunDirLock
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = REPO / "tests" / "fault_child.py"
@@ -255,7 +256,7 @@ def test_second_writer_on_a_run_dir_is_refused_naming_the_holder(demo, capsys, t
 
 
 def test_child_with_the_holders_token_writes_under_its_lock(tmp_path):
-    code = ("import sys; from ranking_lib.runlock import RunDirLock\n"
+    code = ("import sys; from ranking_lib.core.runlock import RunDirLock\n"
             "try:\n    RunDirLock(sys.argv[1], 'child').__enter__(); print('ok')\n"
             "except Exception as e:\n    print(type(e).__name__)\n")
     run = tmp_path / "run"
@@ -274,7 +275,7 @@ def test_child_with_the_holders_token_writes_under_its_lock(tmp_path):
 
 
 def test_lock_is_reentrant_in_one_process(tmp_path):
-    code = f"from ranking_lib.runlock import RunDirLock; RunDirLock({str(tmp_path / 'r')!r}).__enter__()"
+    code = f"from ranking_lib.core.runlock import RunDirLock; RunDirLock({str(tmp_path / 'r')!r}).__enter__()"
     env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
     with RunDirLock(tmp_path / "r", "a"):
         with RunDirLock(tmp_path / "r", "b"):
@@ -314,7 +315,7 @@ def test_resume_refuses_changed_settings_and_records_extensions(demo, capsys, tm
     assert ckpt.read_bytes() == good and (run / "config.json").read_text() == config_before
     # triplets re-sampled behind the checkpoint's back (same settings, other content)
     trip = np.load(run / "triplets_train.npy")
-    from ranking_lib.samplers import save_triplets
+    from ranking_lib.triplets.samplers import save_triplets
     save_triplets(run / "triplets_train.npy", trip[::-1].copy(), {"split": "train"})
     rc, err = _run_cli(["train"] + _flags(demo, run, steps=6), capsys)
     assert rc == 2 and "was trained on other triplets" in err[0]

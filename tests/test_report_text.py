@@ -1,4 +1,4 @@
-"""The report's wording rules (`ranking_lib.report`): each sentence follows the run's numbers."""
+"""The report's wording rules (`ranking_lib.reporting.report`): each sentence follows the run's numbers."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ranking_lib import report
-from ranking_lib.config import RunConfig
-from ranking_lib.errors import RankingError
+from ranking_lib.reporting import report
+from ranking_lib.core.config import RunConfig
+from ranking_lib.core.errors import RankingError
 
 
 def _metrics(**over):
@@ -102,7 +102,7 @@ def _ablation_results():
 
 
 def test_improvements_are_written_from_the_measured_ablation(tmp_path):
-    from ranking_lib import ablation
+    from ranking_lib.reporting import ablation
 
     res = _ablation_results()
     text = report.improvements(_record(), res)
@@ -129,7 +129,7 @@ def test_improvements_are_written_from_the_measured_ablation(tmp_path):
 
 
 def test_equal_time_and_full_budget_val_rows_in_table_and_findings():
-    from ranking_lib import ablation
+    from ranking_lib.reporting import ablation
 
     res = _ablation_results()
     slow = {**ablation.row(res, "multiscale"), "name": "multiscale@equal-time", "metrics": {
@@ -165,7 +165,7 @@ def test_equal_time_and_full_budget_val_rows_in_table_and_findings():
 
 
 def test_ablation_commands_name_every_row():
-    from ranking_lib import ablation
+    from ranking_lib.reporting import ablation
 
     res = _ablation_results()
     res["base_command"] = "python -m ranking_lib STEP --profile cpu --steps 3000 --quiet"

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ranking_lib.errors import RankingError
-from ranking_lib.samplers import TripletSampler, load_triplets, save_triplets
+from ranking_lib.core.errors import RankingError
+from ranking_lib.triplets.samplers import TripletSampler, load_triplets, save_triplets
 
 
 def _labels(num_classes=200, per_class=500, seed=0):

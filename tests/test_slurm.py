@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ranking_lib.checkpoint import read_checkpoint
+from ranking_lib.training.checkpoint import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DAEMONS = ("munged", "slurmctld", "slurmd")

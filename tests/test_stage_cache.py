@@ -4,11 +4,11 @@ import numpy as np
 import torch
 
 from ranking_lib import workflow
-from ranking_lib.config import RunConfig
-from ranking_lib.inference import embed_images
-from ranking_lib.metrics import triplet_accuracy_from_index
-from ranking_lib.model import build_model
-from ranking_lib.stage_cache import compute_stage_features, load_or_build_stage_features
+from ranking_lib.core.config import RunConfig
+from ranking_lib.models.inference import embed_images
+from ranking_lib.retrieval.metrics import triplet_accuracy_from_index
+from ranking_lib.models.model import build_model
+from ranking_lib.models.stage_cache import compute_stage_features, load_or_build_stage_features
 
 
 def _cfg(sample_dir, cache_dir, run_dir, **kw):
@@ -63,8 +63,8 @@ def test_train_from_stage_features_improves_and_embeds(sample_dir, sample_cache_
 def test_input_kind_is_stated_not_guessed():
     import pytest
 
-    from ranking_lib.errors import RankingError
-    from ranking_lib.inference import ModelInputs
+    from ranking_lib.core.errors import RankingError
+    from ranking_lib.models.inference import ModelInputs
 
     maps = np.zeros((2, 8, 4, 4), dtype=np.float16)
     with pytest.raises(RankingError, match="pass ModelInputs\\(array, 'stage_features'\\)"):

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from ranking_lib import workflow
-from ranking_lib.checkpoint import read_checkpoint, save_checkpoint
-from ranking_lib.config import RunConfig
-from ranking_lib.errors import CheckpointError, RankingError
-from ranking_lib.inference import embed_images
-from ranking_lib.metrics import triplet_accuracy_from_index
-from ranking_lib.model import build_model
-from ranking_lib.trainer import batch_triplets, lr_factor
+from ranking_lib.training.checkpoint import read_checkpoint, save_checkpoint
+from ranking_lib.core.config import RunConfig
+from ranking_lib.core.errors import CheckpointError, RankingError
+from ranking_lib.models.inference import embed_images
+from ranking_lib.retrieval.metrics import triplet_accuracy_from_index
+from ranking_lib.models.model import build_model
+from ranking_lib.training.trainer import batch_triplets, lr_factor
 
 
 def _cfg(sample_dir, cache_dir, run_dir, **kw):

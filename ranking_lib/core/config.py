@@ -1,0 +1,356 @@
+"""`RunConfig`: the one place every run setting lives.
+
+Each field maps one-to-one to a CLI flag (``--field-name``) and to a notebook parameter of the
+same name. The config is saved as ``config.json`` in the run directory and inside every
+checkpoint, so a checkpoint always says how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ranking_lib.core.errors import RankingError
+from ranking_lib.core.fileio import write_json
+
+# Fields a resumed run may change: where files live, how often it logs, how it is evaluated.
+# Every other field shapes the training run, so a checkpoint made with another value is not
+# resumed (`steps` may grow: the run is extended and the change recorded).
+RESUME_FREE_FIELDS = frozenset({
+    "data_dir", "run_dir", "cache_dir", "skip_corrupt", "val_triplets", "device", "num_threads",
+    "checkpoint_every", "log_every", "ks", "train_eval_queries", "embed_batch_size",
+    "search_backend", "num_query_examples", "query_seed", "top_k_show", "channels_last", "steps",
+    "evaluate_val", "flip_tta", "index_nlist", "index_nprobe", "index_pq_m", "index_refine", "index_hnsw_m",
+    "index_ef_search",
+})
+
+
+def resume_differences(saved: dict[str, Any], cfg: "RunConfig") -> dict[str, tuple[Any, Any]]:
+    """{field: (checkpoint's value, cfg's value)} for the run-shaping fields that differ."""
+    now = cfg.to_dict()
+    out = {}
+    for name in cfg.field_names():
+        if name in RESUME_FREE_FIELDS or name not in saved:
+            continue
+        a, b = saved[name], now[name]
+        if isinstance(a, list) or isinstance(b, list):
+            a, b = list(a or []), list(b or [])
+        if a != b:
+            out[name] = (saved[name], now[name])
+    return out
+
+
+# Fields of earlier versions, ignored when a saved config.json still has them.
+RETIRED_FIELDS = frozenset({"num_workers"})
+
+_TYPES = {"int": int, "float": float}
+
+
+@functools.cache
+def _field_types() -> dict[str, str]:
+    return {f.name: str(f.type).replace(" ", "") for f in fields(RunConfig)}
+
+
+def field_kind(name: str) -> str:
+    """The base type of a RunConfig field: ``int``, ``float``, ``bool``, ``str`` or ``tuple``
+    (``int | None`` -> ``int``). The CLI builds its flags from it."""
+    base = _field_types()[name].split("|")[0]
+    return "tuple" if base.startswith("tuple") else base
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Values from YAML/CLI/JSON to the field's type ('1e-4' -> 1e-4); clear error otherwise."""
+    t = _field_types()[name]
+    if value is None:
+        return None
+    base = field_kind(name)
+    try:
+        if base in _TYPES and not isinstance(value, bool):
+            if isinstance(value, (list, tuple, dict)):
+                raise TypeError
+            out = _TYPES[base](value)
+            if base == "int" and isinstance(value, float) and out != value:
+                raise ValueError
+            if base == "float" and not math.isfinite(out):
+                raise ValueError
+            return out
+        if base == "bool":
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if base == "str":
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+        if base == "tuple":
+            if isinstance(value, (int, str)) and not isinstance(value, bool):
+                value = [value]
+            if not isinstance(value, (list, tuple)) or not value:
+                raise TypeError
+            return tuple(_coerce_int(v) for v in value)
+        if base in _TYPES:  # a bool where a number is expected
+            raise TypeError
+    except (TypeError, ValueError, OverflowError):
+        raise RankingError(f"config field {name} expects {t}, got {value!r}") from None
+    return value
+
+
+def _coerce_int(v: Any) -> int:
+    if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+        raise ValueError
+    return int(v)
+
+
+@dataclass
+class RunConfig:
+    # --- data -------------------------------------------------------------------------
+    data_dir: str = "data/tiny-imagenet-200"
+    """Root of a dataset in the original ``tiny-imagenet-200`` layout."""
+    run_dir: str = "runs/default"
+    """Where triplets, checkpoints, logs, embeddings, metrics and figures go."""
+    max_classes: int | None = None
+    """Use only the first N classes of ``wnids.txt`` (200 for the standard set)."""
+    cache_dir: str | None = None
+    """Decoded-image cache; default ``<data_dir>/.ranking_cache`` (or a user cache dir)."""
+    skip_corrupt: bool = False
+    """Skip undecodable images (and report them) instead of stopping."""
+
+    # --- triplets ---------------------------------------------------------------------
+    num_triplets: int = 100_000
+    """Training triplets sampled beforehand (query, in-class positive, out-of-class negative)."""
+    val_triplets: int = 10_000
+    """Triplets drawn from val images only, for val triplet accuracy."""
+    seed: int = 0
+    """Seeds triplet sampling, weight init of the head, data order and augmentation."""
+    holdout_per_class: int = 0
+    """Training images per class held out as the tuning split (0 = none): left out of the
+    training triplets, ranked as queries against the other training images (``tune`` metrics).
+    Choose recipes on it; evaluate val once per final recipe."""
+    sampler: str = "auto"
+    """``uniform`` (the course's: uniform queries and positives, out-of-class negatives),
+    ``relevance`` (the paper's §4: queries and positives weighted by golden-feature relevance,
+    a share of in-class negatives), or ``auto``: relevance when out_of_class_fraction < 1."""
+    out_of_class_fraction: float = 1.0
+    """Share of out-of-class negatives (1.0 = all, the course's; the paper's best was 0.2); the
+    rest are in-class negatives less relevant to the query than its positive by relevance_tr."""
+    relevance_tp: float = 0.6
+    """T_p: cap on relevance in the positive weights min(T_p, r) (cosine of golden features)."""
+    relevance_tr: float = 0.1
+    """T_r: an in-class negative must satisfy r(q, p) - r(q, n) >= T_r."""
+    triplet_source: str = "presampled"
+    """``presampled`` (a seeded triplet file, the default) or ``online`` (per-class reservoir
+    buffers over an image stream, triplets drawn each step; the paper's Fig. 4)."""
+    buffer_size: int = 32
+    """Online sampling: images per class buffer."""
+    buffer_refresh_steps: int = 50
+    """Online sampling: steps between buffer rebuilds from the next part of the stream."""
+
+    # --- model ------------------------------------------------------------------------
+    backbone: str = "efficientnet_lite0"
+    architecture: str = "single"
+    """``single`` (backbone -> head) or ``multiscale`` (the paper's §3: plus two shallow
+    conv + max-pool paths on the image subsampled 4:1 and 8:1, each path L2-normalised,
+    concatenated, then the head)."""
+    pretrained: bool = True
+    input_size: int = 128
+    """Images (64 px) are resized to this before the backbone."""
+    embedding_dim: int = 128
+    head: str = "linear"
+    """Embedding head: ``linear`` (pooled features -> dim) or ``mlp`` (-> 1024 -> dim)."""
+    head_init: str = "random"
+    """``random``, or ``classifier``: row j of a linear head starts as the pretrained ImageNet
+    classifier's row for dataset class j (Tiny ImageNet classes are ImageNet synsets)."""
+    normalize_embeddings: bool = True
+    """L2-normalise embeddings (distances then lie in [0, 2])."""
+    freeze_stages: int = 0
+    """Number of leading backbone stages kept frozen (0 = fine-tune everything)."""
+    cache_stage_features: bool = False
+    """Compute the frozen stages' outputs once (float16, beside the image cache) and train and
+    embed from them; needs freeze_stages >= 1. Augmentation is then a feature-map flip."""
+    channels_last: bool = True
+
+    # --- ranking loss -----------------------------------------------------------------
+    gap: float = 1.0
+    """Hinge gap g in max(0, g + D(q,p) - D(q,n)); must be > 0."""
+    squared_distance: bool = False
+    """Use squared Euclidean distance in the loss (the paper's form); default plain Euclidean."""
+    miner: str = "none"
+    """``none`` = the pre-sampled triplets as they are; ``batch_hard`` = additionally use the
+    hardest out-of-class negative for each query among all images in the batch."""
+
+    # --- optimisation -----------------------------------------------------------------
+    batch_size: int = 32
+    """Triplets per step (each step runs 3 x batch_size images through one network)."""
+    steps: int = 1000
+    lr: float = 0.01
+    backbone_lr_scale: float = 0.1
+    """The backbone learns at lr * backbone_lr_scale (the new head at lr)."""
+    freeze_bn: bool = True
+    """Keep the pretrained BatchNorm statistics fixed (small triplet batches make poor ones)."""
+    optimizer: str = "sgd"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 0
+    augment: bool = True
+    """Random horizontal flip + small random crop of training images."""
+    device: str = "auto"
+    amp: bool = True
+    """bf16 autocast on CUDA."""
+    bf16_cpu: bool = False
+    """bf16 autocast on the CPU where it has native bf16 (AVX-512 BF16 / AMX); fp32 elsewhere."""
+    num_threads: int | None = None
+    """torch CPU threads (default: torch's choice)."""
+    checkpoint_every: int = 500
+    log_every: int = 10
+
+    # --- evaluation / inference -------------------------------------------------------
+    ks: tuple[int, ...] = (1, 10, 30)
+    evaluate_val: bool = True
+    """Compute the val metrics; off while recipes are chosen on the tuning split."""
+    train_eval_queries: int = 10_000
+    """Train queries used for train precision@k (seeded subset; all when larger than the split)."""
+    embed_batch_size: int = 256
+    flip_tta: bool = False
+    """Embed each image and its horizontal mirror (a flipped feature map on the stage-cache path)
+    and average the two embeddings (re-normalised when embeddings are L2-normalised)."""
+    search_backend: str = "auto"
+    """Nearest-neighbour search: ``auto`` (FAISS exact when installed, else torch), ``torch``,
+    ``faiss`` (both exact), or approximate ``faiss-ivf``, ``faiss-ivfpq``, ``faiss-hnsw`` for large
+    databases (the ``index_*`` fields below; measured in RESULTS.md, "Search at scale")."""
+    index_nlist: int | None = None
+    """IVF lists (faiss-ivf, faiss-ivfpq); default ~4 sqrt(database size)."""
+    index_nprobe: int = 32
+    """IVF lists visited per query (faiss-ivf, faiss-ivfpq)."""
+    index_pq_m: int | None = None
+    """IVF-PQ bytes per vector; must divide the embedding size (default: its largest divisor up
+    to a quarter of it)."""
+    index_refine: int = 4
+    """IVF-PQ: refine x k candidates are re-ranked by exact distance."""
+    index_hnsw_m: int = 32
+    """HNSW graph neighbours per node (faiss-hnsw)."""
+    index_ef_search: int = 128
+    """HNSW search breadth (faiss-hnsw)."""
+    num_query_examples: int = 5
+    query_seed: int = 0
+    top_k_show: int = 10
+
+    # ---------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        for name in self.field_names():  # every field has its declared type, or one-line error
+            setattr(self, name, _coerce(name, getattr(self, name)))
+        self.validate()
+
+    # fields with a lower bound: (name, minimum); None values are allowed where the type is `| None`
+    _MINIMUM = (
+        ("batch_size", 1), ("steps", 1), ("num_triplets", 1), ("val_triplets", 1), ("embedding_dim", 1),
+        ("input_size", 32), ("checkpoint_every", 1), ("log_every", 1), ("embed_batch_size", 1),
+        ("train_eval_queries", 1), ("top_k_show", 1), ("num_query_examples", 1), ("warmup_steps", 0),
+        ("freeze_stages", 0), ("holdout_per_class", 0), ("seed", 0), ("query_seed", 0), ("num_threads", 1),
+        ("max_classes", 2), ("backbone_lr_scale", 0), ("weight_decay", 0), ("momentum", 0),
+        ("out_of_class_fraction", 0), ("relevance_tr", 0), ("buffer_size", 2), ("buffer_refresh_steps", 1),
+        ("index_nlist", 1), ("index_nprobe", 1), ("index_pq_m", 1), ("index_refine", 1), ("index_hnsw_m", 2),
+        ("index_ef_search", 1),
+    )
+
+    def validate(self) -> None:
+        """Check every field once, before any work starts; the first problem is one RankingError."""
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise RankingError(msg)
+
+        for name, low in self._MINIMUM:
+            v = getattr(self, name)
+            if v is not None:
+                hint = " (use --model baseline to evaluate the untrained network)" if name == "steps" else ""
+                need(v >= low, f"{name} must be >= {low} (got {v}){hint}")
+        need(self.gap > 0, f"gap must be > 0 (got {self.gap})")
+        need(self.lr > 0, f"lr must be > 0 (got {self.lr})")
+        need(self.momentum < 1, f"momentum must be < 1 (got {self.momentum})")
+        need(self.input_size <= 1024, f"input_size must be <= 1024 (got {self.input_size})")
+        for name in ("data_dir", "run_dir"):
+            need(bool(getattr(self, name).strip()), f"{name} must not be empty")
+        need(self.cache_dir is None or bool(self.cache_dir.strip()), "cache_dir must not be empty (omit it for the default)")
+        from ranking_lib.models.backbones import BACKBONES  # noqa: PLC0415 - the registry, not a cycle
+        from ranking_lib.retrieval.index import BACKENDS  # noqa: PLC0415
+
+        need(self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)} (got {self.backbone!r})")
+        need(self.search_backend in BACKENDS,
+             f"search_backend must be one of {', '.join(BACKENDS)} (got {self.search_backend!r})")
+        need(self.optimizer in ("sgd", "adam", "adamw"),
+             f"optimizer must be sgd, adam or adamw (got {self.optimizer!r})")
+        need(self.lr_schedule in ("cosine", "constant"),
+             f"lr_schedule must be cosine or constant (got {self.lr_schedule!r})")
+        need(self.miner in ("none", "batch_hard"),
+             f"miner must be none or batch_hard (got {self.miner!r})")
+        need(self.head_init in ("random", "classifier"),
+             f"head_init must be random or classifier (got {self.head_init!r})")
+        need(self.head in ("linear", "mlp"), f"head must be linear or mlp (got {self.head!r})")
+        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"device must be auto, cpu or cuda (got {self.device!r})")
+        need(all(k >= 1 for k in self.ks) and len(self.ks) > 0, f"ks must be >= 1 (got {self.ks})")
+        need(not self.cache_stage_features or self.freeze_stages >= 1,
+             "cache_stage_features needs freeze_stages >= 1")
+        need(self.architecture in ("single", "multiscale"),
+             f"architecture must be single or multiscale (got {self.architecture!r})")
+        need(self.sampler in ("auto", "uniform", "relevance"),
+             f"sampler must be auto, uniform or relevance (got {self.sampler!r})")
+        need(self.out_of_class_fraction <= 1, f"out_of_class_fraction must be <= 1 (got {self.out_of_class_fraction})")
+        need(self.sampler != "uniform" or self.out_of_class_fraction == 1,
+             "sampler=uniform draws out-of-class negatives only: in-class negatives "
+             f"(out_of_class_fraction={self.out_of_class_fraction}) need sampler=relevance or auto")
+        need(self.relevance_tp > 0, f"relevance_tp must be > 0 (got {self.relevance_tp})")
+        need(self.triplet_source in ("presampled", "online"),
+             f"triplet_source must be presampled or online (got {self.triplet_source!r})")
+
+    @property
+    def uses_relevance(self) -> bool:
+        """Whether triplets are drawn with golden-feature relevance (`sampler`)."""
+        return self.sampler == "relevance" or (self.sampler == "auto" and self.out_of_class_fraction < 1)
+
+    # --- conversion -------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        d = {k: v for k, v in d.items() if k not in RETIRED_FIELDS}
+        unknown = sorted(set(d) - set(cls.field_names()))
+        if unknown:
+            raise RankingError(f"unknown config field(s): {', '.join(unknown)}")
+        return cls(**{k: _coerce(k, v) for k, v in d.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ks"] = list(self.ks)
+        return d
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise RankingError(f"config file not found: {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise RankingError(f"config file {path} is not valid JSON ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise RankingError(f"config file {path} must hold a JSON object of settings, not {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except RankingError as e:
+            raise RankingError(f"config file {path}: {e}") from None

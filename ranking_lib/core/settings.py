@@ -1,0 +1,155 @@
+"""Profiles and overrides -> one `RunConfig` (+ the process environment): the one resolver used by
+the CLI, the notebook runner and the benchmarks.
+
+Order: ``profiles/<name>.yaml`` < ``--config FILE`` (a saved ``config.json``) < explicit overrides.
+Relative paths (``data_dir``, ``run_dir``, ``cache_dir``) in a profile are relative to the
+repository root (where ``profiles/`` lives); those given on the command line or in a config file
+are relative to the current directory. All come out absolute.
+
+A profile may also hold the runner's keys: ``env`` (environment variables of the processes that
+do the work, e.g. glibc allocator settings, which only act when set before a process starts:
+:func:`apply_env` re-executes a command-line process once with them) and ``make_demo_data``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ranking_lib.core.config import RunConfig
+from ranking_lib.core.errors import RankingError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROFILE_DIR = REPO_ROOT / "profiles"
+RUNNER_KEYS = frozenset({"make_demo_data", "env"})  # profile keys that are not RunConfig fields
+PATH_KEYS = ("data_dir", "run_dir", "cache_dir")
+_SCI = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+_ENV_APPLIED = "RANKING_PROFILE_ENV_APPLIED"
+
+
+def yaml_value(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` as a string: such strings become floats."""
+    return float(value) if isinstance(value, str) and _SCI.match(value) else value
+
+
+def parse_yaml_scalar(text: str) -> Any:
+    """A value written on a command line (``--set lr=3e-4 ks=[1,5]``), parsed as YAML."""
+    import yaml
+
+    try:
+        return yaml_value(yaml.safe_load(text) if text.strip() else None)
+    except yaml.YAMLError as e:
+        raise RankingError(f"value {text!r} is not valid YAML ({getattr(e, 'problem', None) or e})") from None
+
+
+def profile_path(name: str | Path) -> Path:
+    name = str(name)
+    return Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
+
+
+def load_profile(name: str | Path, _seen: tuple = ()) -> dict[str, Any]:
+    """Settings of ``profiles/<name>.yaml`` (or of a .yaml path): RunConfig fields plus the
+    runner's keys (:data:`RUNNER_KEYS`), values as written (paths not yet resolved).
+
+    ``extends: OTHER`` starts from profile OTHER's settings (its ``env`` merged key by key)."""
+    import yaml
+
+    path = profile_path(name)
+    if not path.is_file():
+        avail = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+        raise RankingError(f"profile not found: {path} (available: {avail})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RankingError(f"profile {path} is not valid YAML ({problem}{where})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RankingError(f"cannot read profile {path} ({e})") from None
+    if not isinstance(data, dict):
+        raise RankingError(f"profile {path} must be a mapping of settings")
+    env = data.get("env") or {}
+    if not isinstance(env, dict):
+        raise RankingError(f"profile {path}: env must be a mapping of VARIABLE: value")
+    data = {k: yaml_value(v) for k, v in data.items()}
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if str(parent) in _seen + (str(name),):
+        raise RankingError(f"profile {path}: 'extends: {parent}' makes a cycle")
+    base = load_profile(parent, _seen + (str(name),))
+    merged_env = {**(base.get("env") or {}), **env}
+    out = {**base, **data}
+    if merged_env:
+        out["env"] = merged_env
+    return out
+
+
+@dataclass
+class Settings:
+    """What a profile plus overrides resolve to."""
+
+    config: RunConfig
+    env: dict[str, str] = field(default_factory=dict)
+    make_demo_data: bool = False
+    explicit: frozenset = frozenset()
+    """The RunConfig fields the profile, config file or overrides set (the rest are defaults)."""
+
+
+def _absolute(value: Any, base: Path) -> Any:
+    if value is None or not isinstance(value, (str, Path)) or not str(value).strip():
+        return value
+    return str((base / Path(value).expanduser()).resolve())
+
+
+def resolve(profile: str | Path | None = None, overrides: dict[str, Any] | None = None,
+            config_file: str | Path | None = None, cwd: str | Path | None = None) -> Settings:
+    """Resolve settings (see the module docstring); every field validated (RankingError)."""
+    cwd = Path(cwd or os.getcwd())
+    values: dict[str, Any] = {}
+    runner: dict[str, Any] = {}
+    if profile:
+        for k, v in load_profile(profile).items():
+            if k in RUNNER_KEYS:
+                runner[k] = v
+            else:
+                values[k] = _absolute(v, REPO_ROOT) if k in PATH_KEYS else v
+    if config_file:
+        values.update({k: _absolute(v, cwd) if k in PATH_KEYS else v
+                       for k, v in RunConfig.load(config_file).to_dict().items()})
+    for k, v in (overrides or {}).items():
+        if k in RUNNER_KEYS:
+            runner[k] = v
+        else:
+            values[k] = _absolute(v, cwd) if k in PATH_KEYS else v
+    unknown = sorted(set(values) - set(RunConfig.field_names()))
+    if unknown:
+        raise RankingError(f"unknown setting(s): {', '.join(unknown)} (not RunConfig fields)")
+    if "run_dir" not in values:
+        name = Path(str(profile)).stem if profile else "default"
+        values["run_dir"] = str((REPO_ROOT / "runs" / name).resolve())
+    env = runner.get("env") or {}
+    if not isinstance(env, dict):
+        raise RankingError("env must be a mapping of VARIABLE: value")
+    return Settings(RunConfig.from_dict(values), {str(k): str(v) for k, v in env.items()},
+                    bool(runner.get("make_demo_data", False)), frozenset(values))
+
+
+def apply_env(env: dict[str, str], reexec_argv: list[str] | None = None) -> None:
+    """Put `env` into this process's environment (children inherit it). With `reexec_argv`, a
+    process started without it is replaced once by ``python <reexec_argv>`` with it set, so that
+    settings read at process start (glibc's MALLOC_*) act on this process too."""
+    missing = {k: v for k, v in env.items() if os.environ.get(k) != v}
+    if not missing:
+        return
+    os.environ.update(missing)
+    if reexec_argv is not None and os.environ.get(_ENV_APPLIED) != "1":
+        os.environ[_ENV_APPLIED] = "1"
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, *reexec_argv], dict(os.environ))

@@ -1,0 +1,54 @@
+"""Robust image decoding: one file to a ``(size, size, 3)`` uint8 RGB array, or a one-line
+`CorruptImageError` naming the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ranking_lib.core.errors import CorruptImageError, DatasetError
+
+__all__ = ["load_image_rgb"]
+
+
+# ---------------------------------------------------------------------- decoding
+def load_image_rgb(path, size: int = 64) -> np.ndarray:
+    """Decode ``path`` to a ``(size, size, 3)`` uint8 RGB array (bilinear resize if needed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()  # forces a full decode so truncated files are detected
+            if img.mode != "RGB":
+                if img.mode in ("P", "PA") or "A" in img.getbands():
+                    img = img.convert("RGBA")
+                if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                    arr = np.asarray(img, dtype=np.float64)
+                    hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+                    img = Image.fromarray(np.clip(arr * (255.0 / hi), 0, 255).astype(np.uint8), "L")
+                img = img.convert("RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+    except DatasetError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise CorruptImageError(f"corrupt or truncated image: {path} ({reason})") from None
+    if arr.shape != (size, size, 3):  # pragma: no cover - defensive
+        raise CorruptImageError(f"corrupt or truncated image: {path} (decoded shape {arr.shape})")
+    return arr
+
+
+def decode_job(job):
+    """Worker: returns (array or None, error message or None). Must stay module level."""
+    path, size = job
+    try:
+        return load_image_rgb(path, size), None
+    except CorruptImageError as exc:
+        return None, str(exc)
+
+

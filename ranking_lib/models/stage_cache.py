@@ -1,0 +1,137 @@
+"""Outputs of the frozen backbone stages, computed once per image and reused.
+
+With ``freeze_stages = k``, stages ``[0, k)`` of the backbone never change during training, so
+their output for an image is the same at every step. Computing it once (float16, next to the
+decoded image cache) and training only stages ``[k, end)`` + the head makes each triplet step
+several times cheaper on a CPU. The cached maps also serve the final embedding pass.
+
+Augmentation on cached maps is a horizontal flip of the feature map (convolutions are
+nearly flip-equivariant); pixel shifts are not available on this path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ranking_lib.data import ImageCache, verify_content
+from ranking_lib.core.devices import autocast, to_device, uses_cpu_bf16
+from ranking_lib.core.errors import RankingError
+from ranking_lib.core.fileio import atomic_path, content_crc32, reserve, write_json
+from ranking_lib.models.model import EmbeddingNet
+from ranking_lib.core.progress import progress as progress_bar
+
+FORMAT = 1
+logger = logging.getLogger(__name__)
+
+
+def _key(net: EmbeddingNet, cache: ImageCache, pretrained: bool, bf16: bool = False) -> str:
+    src = cache.cache_file
+    st = os.stat(src) if src is not None and Path(src).exists() else None
+    parts = [FORMAT, net.backbone_name, pretrained, net.input_size, net.freeze_stages, str(src),
+             st.st_size if st else None, st.st_mtime_ns if st else None, len(cache)]
+    if bf16:  # other numerics, another file (fp32 keys stay as they were)
+        parts.append("bf16")
+    return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def stage_features_file(cache: ImageCache, net: EmbeddingNet, pretrained: bool, bf16: bool = False) -> Path:
+    if cache.cache_file is None:
+        raise RankingError("stage features need an on-disk image cache")
+    d = Path(cache.cache_file).parent
+    name = (f"stage_{cache.split}_{net.backbone_name}_{net.input_size}px_k{net.freeze_stages}"
+            f"_{_key(net, cache, pretrained, bf16)}.npy")
+    return d / name
+
+
+@torch.inference_mode()
+def stage_features_shape(net: EmbeddingNet, images: np.ndarray, device: torch.device | str = "cpu") -> tuple:
+    """(N, C, H, W) of the frozen stages' outputs for `images` (one image is run to find out)."""
+    net = net.to(device).eval()
+    probe = net.backbone.forward_stages(net.preprocess(torch.from_numpy(np.array(images[:1])).to(device)),
+                                        0, net.freeze_stages)
+    return (len(images),) + tuple(probe.shape[1:])
+
+
+@torch.inference_mode()
+def compute_stage_features(net: EmbeddingNet, images: np.ndarray, out: np.ndarray | None = None,
+                           batch_size: int = 256, device: torch.device | str = "cpu", progress: bool = True,
+                           desc: str = "stage features", bf16_cpu: bool = False) -> np.ndarray:
+    """Stages [0, freeze_stages) of `net` on `images`, as float16 (N, C, H, W): written into
+    `out` when given (e.g. a memory map), else into a new in-memory array. Returns it."""
+    if out is None:
+        out = np.empty(stage_features_shape(net, images, device), dtype=np.float16)
+    net = net.to(device).eval()
+    k = net.freeze_stages
+    for i in progress_bar(range(0, len(images), batch_size), desc=desc, enabled=progress, unit="batch"):
+        x = to_device(torch.from_numpy(np.array(images[i:i + batch_size])), device)
+        with autocast(device, True, bf16_cpu):
+            f = net.backbone.forward_stages(net.preprocess(x), 0, k)
+        f = f.float().cpu().numpy().astype(np.float16)
+        bad = ~np.isfinite(f).reshape(len(f), -1).all(axis=1)
+        if bad.any():
+            raise RankingError(f"frozen stages gave non-finite values for image {i + int(np.argmax(bad))} "
+                               f"({desc}); the input images or the backbone weights are damaged")
+        out[i:i + len(x)] = f
+    return out
+
+
+def sidecar(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _load_checked(path: Path, n: int) -> tuple[np.ndarray | None, str]:
+    """The memory-mapped features at `path` if whole and undamaged, else (None, reason)."""
+    if not path.is_file():
+        return None, "not built yet"
+    try:
+        meta = json.loads(sidecar(path).read_text())
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        return None, f"{path.name} or its sidecar unreadable ({type(e).__name__})"
+    if arr.shape[0] != n or arr.dtype != np.float16 or list(arr.shape) != meta.get("shape"):
+        return None, f"{path.name} has shape {arr.shape}, expected {meta.get('shape')} for {n} images"
+    damaged = verify_content(path, arr, meta.get("crc32"))
+    return (None, damaged) if damaged else (arr, "")
+
+
+def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, pretrained: bool, batch_size: int = 256,
+                                 device: torch.device | str = "cpu", progress: bool = True,
+                                 bf16_cpu: bool = False) -> np.ndarray:
+    """Memory-mapped float16 outputs of the frozen stages for every image of `cache`.
+
+    Built once (atomically: temp file, then rename) and keyed by the image cache file, the
+    backbone, its weights, the input size and the number of frozen stages.
+    """
+    if net.freeze_stages < 1:
+        raise RankingError("stage features need freeze_stages >= 1")
+    bf16 = uses_cpu_bf16(device, bf16_cpu)
+    path = stage_features_file(cache, net, pretrained, bf16)
+    arr, reason = _load_checked(path, len(cache))
+    if arr is not None:
+        return arr
+    if reason != "not built yet":
+        logger.warning("rebuilding frozen-stage features: %s", reason)
+    shape = stage_features_shape(net, cache.images, device)
+    t0 = time.perf_counter()
+    sidecar(path).unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        reserve(tmp, target=path)  # a full disk: one line now, not a SIGBUS in the memory map
+        compute_stage_features(net, cache.images, out, batch_size, device, progress,
+                               desc=f"frozen stages ({cache.split})", bf16_cpu=bf16_cpu)
+        out.flush()
+        crc = content_crc32(out)
+        del out
+    write_json(sidecar(path), {"shape": list(shape), "crc32": crc, "source": str(cache.cache_file)})
+    if progress:
+        print(f"computed frozen-stage features of {len(cache)} {cache.split} images "
+              f"{shape[1:]} in {time.perf_counter() - t0:.1f} s -> {path.name}")
+    return np.load(path, mmap_mode="r", allow_pickle=False)

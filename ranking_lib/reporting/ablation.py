@@ -1,0 +1,216 @@
+"""The paper's method, measured: the ablation's rows, its results file, table, figure and the
+sentences the report's Improvements section is written from.
+
+Each row is a set of `RunConfig` overrides on one base recipe (the ``cpu`` profile at a reduced
+budget, scored on the tuning split); ``benchmarks/bench_ablation.py`` runs them and writes
+``benchmarks/results/ablation.json`` (generated, not in git; the measured results the report
+reads are copied to ``docs/figures/ablation.json``):
+
+    {"base": {...}, "split": "tune", "hardware": "...", "rows": [
+        {"name": ..., "overrides": {...}, "command": "...", "wall_s": ..., "train_s": ...,
+         "metrics": {"precision@30": ..., ...}}, ...],
+     "val_rows": [{"name": ..., "overrides": {...}, "command": "...", "train_s": ...,
+                   "metrics": {...val...}}, ...]}
+
+Rows named ``<row>@equal-time`` repeat a row whose steps cost more than the profile's with its
+steps cut so that its training time matches the profile's (``steps`` in their overrides).
+``val_rows`` are full-budget runs of a row (the profile's own steps and input size), evaluated on
+val once each.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ranking_lib.core.errors import RankingError
+
+# name -> (overrides on the base recipe, what the row is)
+ROWS: dict[str, tuple[dict, str]] = {
+    "course": ({"miner": "none"}, "the course's recipe: pre-sampled out-of-class negatives, no mining"),
+    "profile": ({}, "the cpu profile's recipe (batch-hard negatives on top of the pre-sampled ones)"),
+    "relevance-1.0": ({"sampler": "relevance", "out_of_class_fraction": 1.0},
+                      "relevance-weighted queries and positives, all negatives out-of-class"),
+    "relevance-0.5": ({"out_of_class_fraction": 0.5}, "relevance-weighted, half the negatives in-class"),
+    "relevance-0.2": ({"out_of_class_fraction": 0.2}, "relevance-weighted, 20 % out-of-class (the paper's best)"),
+    "relevance-0.0": ({"out_of_class_fraction": 0.0}, "relevance-weighted, in-class negatives only"),
+    "multiscale": ({"architecture": "multiscale"}, "the multiscale network (two shallow 4:1 and 8:1 paths)"),
+    "online": ({"triplet_source": "online"}, "online reservoir buffers instead of the pre-sampled file"),
+}
+
+COLUMNS = ("precision@1", "precision@10", "precision@30", "map@r", "any_hit@30", "triplet_acc", "score_at_top_30")
+_REPO = Path(__file__).resolve().parents[2]
+RESULTS_PATH = _REPO / "benchmarks" / "results" / "ablation.json"   # what bench_ablation.py writes
+MEASURED_PATH = _REPO / "docs" / "figures" / "ablation.json"        # the measured copy the report reads
+
+
+def load(path: str | Path = MEASURED_PATH) -> dict | None:
+    """The ablation results, or None when none were measured (no file)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise RankingError(f"ablation results {path} are not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise RankingError(f"ablation results {path} have no 'rows' list")
+    return data
+
+
+def table(results: dict):
+    """pandas DataFrame: one row per measured variant, metrics in % (short titles, `SHORT`),
+    score@30 a count, wall time in minutes (``min``)."""
+    import pandas as pd
+
+    rows = []
+    for r in results["rows"]:
+        m = r["metrics"]
+        rows.append({"variant": r["name"], **{SHORT[c]: m.get(c, np.nan) for c in COLUMNS},
+                     "min": r["wall_s"] / 60})
+    return _with_machine(pd.DataFrame(rows).set_index("variant"), results["rows"], results.get("hardware"))
+
+
+def machine(hardware: str | None) -> str:
+    """A hardware string short enough for a table cell ("2 cores, Intel(R) Xeon(R) Processor" ->
+    "2 cores, Intel Xeon")."""
+    out = hardware or "not recorded"
+    for noise in ("(R)", "(TM)", " Processor", " CPU"):
+        out = out.replace(noise, "")
+    return " ".join(out.split())
+
+
+def _with_machine(df, rows: list[dict], default: str | None):
+    """`df` with an ``on`` column (the machine's last word) when its rows were measured on more
+    than one machine (a row without its own ``hardware`` was measured on the results' ``default``)."""
+    machines = [machine(r.get("hardware", default)) for r in rows]
+    if len(set(machines)) > 1:  # the last word ("EPYC", "Xeon") keeps the table on the page
+        df["on"] = [m.split()[-1] for m in machines]
+    return df
+
+
+# column titles short enough for a page-wide table
+SHORT = {"precision@1": "P@1", "precision@10": "P@10", "precision@30": "P@30", "map@r": "MAP@R",
+         "any_hit@30": "hit@30", "triplet_acc": "triplet acc", "score_at_top_30": "score@30"}
+
+
+EQUAL_TIME = "@equal-time"
+
+
+def describe(name: str) -> str:
+    """What a row is (``<row>@equal-time`` rows: their row's description, at equal training time)."""
+    base = name.removesuffix(EQUAL_TIME)
+    what = ROWS.get(base, ({}, ""))[1]
+    return f"{what}, steps cut to the profile's training time" if name.endswith(EQUAL_TIME) else what
+
+
+def override_flags(overrides: dict) -> list[str]:
+    """The CLI flags of a row's `RunConfig` overrides (``{"miner": "none"}`` -> ``--miner none``;
+    booleans as ``--name`` / ``--no-name``)."""
+    out = []
+    for k, v in overrides.items():
+        name = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            out.append(name if v else "--no-" + k.replace("_", "-"))
+        else:
+            out += [name, str(v)]
+    return out
+
+
+def commands(results: dict) -> str:
+    """Markdown: the command of every measured row (the reduced-budget rows as the shared base
+    command plus each row's flags; the full-budget val rows in full)."""
+    base = results.get("base_command", "python -m ranking_lib STEP ...").replace(" --quiet", "")
+    base = base.replace("python -m ranking_lib STEP", "python -m ranking_lib all", 1)
+    rows = "; ".join(f"**{r['name']}** `{' '.join(override_flags(r['overrides'])) or '(none)'}`"
+                     for r in results["rows"])
+    out = [f"Commands. Every reduced-budget row is `{base} --run-dir runs/ablation/ROW` plus its flags: {rows}."]
+    if results.get("val_rows"):
+        out.append("Full-budget val rows: " + "; ".join(f"**{r['name']}** `{r['command']}`"
+                                                        for r in results["val_rows"]) + ".")
+    return "\n\n".join(out)
+
+
+def row(results: dict, name: str, key: str = "rows") -> dict | None:
+    return next((r for r in results.get(key, []) if r["name"] == name), None)
+
+
+def val_table(results: dict):
+    """pandas DataFrame of the full-budget val rows (None when there are none): metrics in %,
+    score@30 a count, training time in minutes (``train min``)."""
+    import pandas as pd
+
+    if not results.get("val_rows"):
+        return None
+    rows = [{"variant": r["name"], **{SHORT[c]: r["metrics"].get(c, np.nan) for c in COLUMNS},
+             "train min": r["train_s"] / 60} for r in results["val_rows"]]
+    return _with_machine(pd.DataFrame(rows).set_index("variant"), results["val_rows"], results.get("hardware"))
+
+
+def out_of_class_curve(results: dict) -> list[tuple[float, float]]:
+    """(out_of_class_fraction, precision@30) of the relevance rows, by fraction."""
+    pts = [(float(r["overrides"]["out_of_class_fraction"]), r["metrics"]["precision@30"])
+           for r in results["rows"] if r["name"].startswith("relevance-")]
+    return sorted(pts)
+
+
+def plot_out_of_class(results: dict, path=None):
+    """Precision@30 against the share of out-of-class negatives (the paper's Fig. 6, redone)."""
+    from ranking_lib.reporting.plots import _finish, _new_figure
+
+    pts = out_of_class_curve(results)
+    fig = _new_figure((5.0, 3.2))
+    ax = fig.add_subplot(111)
+    if pts:
+        x, y = zip(*pts)
+        ax.plot(x, y, "o-", label="relevance-weighted sampling")
+    for name, style in (("profile", "--"), ("course", ":")):
+        r = row(results, name)
+        if r:
+            ax.axhline(r["metrics"]["precision@30"], ls=style, color="gray", label=f"{name} (uniform sampling)")
+    ax.set_xlabel("share of out-of-class negatives")
+    ax.set_ylabel(f"{results.get('split', 'tune')} precision@30 (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _finish(fig, path)
+
+
+def findings(results: dict) -> str:
+    """Markdown sentences from the measured rows: each variant against the profile's row."""
+    ref = row(results, "profile")
+    if ref is None:
+        return "The ablation has no `profile` row to compare against."
+    split = results.get("split", "tune")
+    p30 = ref["metrics"]["precision@30"]
+    out = [f"Measured on {results.get('data', 'data not recorded')} ({results.get('budget', '')}; {split} split; "
+           f"{results.get('hardware', 'hardware not recorded')}). Against the profile's "
+           f"{split} precision@30 of {p30:.2f} %:"]
+    for r in results["rows"]:
+        if r["name"] == "profile":
+            continue
+        d = r["metrics"]["precision@30"] - p30
+        verdict = "better" if d > 0.5 else "worse" if d < -0.5 else "no clear difference"
+        steps = f"{r['overrides']['steps']:,} steps, " if "steps" in r["overrides"] else ""
+        where = (f" on {machine(r['hardware'])}" if r.get("hardware", results.get("hardware")) != results.get("hardware")
+                 else "")
+        out.append(f"* **{r['name']}** ({describe(r['name'])}): {r['metrics']['precision@30']:.2f} % "
+                   f"({d:+.2f} points, {verdict}; {steps}{r['wall_s'] / 60:.1f} min{where}).")
+    best = max(results["rows"], key=lambda r: r["metrics"]["precision@30"])
+    lead = best["metrics"]["precision@30"] - p30
+    if lead > 0.5:
+        out.append(f"\nBest at this budget: **{best['name']}**.")
+    else:
+        out.append(f"\nNo variant beats the profile by more than half a point at this budget "
+                   f"(highest: {best['name']}, {lead:+.2f} points): the profile keeps its recipe.")
+    val = {r["name"]: r for r in results.get("val_rows", [])}
+    if val:
+        parts = [f"**{n}** {r['metrics']['precision@30']:.2f} % ({r['train_s'] / 60:.0f} min of training"
+                 + (f", {machine(r['hardware'])})" if r.get("hardware") else ")") for n, r in val.items()]
+        out.append(f"\nAt the full budget ({results.get('val_budget', 'the profile as it is')}), val precision@30, "
+                   f"measured once per row: " + "; ".join(parts) + ".")
+        if "profile" in val and "course" in val:
+            gain = val["profile"]["metrics"]["precision@30"] - val["course"]["metrics"]["precision@30"]
+            out.append(f"Batch-hard mining adds {gain:+.2f} points of val precision@30 over the course's recipe.")
+    return "\n".join(out)

@@ -1,0 +1,255 @@
+"""The report's wording: which sentences the report writes for which numbers.
+
+`RunRecord.load(cfg)` reads what a run wrote (config.json, metrics_*.json, train_summary.json,
+loss_log.csv, query_examples.json, class_counts.csv); each function below turns it into one
+section of Markdown. Every number is formatted from those files, never typed by hand; notebook
+``05_report`` only calls these functions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ranking_lib.core.config import RunConfig
+from ranking_lib.core.errors import RankingError
+
+MODELS = ("trained", "baseline")
+COURSE_TARGET = 60.0  # % validation precision@30
+
+
+@dataclass
+class RunRecord:
+    cfg: RunConfig
+    metrics: dict[str, dict]
+    """{model: {split: {metric: value}}}"""
+    summary: dict
+    loss: pd.DataFrame
+    queries: list[dict]
+    counts: pd.DataFrame
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "RunRecord":
+        run = Path(run_dir)
+
+        def read_json(name):
+            path = run / name
+            if not path.is_file():
+                raise RankingError(f"{path} not found (run the notebooks 01-04 first)")
+            return json.loads(path.read_text())
+
+        cfg = RunConfig.from_dict(read_json("config.json"))
+        metrics = {m: read_json(f"metrics_{m}.json") for m in MODELS}
+        for name in ("loss_log.csv", "class_counts.csv"):
+            if not (run / name).is_file():
+                raise RankingError(f"{run / name} not found (run the notebooks 01-04 first)")
+        return cls(cfg, metrics, read_json("train_summary.json"), pd.read_csv(run / "loss_log.csv"),
+                   read_json("query_examples.json"), pd.read_csv(run / "class_counts.csv"))
+
+    # ---- numbers -------------------------------------------------------------------------
+    def value(self, model: str, split: str, key: str) -> float:
+        return float(self.metrics[model][split][key])
+
+    def pct(self, model: str, split: str, key: str) -> str:
+        """Formatted exactly like the precision table."""
+        return f"{self.value(model, split, key):.2f}%"
+
+    def gain(self, key: str, split: str = "val") -> float:
+        return self.value("trained", split, key) - self.value("baseline", split, key)
+
+    @property
+    def k_mid(self) -> int:
+        return self.cfg.ks[min(1, len(self.cfg.ks) - 1)]
+
+    @property
+    def k_max(self) -> int:
+        return max(self.cfg.ks)
+
+    def loss_ends(self) -> tuple[float, float, int]:
+        """Mean loss over the first and the last 10 % of steps, and that window's length."""
+        n = max(1, len(self.loss) // 10)
+        return float(self.loss["loss"].iloc[:n].mean()), float(self.loss["loss"].iloc[-n:].mean()), n
+
+    def loss_still_falling(self) -> bool:
+        """The last 10 % of steps average at least 5 % below the 10 % before them."""
+        _, _, n = self.loss_ends()
+        tail = self.loss["loss"].iloc[-2 * n:]
+        return len(tail) >= 2 * n and tail.iloc[n:].mean() < 0.95 * tail.iloc[:n].mean()
+
+    def train_val_gap(self, key: str = "precision@1") -> float:
+        return self.value("trained", "train", key) - self.value("trained", "val", key)
+
+
+# ---- sections ------------------------------------------------------------------------------
+def summary(r: RunRecord) -> str:
+    k, km = r.k_mid, r.k_max
+    final = r.value("trained", "val", f"precision@{km}")
+    verdict = "meets" if final >= COURSE_TARGET else "misses"
+    return (
+        f"**Summary.** On {len(r.counts)} classes ({int(r.counts['train'].sum())} training and "
+        f"{int(r.counts['val'].sum())} validation images), {r.summary['steps']} training steps of the ranking "
+        f"network raised the validation precision@1 from {r.pct('baseline', 'val', 'precision@1')} (untrained "
+        f"backbone) to {r.pct('trained', 'val', 'precision@1')}, precision@{k} from "
+        f"{r.pct('baseline', 'val', f'precision@{k}')} to {r.pct('trained', 'val', f'precision@{k}')} and MAP@R from "
+        f"{r.pct('baseline', 'val', 'map@r')} to {r.pct('trained', 'val', 'map@r')}; "
+        f"{r.pct('trained', 'val', 'triplet_acc')} of the validation triplets are ranked correctly. The course's "
+        f"accuracy measure, validation precision@{km}, went from {r.pct('baseline', 'val', f'precision@{km}')} to "
+        f"**{r.pct('trained', 'val', f'precision@{km}')}**, which {verdict} the target of {COURSE_TARGET:.0f}%."
+    )
+
+
+def method(cfg: RunConfig) -> str:
+    dist = "squared Euclidean distance" if cfg.squared_distance else "Euclidean distance"
+    frozen = ""
+    if cfg.freeze_stages:
+        frozen = (f" The first {cfg.freeze_stages} backbone stages keep their pretrained weights"
+                  + (" and their outputs are computed once for every image, so each step trains only the rest of "
+                     "the network." if cfg.cache_stage_features else "."))
+    head_init = (" The head starts from the pretrained ImageNet classifier's rows of the dataset's classes."
+                 if cfg.head_init == "classifier" else "")
+    mined = (" Besides its pre-sampled negative, each query is also paired with the closest image of another class"
+             " among all 3B images of the batch (batch-hard negative); the two losses are averaged."
+             if cfg.miner == "batch_hard" else "")
+    norm = "L2-normalised (distances lie in [0, 2])" if cfg.normalize_embeddings else "not normalised"
+    return f"""**Triplet sampling.** Training uses {cfg.num_triplets} triplets $(q, p, n)$ sampled once before
+training (seed {cfg.seed}): the query $q$ is a training image, the positive $p$ another image of the
+same class and the negative $n$ an image of a different class (out-of-class negatives; the
+paper additionally draws in-class negatives ranked by a relevance score). The triplets are
+stored in `triplets_train.npy`; {cfg.val_triplets} further triplets drawn from validation images
+only measure validation triplet accuracy.
+
+**Network.** An ImageNet-pretrained `{cfg.backbone}` backbone followed by a {cfg.head} head maps
+an image, resized from 64 to {cfg.input_size} pixels, to a {cfg.embedding_dim}-dimensional embedding
+$f(x)$, {norm}. Query, positive and negative images pass through the *same* network: the
+three branches of the paper's triplet architecture share all weights, and are implemented as one
+batch of $3B$ images ($B$ = {cfg.batch_size} triplets per step).{frozen}{head_init}
+
+**Ranking layer.** The loss of a triplet is the hinge loss with gap $g$ = {cfg.gap:g}:
+$\\ell(q,p,n) = \\max\\{{0,\\; g + D(f(q), f(p)) - D(f(q), f(n))\\}}$, with $D$ the {dist}, averaged
+over the batch. It is zero once the negative is farther from the query than the positive by at
+least $g$.{mined} Training ran {cfg.steps} steps with {cfg.optimizer.upper()} (learning rate {cfg.lr:g},
+{cfg.lr_schedule} schedule, weight decay {cfg.weight_decay:g}).
+
+**Inference.** Every training image is embedded once; this is the search database. A query
+image is embedded with the same network and the training images are ranked by their
+Euclidean distance to it (exact search): the top-{cfg.top_k_show} are the most similar images, the
+bottom-{cfg.top_k_show} the least similar."""
+
+
+def training(r: RunRecord) -> str:
+    first, last, _ = r.loss_ends()
+    s = r.summary
+    resumed = ""
+    if s.get("resumed_from"):
+        resumed = f" (resumed at step {s['resumed_from']}; the time and rate are those of the last part)"
+    return (f"Training ran {s['steps']} steps; the last call ran {s.get('steps_run', s['steps'])} of them in "
+            f"{s['wall_s']:.0f} s ({s['triplets_per_s']:.1f} triplets/s){resumed}. The mean loss fell from "
+            f"{first:.3f} over the first 10% of steps to {last:.3f} over the last 10% (gap $g$ = {r.cfg.gap:g}: the "
+            "loss of an embedding that cannot tell positives from negatives).")
+
+
+def precision(r: RunRecord) -> str:
+    k = r.k_mid
+    return (f"On validation, ranking training changed precision@1 by {r.gain('precision@1'):+.2f} points, "
+            f"precision@{k} by {r.gain(f'precision@{k}'):+.2f}, MAP@R by {r.gain('map@r'):+.2f} and triplet accuracy by "
+            f"{r.gain('triplet_acc'):+.2f} points over the baseline. On the training set the trained network reaches "
+            f"precision@1 {r.pct('trained', 'train', 'precision@1')} and MAP@R {r.pct('trained', 'train', 'map@r')} "
+            f"(validation: {r.pct('trained', 'val', 'precision@1')} and {r.pct('trained', 'val', 'map@r')}).")
+
+
+def query_counts(q: dict) -> tuple[int, int]:
+    """How many of the top-k and of the bottom-k results share the query's class."""
+    return (int(np.sum(np.asarray(q["top_labels"]) == q["query_label"])),
+            int(np.sum(np.asarray(q["bottom_labels"]) == q["query_label"])))
+
+
+def query_caption(i: int, q: dict) -> str:
+    st, sb = query_counts(q)
+    return (f"Query {i}: {q['query_path'].split('/')[-1]}, class {q['query_class']}. {st} of the top-"
+            f"{len(q['top_labels'])} and {sb} of the bottom-{len(q['bottom_labels'])} training images are of the "
+            f"query's class; distances range from d={min(q['top_distances']):.3f} (nearest) to "
+            f"d={max(q['bottom_distances']):.3f} (farthest). Green frame: same class; red: another class.")
+
+
+def discussion(r: RunRecord) -> str:
+    k = r.k_mid
+    gap = r.train_val_gap()
+    tops, bottoms = zip(*(query_counts(q) for q in r.queries)) if r.queries else ((0,), (0,))
+    return "\n".join([
+        f"* **Effect of ranking training.** Validation MAP@R went from {r.pct('baseline', 'val', 'map@r')} to "
+        f"{r.pct('trained', 'val', 'map@r')} ({r.gain('map@r'):+.2f} points) and precision@1 from "
+        f"{r.pct('baseline', 'val', 'precision@1')} to {r.pct('trained', 'val', 'precision@1')}: "
+        + ("the triplet loss adapted the pretrained features to this dataset's notion of similarity."
+           if r.gain("map@r") > 0 else "the short training did not improve on the pretrained features; see the "
+                                       "improvements below."),
+        f"* **Generalisation.** Train precision@1 is {abs(gap):.2f} points {'above' if gap >= 0 else 'below'} "
+        "validation " + ("(a large gap: the network starts to memorise the training images)." if gap > 10
+                         else "(a small gap: little overfitting at this budget)."),
+        f"* **Triplets vs. retrieval.** {r.pct('trained', 'val', 'triplet_acc')} of random validation triplets are "
+        f"ordered correctly, but precision@{k} is {r.pct('trained', 'val', f'precision@{k}')}: random out-of-class "
+        "negatives are mostly easy, while retrieval must rank the query's class above *every* other image, "
+        "including the most similar other classes.",
+        f"* **Query examples.** Over the {len(r.queries)} queries, on average {np.mean(tops):.1f} of the "
+        f"top-{r.cfg.top_k_show} and {np.mean(bottoms):.1f} of the bottom-{r.cfg.top_k_show} images are of the "
+        "query's class.",
+    ])
+
+
+LEVERS = Path(__file__).resolve().parents[2] / "docs" / "figures" / "levers.json"
+
+
+def measured_levers(path: str | Path = LEVERS) -> list[dict] | None:
+    """The recipes measured on full Tiny ImageNet (precision@30 against wall-clock minutes,
+    tuning split and val; `benchmarks/plot_levers.py`; copied from RESULTS.md), or None when the file is absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        points = json.loads(path.read_text(encoding="utf-8"))["points"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise RankingError(f"measured recipes {path} are unreadable ({type(e).__name__}: {e})") from None
+    return points
+
+
+def improvements(r: RunRecord, measured: dict | None = None) -> str:
+    """What to try next. With `measured` (the ablation results, `ranking_lib.reporting.ablation.load`) the
+    paper's ideas are given as the measured rows, not described in words."""
+    cfg, gap = r.cfg, r.train_val_gap()
+    if measured is not None:
+        from ranking_lib.reporting import ablation
+
+        head = ("1. **The paper's method, measured** (relevance-weighted sampling with in-class negatives, "
+                "online triplet buffers, the multiscale network; table and figure below). "
+                + ablation.findings(measured).replace("\n", "\n   "))
+        return "\n".join([head, _third(r, cfg, gap).replace("3. ", "2. ", 1)])
+    first = ("1. **In-class negatives and online triplet sampling** (as in the paper). All pre-sampled negatives here "
+             f"are out-of-class, so {r.pct('trained', 'train', 'triplet_acc')} of the training triplets end up ranked "
+             "correctly and give little gradient. "
+             + ("This run already adds the hardest out-of-class negative of each batch (`miner: batch_hard`); the "
+                "paper's in-class negatives, ranked by a pairwise relevance score, and hard negatives mined from the "
+                "whole database between epochs are the next step." if cfg.miner == "batch_hard" else
+                "Mining hard negatives online from the current embedding (`miner: batch_hard`), and in-class "
+                "negatives ranked by a pairwise relevance score, would teach the fine-grained differences that "
+                "precision@1 measures."))
+    second = ("2. **Multiscale network.** The paper adds two shallow, low-resolution convolutional paths to the deep "
+              "network and concatenates their embeddings, keeping colour and texture detail that the deep path "
+              f"discards; with 64-pixel images this is cheap. Likewise a larger input size than {cfg.input_size} "
+              "pixels or a stronger backbone.")
+    return "\n".join([first, second, _third(r, cfg, gap)])
+
+
+def _third(r: RunRecord, cfg, gap: float) -> str:
+    if r.loss_still_falling():
+        third = ("3. **Longer training.** The loss was still falling over the last 10% of steps, so more steps "
+                 f"(than {cfg.steps}) or more triplets (than {cfg.num_triplets}) should help.")
+    elif gap > 10:
+        third = (f"3. **Regularisation.** The train-validation gap of {gap:.2f} points in precision@1 calls for "
+                 "stronger augmentation or fewer epochs over the same triplets.")
+    else:
+        third = ("3. **More data per step.** The loss has levelled off; larger batches (more negatives per query for "
+                 "mining) and a lower final learning rate are the next knobs.")
+    return third

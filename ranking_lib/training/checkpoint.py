@@ -1,0 +1,67 @@
+"""Checkpoints: written atomically, read without running code, checked against the model.
+
+A checkpoint is read with ``torch.load(weights_only=True)``: only tensors and plain containers
+(dict, list, tuple, str, numbers, None) are accepted, so a hostile file cannot run code.
+It is serialised in memory first and then written with the space reserved, so a full disk
+gives one line naming the file and the bytes needed, and the previous checkpoint stays intact.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ranking_lib.core.errors import CheckpointError
+from ranking_lib.core.fileio import write_bytes
+
+FORMAT = "ranking_lib-checkpoint/1"
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write `payload` to `path` via a temp file + rename, so a crash never leaves half a file."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buf)
+    return write_bytes(path, buf.getbuffer())
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} (run the 'train' step first)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        glob = next((ln for ln in lines if "GLOBAL" in ln), None)
+        if glob:
+            raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors and plain "
+                                  f"data, which could run code ({glob[:160]})") from None
+        detail = next((ln for ln in lines if ln.startswith("Unsupported")), lines[-1] if lines else "")
+        raise CheckpointError(f"cannot read checkpoint {path}: not a checkpoint file, or damaged ({detail})") from None
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0]) from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a ranking_lib checkpoint")
+    return ckpt
+
+
+# Architecture-record entries added later, with the value every older checkpoint had.
+RECORD_DEFAULTS = {"architecture": "single"}
+
+
+def load_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path = "checkpoint") -> None:
+    """Load weights after checking the checkpoint was made for this architecture."""
+    want = model.architecture()
+    have = {**RECORD_DEFAULTS, **ckpt.get("architecture", {})}
+    diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+    if diff:
+        desc = ", ".join(f"{k}={a!r} (model has {b!r})" for k, (a, b) in diff.items())
+        raise CheckpointError(f"checkpoint {path} was made for a different network: {desc}")
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit the model: {str(e).splitlines()[0]}") from e

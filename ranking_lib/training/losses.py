@@ -1,0 +1,45 @@
+"""The ranking layer: triplet hinge loss of Deep Ranking (Wang et al., CVPR 2014)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ranking_lib.core.errors import RankingError
+
+
+def pairwise_distance(a: torch.Tensor, b: torch.Tensor, squared: bool = False) -> torch.Tensor:
+    """Row-wise Euclidean distance ||a_i - b_i|| (or its square), computed in float32."""
+    d2 = (a.float() - b.float()).pow(2).sum(dim=-1)
+    if squared:
+        return d2
+    # the small epsilon keeps the gradient finite when a_i == b_i
+    return torch.sqrt(d2 + 1e-12)
+
+
+class RankingLoss(nn.Module):
+    """l(q, p, n) = max(0, g + D(q, p) - D(q, n)), averaged over the batch.
+
+    Args:
+        gap: the margin g; must be > 0.
+        squared: use D = squared Euclidean distance (the paper's formulation). The default
+            is plain Euclidean distance, which keeps the gap on the scale of the distances
+            shown at query time.
+    """
+
+    def __init__(self, gap: float = 1.0, squared: bool = False) -> None:
+        super().__init__()
+        if not gap > 0:
+            raise RankingError(f"gap must be > 0 (got {gap})")
+        self.gap = float(gap)
+        self.squared = bool(squared)
+
+    def forward(self, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        if not (q.shape == p.shape == n.shape):
+            raise RankingError(f"query/positive/negative shapes differ: {q.shape}, {p.shape}, {n.shape}")
+        d_pos = pairwise_distance(q, p, self.squared)
+        d_neg = pairwise_distance(q, n, self.squared)
+        return torch.relu(self.gap + d_pos - d_neg).mean()
+
+    def extra_repr(self) -> str:
+        return f"gap={self.gap}, squared={self.squared}"

@@ -1,0 +1,345 @@
+"""`Trainer`: a plain training loop for the ranking network, readable top to bottom.
+
+Each step takes the next `batch_size` pre-sampled triplets, gathers their images from the
+decoded uint8 cache, runs query, positive and negative images as ONE batch of 3B through one
+network (the three networks share weights), and minimises the ranking hinge loss.
+
+Everything random in a step (triplet order, augmentation) is derived from (seed, step), so a
+run resumed from a checkpoint reproduces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import io
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ranking_lib.training import distributed
+from ranking_lib.training.augment import flip_and_shift
+from ranking_lib.training.checkpoint import load_model_state, read_checkpoint, save_checkpoint
+from ranking_lib.core.config import RunConfig, resume_differences
+from ranking_lib.core.devices import autocast, resolve_device, setup_device, to_device
+from ranking_lib.core.errors import CheckpointError, RankingError
+from ranking_lib.core.fileio import disk_full_error, is_disk_full, write_text
+from ranking_lib.models.inference import ModelInputs, embed_batch
+from ranking_lib.training.losses import RankingLoss
+from ranking_lib.triplets.miners import batch_hard_negatives
+from ranking_lib.models.model import EmbeddingNet
+from ranking_lib.core.progress import progress as progress_bar
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    loss_log: Path
+    steps: int
+    wall_s: float
+    triplets_per_s: float
+    final_loss: float | None
+    steps_run: int = 0
+    """Steps run by this call (0 when the checkpoint had already reached cfg.steps)."""
+    resumed_from: int | None = None
+    steps_history: list | None = None
+    """[[at_step, steps], ...]: the run's total steps, and the step at which each was set."""
+
+
+def build_optimizer(cfg: RunConfig, model: EmbeddingNet) -> torch.optim.Optimizer:
+    """Two parameter groups: the pretrained backbone (lr * backbone_lr_scale) and the head (lr)."""
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    head = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+    params = [{"params": head, "lr_scale": 1.0}]
+    if backbone:
+        params.append({"params": backbone, "lr_scale": cfg.backbone_lr_scale})
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: RunConfig, step: int) -> float:
+    """Multiplier of cfg.lr at `step`: linear warm-up, then constant or cosine decay to 0."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant" or cfg.steps <= cfg.warmup_steps:
+        return 1.0
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The seeded order of the triplets in one epoch (computed once per epoch, not per step)."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    perm.setflags(write=False)
+    return perm
+
+
+def batch_triplets(triplets: np.ndarray, step: int, batch_size: int, seed: int) -> np.ndarray:
+    """The triplets of `step`: walks a per-epoch seeded permutation of all triplets."""
+    n = len(triplets)
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        take = _epoch_order(n, seed, epoch)[offset: offset + batch_size - len(out)]
+        out.extend(take.tolist())
+    return triplets[np.asarray(out)]
+
+
+class PresampledTriplets:
+    """The triplet source of a pre-sampled triplet file: each step walks a seeded per-epoch
+    permutation (`batch_triplets`). `OnlineTriplets` (`ranking_lib.triplets.online`) is the other source."""
+
+    def __init__(self, triplets: np.ndarray, batch_size: int, seed: int) -> None:
+        self.triplets = np.asarray(triplets)
+        self.batch_size, self.seed = batch_size, seed
+        self.sha256 = hashlib.sha256(np.ascontiguousarray(self.triplets, dtype=np.int64)).hexdigest()
+
+    def batch(self, step: int) -> np.ndarray:
+        return batch_triplets(self.triplets, step, self.batch_size, self.seed)
+
+
+class Trainer:
+    """Trains an `EmbeddingNet` on pre-sampled triplets of one image cache.
+
+    Args:
+        cfg: the run configuration (optimiser, schedule, steps, checkpointing...).
+        model: the network to train.
+        inputs: `ModelInputs`: the decoded uint8 images (a plain uint8 array is taken as such), or
+            the float16 outputs of the model's frozen stages (see `stage_cache`).
+        labels: int array (N,) of class indices.
+        triplets: int array (T, 3) of pre-sampled (query, positive, negative) indices into
+            `inputs`, or a source with ``batch(step)`` and ``sha256`` (`online.OnlineTriplets`).
+        run_dir: where `loss_log.csv` and `checkpoints/last.pt` are written.
+    """
+
+    def __init__(self, cfg: RunConfig, model: EmbeddingNet, inputs: ModelInputs | np.ndarray, labels: np.ndarray,
+                 triplets, run_dir: str | Path | None = None) -> None:
+        self.cfg = cfg
+        self.dist = distributed.context()
+        if cfg.batch_size % self.dist.world_size:
+            raise RankingError(f"batch_size {cfg.batch_size} (the global batch) must be a multiple of the "
+                               f"{self.dist.world_size} ranks")
+        self.device = resolve_device(distributed.rank_device(cfg.device, self.dist))
+        self.model = model.to(self.device)
+        self.inputs = ModelInputs.of(inputs)
+        images = self.images = self.inputs.array
+        self.from_stage = self.inputs.from_stage
+        # On a GPU the whole uint8 cache (1.2 GB for Tiny ImageNet) moves to the device once;
+        # each step then gathers its images there instead of copying them from host memory.
+        cuda = self.device.type == "cuda"
+        self.device_images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device) if cuda else None
+        # the multiscale network's shallow paths read the uint8 images beside the stage features
+        side = self.inputs.images if self.from_stage and model.multiscale else None
+        self.device_side_images = torch.from_numpy(np.ascontiguousarray(side)).to(self.device) \
+            if cuda and side is not None else None
+        setup_device(self.device)
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+        self.source = triplets if hasattr(triplets, "batch") else PresampledTriplets(triplets, cfg.batch_size, cfg.seed)
+        self.triplets_sha256 = self.source.sha256
+        self.loss_fn = RankingLoss(cfg.gap, cfg.squared_distance)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.run_dir = Path(run_dir or cfg.run_dir)
+        self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
+        self.loss_log_path = self.run_dir / "loss_log.csv"
+        self.step = 0
+        self.resumed_from: int | None = None
+        self.steps_history: list[list[int]] = [[0, cfg.steps]]
+
+    # ---- checkpoints ---------------------------------------------------------------
+    def save(self) -> Path:
+        if not self.dist.is_main:  # rank 0 writes for all
+            return self.checkpoint_path
+        return save_checkpoint(self.checkpoint_path, {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "sampler_seed": self.cfg.seed,
+            "architecture": self.model.architecture(),
+            "triplets_sha256": self.triplets_sha256,
+            "steps_history": self.steps_history,
+        })
+
+    def resume(self) -> bool:
+        """Continue from `checkpoints/last.pt` if it exists; returns whether it did.
+
+        Refused, in one line, when the checkpoint was made with other settings that shape the
+        run (see `config.resume_differences`), from other triplets, or is already past
+        cfg.steps. A larger cfg.steps extends the run and is recorded in `steps_history`.
+        """
+        if not self.checkpoint_path.is_file():
+            return False
+        path = self.checkpoint_path
+        ckpt = read_checkpoint(path)
+        step = int(ckpt.get("step", 0))
+        start_over = "resume with the same settings, or start over with --no-resume (or another --run-dir)"
+        saved = ckpt.get("config")
+        if isinstance(saved, dict):
+            diff = resume_differences(saved, self.cfg)
+            if diff:
+                desc = ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
+                raise CheckpointError(f"checkpoint {path} (step {step}) was trained with other settings: "
+                                      f"{desc}; {start_over}")
+        if ckpt.get("sampler_seed") != self.cfg.seed:
+            raise CheckpointError(
+                f"checkpoint {path} was trained with seed {ckpt.get('sampler_seed')}, "
+                f"this run uses seed {self.cfg.seed}; {start_over}")
+        if ckpt.get("triplets_sha256", self.triplets_sha256) != self.triplets_sha256:
+            raise CheckpointError(f"checkpoint {path} (step {step}) was trained on other triplets than "
+                                  f"{self.run_dir / 'triplets_train.npy'} (re-sampled since?); {start_over}")
+        if step > self.cfg.steps:
+            raise CheckpointError(f"checkpoint {path} is at step {step}, past steps={self.cfg.steps}; pass "
+                                  f"--steps {step} or more to go on, or start over with --no-resume")
+        load_model_state(self.model, ckpt, path)
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint {path}: optimizer state does not fit "
+                                  f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); {start_over}") from None
+        self.step = self.resumed_from = step
+        history = ckpt.get("steps_history") or [[0, self.cfg.steps]]
+        if history[-1][1] != self.cfg.steps:
+            history = history + [[step, self.cfg.steps]]
+        self.steps_history = [list(map(int, h)) for h in history]
+        self._truncate_log(self.step)
+        return True
+
+    def _truncate_log(self, step: int) -> None:
+        """Keep only the log rows of steps before `step` (all of them go when step is 0)."""
+        if not self.dist.is_main:
+            return
+        rows = [["step", "loss", "lr", "elapsed_s"]]
+        if step > 0 and self.loss_log_path.is_file():
+            with open(self.loss_log_path, newline="") as f:
+                old = list(csv.reader(f))
+            rows += [r for r in old[1:] if r and int(r[0]) < step]
+        out = io.StringIO()
+        csv.writer(out).writerows(rows)
+        write_text(self.loss_log_path, out.getvalue())
+
+    def _last_logged_loss(self) -> float | None:
+        if not self.loss_log_path.is_file():
+            return None
+        with open(self.loss_log_path, newline="") as f:
+            rows = [r for r in csv.reader(f)][1:]
+        return float(rows[-1][1]) if rows else None
+
+    # ---- one step --------------------------------------------------------------------
+    def _gather(self, array: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+        order = np.argsort(idx, kind="stable")  # sorted reads are kinder to a memory map
+        out = np.empty((len(idx),) + array.shape[1:], dtype=array.dtype)
+        out[order] = array[idx[order]]
+        return to_device(torch.from_numpy(out), self.device)
+
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(inputs, the uint8 images beside stage features for a multiscale network or None,
+        labels) of the 3B images of `step`: queries, then positives, then negatives."""
+        t = self.source.batch(step)
+        idx = t.T.reshape(-1)
+        if self.device_images is not None:
+            x = self.device_images[torch.from_numpy(idx).to(self.device)]
+        else:
+            x = self._gather(self.images, idx)
+        im = None
+        if self.from_stage and self.model.multiscale:
+            if self.inputs.images is None:
+                raise RankingError("the multiscale network needs the images beside the stage features")
+            im = (self.device_side_images[torch.from_numpy(idx).to(self.device)]
+                  if self.device_side_images is not None else self._gather(self.inputs.images, idx))
+        if self.cfg.augment:
+            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+            if self.from_stage:
+                flip = (torch.rand(len(x), generator=g) < 0.5).to(self.device)
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                if im is not None:  # the shallow paths see the same mirror as the feature map
+                    im = torch.where(flip[:, None, None, None], im.flip(2), im)
+            else:
+                x = flip_and_shift(x, g)
+        return x, im, self.labels[torch.from_numpy(idx)].to(self.device)
+
+    def train_step(self, step: int) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * group["lr_scale"] * lr_factor(self.cfg, step)
+        x, im, y = self._batch(step)
+        b = self.cfg.batch_size
+        if self.dist.enabled:  # this rank's triplets: a slice of the queries, positives, negatives
+            s = self.dist.shard(b)
+            rows = torch.cat([torch.arange(s.start, s.stop) + k * b for k in range(3)]).to(x.device)
+            x, im = x[rows], None if im is None else im[rows]
+        with autocast(self.device, self.cfg.amp, self.cfg.bf16_cpu):
+            z = embed_batch(self.model, x, self.inputs.kind, im)
+        if self.dist.enabled:  # the global batch, in one-process order (see `distributed`)
+            parts = distributed.gather_rows(z, self.dist)
+            local = len(z) // 3
+            z = torch.cat([part[k * local:(k + 1) * local] for k in range(3) for part in parts])
+        q, p, n = z[:b], z[b:2 * b], z[2 * b:]
+        loss = self.loss_fn(q, p, n)
+        if self.cfg.miner == "batch_hard":
+            hard = batch_hard_negatives(q, y[:b], z, y, self.cfg.squared_distance)
+            ok = hard >= 0
+            if ok.any():
+                loss = 0.5 * (loss + self.loss_fn(q[ok], p[ok], z[hard[ok]]))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        distributed.all_reduce_gradients(self.model.parameters(), self.dist)
+        self.optimizer.step()
+        return float(loss.detach())
+
+    # ---- the loop --------------------------------------------------------------------
+    def fit(self, resume: bool = True, stop_at: int | None = None, progress: bool = True) -> TrainResult:
+        """Train until cfg.steps (or `stop_at`, to simulate an interruption)."""
+        resumed = resume and (self.resumed_from is not None or self.resume())
+        if not resumed:
+            self._truncate_log(0)  # a fresh start: no rows of an earlier attempt survive
+        end = self.cfg.steps if stop_at is None else min(stop_at, self.cfg.steps)
+        log = open(self.loss_log_path if self.dist.is_main else os.devnull, "a", newline="")
+        writer = csv.writer(log)
+        self.model.train()
+        t0 = time.perf_counter()
+        start_step, loss = self.step, float("nan")
+        bar = progress_bar(range(self.step, end), initial=self.step, total=self.cfg.steps, desc="train",
+                           enabled=progress and self.dist.is_main, unit="step")
+        try:
+            for step in bar:
+                loss = self.train_step(step)
+                if not math.isfinite(loss):
+                    raise RankingError(f"loss became {loss} at step {step}: lower the learning rate")
+                self.step = step + 1
+                writer.writerow([step, f"{loss:.6f}", f"{self.optimizer.param_groups[0]['lr']:.6g}",
+                                 f"{time.perf_counter() - t0:.3f}"])
+                if self.step % self.cfg.log_every == 0:
+                    log.flush()
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                if self.step % self.cfg.checkpoint_every == 0 and self.step < end:
+                    log.flush()
+                    self.save()
+            log.flush()
+        except OSError as e:  # the loss log's own writes
+            if is_disk_full(e):
+                raise disk_full_error(self.loss_log_path) from None
+            raise
+        finally:
+            try:
+                log.close()
+            except OSError:
+                pass
+        done = self.step - start_step
+        if done or not self.checkpoint_path.is_file():
+            self.save()
+        distributed.barrier(self.dist)  # the other ranks return once rank 0's checkpoint is written
+        wall = time.perf_counter() - t0
+        final = loss if done else self._last_logged_loss()
+        return TrainResult(self.checkpoint_path, self.loss_log_path, self.step, wall,
+                           done * self.cfg.batch_size / wall if wall > 0 and done else 0.0,
+                           final, done, self.resumed_from, self.steps_history)
