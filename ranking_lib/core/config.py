@@ -26,7 +26,7 @@ RESUME_FREE_FIELDS = frozenset({
     "checkpoint_every", "log_every", "ks", "train_eval_queries", "embed_batch_size",
     "search_backend", "num_query_examples", "query_seed", "top_k_show", "channels_last", "steps",
     "evaluate_val", "flip_tta", "index_nlist", "index_nprobe", "index_pq_m", "index_refine", "index_hnsw_m",
-    "index_ef_search",
+    "index_ef_search", "train_minutes",
 })
 
 
@@ -189,6 +189,11 @@ class RunConfig:
     batch_size: int = 32
     """Triplets per step (each step runs 3 x batch_size images through one network)."""
     steps: int = 1000
+    train_minutes: float | None = None
+    """Time budget of the training loop in minutes (None = off): the trainer measures its step
+    rate on a throwaway copy of the network, then fixes ``steps`` so that the schedule ends on
+    time. The steps chosen are saved in config.json and the checkpoint (a resumed run keeps
+    them, never re-measures); ``--steps`` given explicitly turns the budget off."""
     lr: float = 0.01
     backbone_lr_scale: float = 0.1
     """The backbone learns at lr * backbone_lr_scale (the new head at lr)."""
@@ -273,6 +278,8 @@ class RunConfig:
                 need(v >= low, f"{name} must be >= {low} (got {v}){hint}")
         need(self.gap > 0, f"gap must be > 0 (got {self.gap})")
         need(self.lr > 0, f"lr must be > 0 (got {self.lr})")
+        need(self.train_minutes is None or self.train_minutes > 0,
+             f"train_minutes must be > 0 (got {self.train_minutes}; omit it for a fixed number of steps)")
         need(self.momentum < 1, f"momentum must be < 1 (got {self.momentum})")
         need(self.input_size <= 1024, f"input_size must be <= 1024 (got {self.input_size})")
         for name in ("data_dir", "run_dir"):
