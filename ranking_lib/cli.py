@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ranking_lib.core.config import RunConfig, field_kind
+from ranking_lib.core.names import MODELS
 from ranking_lib.core.errors import RankingError
 from ranking_lib.core.settings import Settings, resolve
 
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
         add_config_flags(sp)
         if name in ("embed", "evaluate", "query"):
-            sp.add_argument("--model", choices=("trained", "baseline"), default="trained")
+            sp.add_argument("--model", choices=MODELS, default="trained")
         if name == "query":
             sp.add_argument("--val-index", type=int, nargs="+", help="val image indices")
             sp.add_argument("--image", help="an image file to query with")
@@ -159,7 +160,7 @@ def _run(args: argparse.Namespace, cfg: RunConfig, workflow) -> int:
         r = workflow.train(cfg, progress=progress, resume=not getattr(args, "no_resume", False))
         print(f"trained to step {r.steps} in {r.wall_s:.1f} s ({r.triplets_per_s:.1f} triplets/s); "
               f"checkpoint {r.checkpoint}")
-    models = ("trained", "baseline") if cmd == "all" else (getattr(args, "model", "trained"),)
+    models = MODELS if cmd == "all" else (getattr(args, "model", "trained"),)
     if cmd in ("embed", "all"):
         for m in models:
             workflow.embed(cfg, m, progress=progress)

@@ -12,17 +12,19 @@ Every step reads what earlier steps wrote into ``cfg.run_dir``:
 from __future__ import annotations
 
 import functools
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ranking_lib.training import distributed
-from ranking_lib.training.checkpoint import load_model_state, read_checkpoint
 from ranking_lib.core.config import RunConfig
+from ranking_lib.core.devices import resolve_device
+from ranking_lib.core.errors import RankingError
+from ranking_lib.core.fileio import ensure_dir, write_json
+from ranking_lib.core.names import METRIC_SPLITS, MODELS  # noqa: F401 - re-exported for notebooks
+from ranking_lib.core.runlock import RunDirLock
 from ranking_lib.data import (
     SPLITS,
     ImageCache,
@@ -30,22 +32,33 @@ from ranking_lib.data import (
     load_image_rgb,
     load_or_build_cache,
 )
-from ranking_lib.core.errors import RankingError
-from ranking_lib.core.fileio import ensure_dir, write_json
-from ranking_lib.retrieval.index import EmbeddingIndex
-from ranking_lib.models.inference import ModelInputs, embed_images
-from ranking_lib.retrieval.metrics import retrieval_metrics, score_at_top_k, triplet_accuracy_from_index
-from ranking_lib.models.model import EmbeddingNet, build_model, init_head_from_classifier
-from ranking_lib.core.runlock import RunDirLock
-from ranking_lib.triplets.online import OnlineTriplets
-from ranking_lib.triplets.samplers import RelevanceTripletSampler, TripletSampler, load_triplets, save_triplets
-from ranking_lib.models.stage_cache import load_or_build_stage_features
-from ranking_lib.core.devices import resolve_device, uses_cpu_bf16
 from ranking_lib.data.holdout import holdout_split
+from ranking_lib.models.inference import ModelInputs, embed_images
+from ranking_lib.models.model import (
+    EmbeddingNet,
+    build_model,
+    init_head_from_classifier,
+)
+from ranking_lib.models.stage_cache import model_inputs, stage_inputs  # noqa: F401 - stage_inputs re-exported
+from ranking_lib.retrieval.index import EmbeddingIndex
+from ranking_lib.retrieval.protocol import evaluate_embeddings
+from ranking_lib.retrieval.query import (
+    QueryResult,
+    pick_query_examples,
+    query_split,
+    query_vector,
+)
+from ranking_lib.training import distributed
+from ranking_lib.training.checkpoint import load_model_state, read_checkpoint
 from ranking_lib.training.trainer import Trainer, TrainResult
-
-MODELS = ("trained", "baseline")
-METRIC_SPLITS = ("train", "tune", "val")  # in metrics_<model>.json; tune only with holdout_per_class
+from ranking_lib.triplets.golden import golden_features
+from ranking_lib.triplets.online import OnlineTriplets
+from ranking_lib.triplets.samplers import (
+    RelevanceTripletSampler,
+    TripletSampler,
+    load_triplets,
+    save_triplets,
+)
 
 
 # ---- setup ---------------------------------------------------------------------------
@@ -130,39 +143,6 @@ def sample(cfg: RunConfig) -> dict[str, np.ndarray]:
     return out
 
 
-def golden_features(cfg: RunConfig, cache: ImageCache, progress: bool = True) -> np.ndarray:
-    """The frozen pretrained backbone's L2-normalised pooled features of every image of `cache`
-    (the `baseline` model at the run's input size): the golden feature behind the relevance
-    r_ij of relevance-weighted sampling. Computed once, float16, beside the image cache."""
-    from ranking_lib.core.fileio import atomic_path
-    from ranking_lib.models.stage_cache import stage_features_file
-
-    net = build_model(cfg.replace(architecture="single")).eval()
-    if cache.cache_file is None:
-        inputs = ModelInputs(cache.images)
-        path = None
-    else:
-        stem = stage_features_file(cache, net, cfg.pretrained, uses_cpu_bf16(resolve_device(cfg.device), cfg.bf16_cpu)).stem.replace("stage_", "golden_", 1)
-        path = Path(cache.cache_file).parent / f"{stem}.npy"
-        if path.is_file():
-            try:
-                z = np.load(path, allow_pickle=False)
-                if z.shape == (len(cache), net.backbone.feature_dim) and np.isfinite(z).all():
-                    return z
-            except (OSError, ValueError):
-                pass
-        inputs = model_inputs(cfg.replace(architecture="single"), net, cache, progress)
-    t0 = time.perf_counter()
-    z = embed_images(net, inputs, cfg.embed_batch_size, cfg.device, baseline=True, progress=progress,
-                     desc=f"golden features ({cache.split})", bf16_cpu=cfg.bf16_cpu).astype(np.float16)
-    if path is not None:
-        with atomic_path(path, need=z.nbytes + 128) as tmp:
-            np.save(tmp, z)
-    if progress:
-        print(f"golden features of {len(cache)} {cache.split} images in {time.perf_counter() - t0:.1f} s")
-    return z
-
-
 def training_triplets(cfg: RunConfig, cache: ImageCache, progress: bool = True):
     """What training draws its triplets from: the run's pre-sampled file, or online buffers."""
     if cfg.triplet_source == "presampled":
@@ -234,21 +214,6 @@ def load_model(cfg: RunConfig, model: str = "trained") -> EmbeddingNet:
     return net.eval()
 
 
-def stage_inputs(cfg: RunConfig, net: EmbeddingNet, cache: ImageCache, progress: bool = True) -> ModelInputs:
-    """Cached outputs of the frozen stages of the *pretrained* network for one split."""
-    return ModelInputs(load_or_build_stage_features(net, cache, cfg.pretrained, cfg.embed_batch_size,
-                                                    resolve_device(cfg.device), progress, cfg.bf16_cpu),
-                       "stage_features")
-
-
-def model_inputs(cfg: RunConfig, net: EmbeddingNet, cache: ImageCache, progress: bool = True) -> ModelInputs:
-    """What `net` reads for one split under `cfg`: its frozen stages' cached outputs, or the images."""
-    if not cfg.cache_stage_features:
-        return ModelInputs(cache.images)
-    staged = stage_inputs(cfg, net, cache, progress)
-    return ModelInputs(staged.array, staged.kind, cache.images) if net.multiscale else staged
-
-
 def embeddings_path(cfg: RunConfig, model: str, split: str) -> Path:
     return run_path(cfg, f"embeddings_{model}_{split}.npz")
 
@@ -300,111 +265,45 @@ def load_index(cfg: RunConfig, model: str, split: str) -> EmbeddingIndex:
     return EmbeddingIndex.load(path, **index_options(cfg))
 
 
-SCORE_K = 30  # the paper's score at top-30
-
-
-def _score_at_top(embeddings: np.ndarray, triplets: np.ndarray) -> dict:
-    """Score at top-30; on a split of 30 images or fewer every other image is in the top-K, so K
-    is then the split's size minus one (recorded as ``score_at_top_30_k``)."""
-    s = score_at_top_k(embeddings, triplets, min(SCORE_K, len(embeddings) - 1))
-    return {f"score_at_top_{SCORE_K}": s["score"], f"score_at_top_{SCORE_K}_counted": s["counted"],
-            f"score_at_top_{SCORE_K}_k": s["k"]}
-
-
 @writes_run_dir
 def evaluate(cfg: RunConfig, model: str = "trained") -> dict[str, dict]:
-    """All metrics on train, tune (with ``holdout_per_class``) and val (with ``evaluate_val``);
-    written to ``metrics_<model>.json``.
+    """All metrics on train, tune (with ``holdout_per_class``) and val (with ``evaluate_val``),
+    by the protocol of `retrieval.protocol.evaluate_embeddings`; written to ``metrics_<model>.json``.
 
-    * triplet_acc: % of the split's triplets with D(q,p) < D(q,n) (train: the training
-      triplets; val: triplets drawn from val images only).
-    * precision@k, any_hit@k, knn1, map@r: retrieval of the nearest *training* images; train
-      queries are a seeded subset of `train_eval_queries` training images (never held-out ones),
-      each excluded from its own result; tune queries are the held-out training images against
-      the other training images; val queries are all val images.
+    * triplet_acc: % of the split's triplets with D(q,p) < D(q,n).
+    * precision@k, any_hit@k, map@r, ...: retrieval of the nearest *training* images.
     * score_at_top_30 (tune, val): the paper's score at top-K, see `metrics.score_at_top_k`;
       ``score_at_top_30_counted`` is how many triplets it counts.
     """
     db = load_index(cfg, model, "train")
     kept, held = holdout_split(db.labels, cfg.holdout_per_class, cfg.seed)
-    metrics: dict[str, dict] = {}
-    # train: seeded training images (never held-out ones) against all training images but themselves
-    trip = load_run_triplets(cfg, "train", len(db))
-    m = {"triplet_acc": triplet_accuracy_from_index(db.embeddings, trip), "num_triplets": int(len(trip))}
-    ids = np.sort(np.random.default_rng(cfg.seed).choice(kept, size=min(cfg.train_eval_queries, len(kept)),
-                                                         replace=False))
-    m.update(retrieval_metrics(db, db.embeddings[ids], db.labels[ids], ks=cfg.ks, exclude_self=True, query_ids=ids))
-    metrics["train"] = m
-    if len(held):  # tune: held-out training images against the training images that were trained on
-        trip = load_run_triplets(cfg, "tune", len(db))
-        kept_db = EmbeddingIndex(db.embeddings[kept], db.labels[kept], **index_options(cfg))
-        m = {"triplet_acc": triplet_accuracy_from_index(db.embeddings, trip), "num_triplets": int(len(trip))}
-        m.update(retrieval_metrics(kept_db, db.embeddings[held], db.labels[held], ks=cfg.ks))
-        m.update(_score_at_top(db.embeddings, trip))
-        metrics["tune"] = m
+    triplets = {"train": load_run_triplets(cfg, "train", len(db))}
+    if len(held):
+        triplets["tune"] = load_run_triplets(cfg, "tune", len(db))
+    val = None
     if cfg.evaluate_val:
         val = load_index(cfg, model, "val")
-        trip = load_run_triplets(cfg, "val", len(val))
-        m = {"triplet_acc": triplet_accuracy_from_index(val.embeddings, trip), "num_triplets": int(len(trip))}
-        m.update(retrieval_metrics(db, val.embeddings, val.labels, ks=cfg.ks))
-        m.update(_score_at_top(val.embeddings, trip))
-        metrics["val"] = m
+        triplets["val"] = load_run_triplets(cfg, "val", len(val))
+    metrics = evaluate_embeddings(db, triplets, kept=kept, held=held, ks=cfg.ks,
+                                  train_eval_queries=cfg.train_eval_queries, seed=cfg.seed, val=val,
+                                  index_options=index_options(cfg))
     write_json(run_path(cfg, f"metrics_{model}.json"), {"model": model, "config": cfg.to_dict(), **metrics})
     return metrics
 
 
-def load_metrics(cfg: RunConfig, model: str = "trained") -> dict:
-    path = run_path(cfg, f"metrics_{model}.json")
-    if not path.is_file():
-        raise RankingError(f"metrics not found: {path} (run the 'evaluate' step)")
-    return json.loads(path.read_text())
-
-
 # ---- queries -------------------------------------------------------------------------
-@dataclass
-class QueryResult:
-    query_index: int | None
-    query_path: str
-    query_label: int | None
-    query_class: str | None
-    top_indices: np.ndarray
-    top_distances: np.ndarray
-    top_labels: np.ndarray
-    bottom_indices: np.ndarray
-    bottom_distances: np.ndarray
-    bottom_labels: np.ndarray
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()}
-
-
 def select_query_examples(cfg: RunConfig, n: int | None = None) -> list[int]:
     """`n` val indices from `n` different classes, chosen with cfg.query_seed."""
     n = cfg.num_query_examples if n is None else n
     labels = load_caches(cfg, progress=False, splits=("val",))["val"].labels
-    classes = np.unique(labels)
-    if n < 1 or n > len(classes):
-        raise RankingError(f"asked for {n} query examples from different classes; val has {len(classes)} classes (use 1..{len(classes)})")
-    rng = np.random.default_rng(cfg.query_seed)
-    chosen = rng.choice(classes, size=n, replace=False)
-    return [int(rng.choice(np.flatnonzero(labels == c))) for c in chosen]
+    return pick_query_examples(labels, n, cfg.query_seed)
 
 
 def query(cfg: RunConfig, val_indices: list[int], k: int | None = None, model: str = "trained") -> list[QueryResult]:
     """Top-k and bottom-k training images for val images, by Euclidean distance."""
     k = cfg.top_k_show if k is None else k
     db, val = load_index(cfg, model, "train"), load_index(cfg, model, "val")
-    class_names = load_dataset(cfg).class_names
-    bad = [i for i in val_indices if not 0 <= i < len(val)]
-    if bad:
-        raise RankingError(f"val index {bad[0]} out of range (val has {len(val)} images)")
-    q = val.embeddings[np.asarray(val_indices)]
-    ti, td = db.topk(q, k)
-    bi, bd = db.bottomk(q, k)
-    return [QueryResult(int(v), val.paths[v], int(val.labels[v]), class_names[int(val.labels[v])],
-                        ti[j], td[j], db.labels[ti[j]], bi[j], bd[j], db.labels[bi[j]])
-            for j, v in enumerate(val_indices)]
+    return query_split(db, val, list(val_indices), k, load_dataset(cfg).class_names)
 
 
 def query_image_file(cfg: RunConfig, image_path: str | Path, k: int | None = None, model: str = "trained") -> QueryResult:
@@ -414,10 +313,7 @@ def query_image_file(cfg: RunConfig, image_path: str | Path, k: int | None = Non
     net = load_model(cfg, model)
     z = embed_images(net, img[None], device=cfg.device, baseline=model == "baseline", progress=False,
                      bf16_cpu=cfg.bf16_cpu, flip_tta=cfg.flip_tta)[0]
-    db = load_index(cfg, model, "train")
-    ti, td = db.topk(z, k)
-    bi, bd = db.bottomk(z, k)
-    return QueryResult(None, str(image_path), None, None, ti, td, db.labels[ti], bi, bd, db.labels[bi])
+    return query_vector(load_index(cfg, model, "train"), z, k, str(image_path))
 
 
 def load_loss_log(cfg: RunConfig):

@@ -1,5 +1,8 @@
 """Training and embedding from cached outputs of the frozen stages."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -47,7 +50,7 @@ def test_train_from_stage_features_improves_and_embeds(sample_dir, sample_cache_
         workflow.evaluate(cfg, model)
     log = workflow.load_loss_log(cfg)
     assert log["loss"][-10:].mean() < 0.9 * log["loss"][:10].mean()
-    trained = workflow.load_metrics(cfg, "trained")
+    trained = json.loads(Path(cfg.run_dir, "metrics_trained.json").read_text())
     # the frozen stages are untouched: their weights equal the pretrained ones
     net, pre = workflow.load_model(cfg, "trained"), build_model(cfg)
     for (n, a), (_, b) in zip(net.backbone.stages[0].named_parameters(), pre.backbone.stages[0].named_parameters()):

@@ -21,12 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ranking_lib.data import ImageCache, verify_content
-from ranking_lib.core.devices import autocast, to_device, uses_cpu_bf16
+from ranking_lib.core.config import RunConfig
+from ranking_lib.core.devices import autocast, resolve_device, to_device, uses_cpu_bf16
 from ranking_lib.core.errors import RankingError
 from ranking_lib.core.fileio import atomic_path, content_crc32, reserve, write_json
-from ranking_lib.models.model import EmbeddingNet
 from ranking_lib.core.progress import progress as progress_bar
+from ranking_lib.data import ImageCache, verify_content
+from ranking_lib.models.inference import ModelInputs
+from ranking_lib.models.model import EmbeddingNet
 
 FORMAT = 1
 logger = logging.getLogger(__name__)
@@ -49,6 +51,15 @@ def stage_features_file(cache: ImageCache, net: EmbeddingNet, pretrained: bool, 
     name = (f"stage_{cache.split}_{net.backbone_name}_{net.input_size}px_k{net.freeze_stages}"
             f"_{_key(net, cache, pretrained, bf16)}.npy")
     return d / name
+
+
+def golden_features_file(cache: ImageCache, net: EmbeddingNet, pretrained: bool, bf16: bool = False) -> Path:
+    """Where the golden features (the frozen pretrained backbone's pooled features) of `cache`
+    live: beside the image cache, under the same key as the stage features of `net`."""
+    if cache.cache_file is None:
+        raise RankingError("golden features need an on-disk image cache")
+    return Path(cache.cache_file).parent / (f"golden_{cache.split}_{net.backbone_name}_{net.input_size}px"
+                                            f"_k{net.freeze_stages}_{_key(net, cache, pretrained, bf16)}.npy")
 
 
 @torch.inference_mode()
@@ -135,3 +146,18 @@ def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, pretraine
         print(f"computed frozen-stage features of {len(cache)} {cache.split} images "
               f"{shape[1:]} in {time.perf_counter() - t0:.1f} s -> {path.name}")
     return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def stage_inputs(cfg: RunConfig, net: EmbeddingNet, cache: ImageCache, progress: bool = True) -> ModelInputs:
+    """Cached outputs of the frozen stages of the *pretrained* network for one split."""
+    return ModelInputs(load_or_build_stage_features(net, cache, cfg.pretrained, cfg.embed_batch_size,
+                                                    resolve_device(cfg.device), progress, cfg.bf16_cpu),
+                       "stage_features")
+
+
+def model_inputs(cfg: RunConfig, net: EmbeddingNet, cache: ImageCache, progress: bool = True) -> ModelInputs:
+    """What `net` reads for one split under `cfg`: its frozen stages' cached outputs, or the images."""
+    if not cfg.cache_stage_features:
+        return ModelInputs(cache.images)
+    staged = stage_inputs(cfg, net, cache, progress)
+    return ModelInputs(staged.array, staged.kind, cache.images) if net.multiscale else staged

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from ranking_lib.core.config import RunConfig
+from ranking_lib.core.names import MODELS
 from ranking_lib.core.errors import RankingError
 
-MODELS = ("trained", "baseline")
 COURSE_TARGET = 60.0  # % validation precision@30
 
 

@@ -1,0 +1,71 @@
+"""The evaluation protocol: which queries are ranked against which database, as a pure function.
+
+No files are read or written here; `workflow.evaluate` loads the embeddings and triplets and
+saves what `evaluate_embeddings` returns.
+
+* ``train``: a seeded subset of ``train_eval_queries`` training images (never held-out ones),
+  each ranked against all training images but itself; triplet accuracy on the training triplets.
+* ``tune`` (when images are held out): the held-out training images ranked against the training
+  images that were trained on; triplets drawn among training images (tuning triplets).
+* ``val`` (when given): every val image ranked against the whole training database; triplets of
+  val images only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ranking_lib.core.names import SCORE_K
+from ranking_lib.retrieval.index import EmbeddingIndex
+from ranking_lib.retrieval.metrics import (
+    retrieval_metrics,
+    score_at_top_k,
+    triplet_accuracy_from_index,
+)
+
+
+def score_at_top(embeddings: np.ndarray, triplets: np.ndarray) -> dict:
+    """Score at top-30; on a split of 30 images or fewer every other image is in the top-K, so K
+    is then the split's size minus one (recorded as ``score_at_top_30_k``)."""
+    s = score_at_top_k(embeddings, triplets, min(SCORE_K, len(embeddings) - 1))
+    return {f"score_at_top_{SCORE_K}": s["score"], f"score_at_top_{SCORE_K}_counted": s["counted"],
+            f"score_at_top_{SCORE_K}_k": s["k"]}
+
+
+def train_query_ids(kept: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The seeded training images that serve as train-split queries (sorted)."""
+    return np.sort(np.random.default_rng(seed).choice(kept, size=min(n, len(kept)), replace=False))
+
+
+def evaluate_embeddings(db: EmbeddingIndex, triplets: dict[str, np.ndarray], *, kept: np.ndarray,
+                        held: np.ndarray, ks=(1, 10, 30), train_eval_queries: int = 10000, seed: int = 0,
+                        val: EmbeddingIndex | None = None, index_options: dict | None = None) -> dict[str, dict]:
+    """Metrics of every split the arguments allow (see the module docstring).
+
+    Args:
+        db: the training database (all training images, held-out ones included).
+        triplets: ``train`` (always), ``tune`` (when `held` is non-empty), ``val`` (with `val`).
+        kept, held: indices of `db` trained on and held out (`data.holdout.holdout_split`).
+        val: the val split's index; None leaves val out.
+        index_options: `EmbeddingIndex` keyword arguments for the tune database.
+    """
+    metrics: dict[str, dict] = {}
+    trip = triplets["train"]
+    m = {"triplet_acc": triplet_accuracy_from_index(db.embeddings, trip), "num_triplets": int(len(trip))}
+    ids = train_query_ids(kept, train_eval_queries, seed)
+    m.update(retrieval_metrics(db, db.embeddings[ids], db.labels[ids], ks=ks, exclude_self=True, query_ids=ids))
+    metrics["train"] = m
+    if len(held):
+        trip = triplets["tune"]
+        kept_db = EmbeddingIndex(db.embeddings[kept], db.labels[kept], **(index_options or {}))
+        m = {"triplet_acc": triplet_accuracy_from_index(db.embeddings, trip), "num_triplets": int(len(trip))}
+        m.update(retrieval_metrics(kept_db, db.embeddings[held], db.labels[held], ks=ks))
+        m.update(score_at_top(db.embeddings, trip))
+        metrics["tune"] = m
+    if val is not None:
+        trip = triplets["val"]
+        m = {"triplet_acc": triplet_accuracy_from_index(val.embeddings, trip), "num_triplets": int(len(trip))}
+        m.update(retrieval_metrics(db, val.embeddings, val.labels, ks=ks))
+        m.update(score_at_top(val.embeddings, trip))
+        metrics["val"] = m
+    return metrics
