@@ -1,17 +1,33 @@
-"""`QueryExplorer`: pick a val image (or upload one) and see its top-k and bottom-k training images
-with their distances, on any finished run directory. The logic is plain methods (tested); the
-`widget()` is a thin ipywidgets front end for JupyterLab (``notebooks/06_explore.ipynb``).
+"""Explore a finished run: pick a val image (by class name, file or val index, or a random image
+of a class) or upload any image, and see its top-k and bottom-k training images with their
+distances, for the trained model and the frozen pretrained baseline side by side.
+
+* `QueryExplorer`: the logic on one run directory (plain, tested methods). A run's image caches,
+  embeddings, indexes and networks are loaded once per process and kept (keyed by the run
+  directory and the files' modification times), so a pick is one search, not a reload.
+* `ExplorerApp`: the ipywidgets page over it (``notebooks/explore.ipynb`` in JupyterLab, or the
+  same notebook served by Voila: ``make explore RUN=runs/x``). The run directory is chosen in the
+  page; every error is one line in the page.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import html
+import io
 import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from ranking_lib import workflow
 from ranking_lib.core.config import RunConfig
 from ranking_lib.core.errors import RankingError
+
+MODEL_TITLES = {"trained": "trained (ranking fine-tuned)", "baseline": "baseline (frozen pretrained)"}
 
 
 @contextlib.contextmanager
@@ -23,54 +39,186 @@ def _as_file(data: bytes, name: str):
         yield f
 
 
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return -1
+
+
+# ---- what is loaded once per process ---------------------------------------------------
+@dataclass
+class _ModelData:
+    db: object  # EmbeddingIndex over the training images
+    val_embeddings: np.ndarray | None  # None when the run did not embed val (evaluate_val off)
+    net: object = None  # the network, loaded on the first upload
+
+
+@dataclass
+class _RunData:
+    cfg: RunConfig
+    train: object  # ImageCache
+    val: object  # ImageCache
+    models: dict[str, _ModelData | RankingError] = field(default_factory=dict)
+
+
+_RUNS: dict[tuple[str, int], _RunData] = {}
+
+
+def _run_data(run_dir: str | Path) -> _RunData:
+    path = Path(run_dir).expanduser() / "config.json"
+    if not path.is_file():
+        raise RankingError(f"no run at {run_dir}: {path} not found (run the notebooks 01-03 first)")
+    key = (str(path.resolve()), _mtime(path))
+    if key not in _RUNS:
+        cfg = RunConfig.load(path).replace(run_dir=str(path.parent.resolve()))  # the run may have moved
+        caches = workflow.load_caches(cfg, progress=False, splits=("train", "val"))
+        _RUNS[key] = _RunData(cfg, caches["train"], caches["val"])
+    return _RUNS[key]
+
+
+def _model_data(run: _RunData, model: str) -> _ModelData:
+    """The model's training-set index and val embeddings, loaded once (again when re-embedded)."""
+    files = tuple(_mtime(workflow.embeddings_path(run.cfg, model, s)) for s in ("train", "val"))
+    key = (model, files)
+    if key not in run.models:
+        try:
+            db = workflow.load_index(run.cfg, model, "train")
+            val = workflow.load_index(run.cfg, model, "val").embeddings if files[1] >= 0 else None
+            run.models[key] = _ModelData(db, val)
+        except RankingError as e:
+            run.models[key] = e
+    got = run.models[key]
+    if isinstance(got, RankingError):
+        raise got
+    return got
+
+
 class QueryExplorer:
     """Queries against the embedded training set of one run.
 
     Args:
         run_dir: a run directory that has been through ``embed`` (its ``config.json`` is read).
-        model: ``trained`` or ``baseline`` embeddings.
+        model: the model the single-model methods use by default: ``trained`` or ``baseline``.
         k: how many nearest and farthest training images to show.
     """
 
     def __init__(self, run_dir: str | Path, model: str = "trained", k: int = 10) -> None:
-        path = Path(run_dir) / "config.json"
-        if not path.is_file():
-            raise RankingError(f"no run at {run_dir}: {path} not found (run the notebooks 01-03 first)")
-        self.cfg = RunConfig.load(path)
         if model not in workflow.MODELS:
             raise RankingError(f"model must be one of {workflow.MODELS} (got {model!r})")
         if k < 1:
             raise RankingError(f"k must be >= 1 (got {k})")
+        self.run_dir = Path(run_dir)
+        self._run = _run_data(run_dir)
+        self.cfg, self.train, self.val = self._run.cfg, self._run.train, self._run.val
         self.model, self.k = model, k
-        caches = workflow.load_caches(self.cfg, progress=False)
-        self.train, self.val = caches["train"], caches["val"]
-        workflow.load_index(self.cfg, model, "train")  # fails early, in one line, before any widget
+        self._model(model)  # fails early, in one line, before any widget
+        self._by_class = [np.flatnonzero(self.val.labels == c) for c in range(len(self.val.class_names))]
+
+    def _model(self, model: str | None) -> _ModelData:
+        model = model or self.model
+        if model not in workflow.MODELS:
+            raise RankingError(f"model must be one of {workflow.MODELS} (got {model!r})")
+        return _model_data(self._run, model)
+
+    def available_models(self) -> dict[str, str | None]:
+        """Each model -> None when its embeddings load, else the one-line reason they do not."""
+        out = {}
+        for m in workflow.MODELS:
+            try:
+                self._model(m)
+                out[m] = None
+            except RankingError as e:
+                out[m] = str(e)
+        return out
+
+    # ---- finding a query -------------------------------------------------------------
+    def class_choices(self, text: str = "") -> list[tuple[str, int]]:
+        """(``"name (wnid)"``, class index) of the classes whose name (``words.txt``) or wnid
+        contains `text` (case-insensitive; all classes for ""), names matching at a word start first."""
+        t = text.strip().lower()
+        names, wnids = self.val.class_names, self.val.wnids
+        hits = [c for c in range(len(names)) if not t or t in names[c].lower() or t in wnids[c].lower()]
+        starts = lambda c: not any(w.startswith(t) for w in names[c].lower().replace("-", " ").split())  # noqa: E731
+        hits.sort(key=lambda c: (starts(c), names[c].lower()))
+        return [(f"{names[c]} ({wnids[c]})", c) for c in hits]
+
+    def class_images(self, cls: int) -> list[tuple[str, int]]:
+        """(file name, val index) of the val images of class `cls`."""
+        self._check_class(cls)
+        return [(Path(self.val.paths[i]).name, int(i)) for i in self._by_class[cls]]
+
+    def random_image(self, cls: int, rng: np.random.Generator | None = None) -> int:
+        """The val index of a random val image of class `cls`."""
+        self._check_class(cls)
+        ids = self._by_class[cls]
+        if not len(ids):
+            raise RankingError(f"class {self.val.class_names[cls]!r} has no val images")
+        return int((rng or np.random.default_rng()).choice(ids))
+
+    def _check_class(self, cls: int) -> None:
+        if not 0 <= int(cls) < len(self._by_class):
+            raise RankingError(f"class {cls} out of range (the run has {len(self._by_class)} classes)")
 
     def val_choices(self) -> list[tuple[str, int]]:
-        """(label, val index) pairs for a picker: ``"class name: file"``, in val order."""
+        """(label, val index) pairs: ``"class name: file"``, in val order."""
         return [(f"{self.val.class_names[int(lab)]}: {Path(p).name}", i)
                 for i, (p, lab) in enumerate(zip(self.val.paths, self.val.labels))]
 
-    def query_val(self, index: int) -> workflow.QueryResult:
-        return workflow.query(self.cfg, [int(index)], self.k, self.model)[0]
+    # ---- queries ---------------------------------------------------------------------
+    def _result(self, md: _ModelData, z: np.ndarray, index: int | None, path: str) -> workflow.QueryResult:
+        ti, td = md.db.topk(z[None], self.k)
+        bi, bd = md.db.bottomk(z[None], self.k)
+        label = None if index is None else int(self.val.labels[index])
+        return workflow.QueryResult(index, path, label, None if label is None else self.val.class_names[label],
+                                    ti[0], td[0], md.db.labels[ti[0]], bi[0], bd[0], md.db.labels[bi[0]])
 
-    def query_upload(self, data: bytes, name: str = "upload") -> workflow.QueryResult:
-        """An uploaded image file's bytes (any format PIL reads), resized to 64 px like the data."""
+    def query_val(self, index: int, model: str | None = None) -> workflow.QueryResult:
+        """Top-k and bottom-k of val image `index` (as `workflow.query`, from the loaded index)."""
+        md = self._model(model)
+        index = int(index)
+        if not 0 <= index < len(self.val):
+            raise RankingError(f"val index {index} out of range (val has {len(self.val)} images)")
+        z = md.val_embeddings[index] if md.val_embeddings is not None \
+            else self._embed(md, model, self.val.images[index])  # the run did not embed val
+        return self._result(md, np.asarray(z, dtype=np.float32), index, self.val.paths[index])
+
+    def _embed(self, md: _ModelData, model: str | None, img: np.ndarray) -> np.ndarray:
+        from ranking_lib.models.inference import embed_images
+
+        model = model or self.model
+        if md.net is None:
+            md.net = workflow.load_model(self.cfg, model)
+        return embed_images(md.net, np.asarray(img)[None], device=self.cfg.device, baseline=model == "baseline",
+                            progress=False, bf16_cpu=self.cfg.bf16_cpu, flip_tta=self.cfg.flip_tta)[0]
+
+    def decode_upload(self, data: bytes, name: str = "upload") -> np.ndarray:
+        """An uploaded file's bytes (any format PIL reads) -> 64 px uint8 RGB, or a one-line error."""
+        from ranking_lib.data.decode import load_image_rgb
+
         with _as_file(data, name) as f:
-            result = workflow.query_image_file(self.cfg, f, self.k, self.model)
-        result.query_path = name
-        return result
+            try:
+                return load_image_rgb(f)
+            except RankingError as e:  # name the upload, not the temporary file
+                raise type(e)(str(e).replace(str(f), repr(name))) from None
+
+    def query_upload(self, data: bytes, name: str = "upload", model: str | None = None) -> workflow.QueryResult:
+        """An uploaded image file's bytes, resized to 64 px like the data (as `workflow.query_image_file`)."""
+        return self.query_pixels(self.decode_upload(data, name), name, model)
+
+    def query_pixels(self, img: np.ndarray, name: str = "upload", model: str | None = None) -> workflow.QueryResult:
+        """A decoded 64 px uint8 RGB image, embedded by the model's network (loaded once)."""
+        md = self._model(model)
+        return self._result(md, self._embed(md, model, img), None, name)
 
     def query_image(self, result: workflow.QueryResult, data: bytes | None = None):
         """The query's own pixels (64 px uint8): from the val cache, or decoded from `data`."""
         if result.query_index is not None:
             return self.val.images[result.query_index]
-        from ranking_lib.data.decode import load_image_rgb
-
-        with _as_file(data or b"", result.query_path) as f:
-            return load_image_rgb(f)
+        return self.decode_upload(data or b"", result.query_path)
 
     def figure(self, result: workflow.QueryResult, data: bytes | None = None):
+        """The result as a matplotlib figure (as in the report)."""
         from ranking_lib.reporting import plots
 
         return plots.plot_query(result, self.query_image(result, data), self.train)
@@ -85,48 +233,253 @@ class QueryExplorer:
             line += f"; {top} of the top-{self.k} and {bottom} of the bottom-{self.k} share its class"
         return line
 
-    # ---- JupyterLab front end --------------------------------------------------------
-    def widget(self):
-        """A val-image picker, an upload button and the result (figure + summary line)."""
+    # ---- the page's HTML ---------------------------------------------------------------
+    def result_html(self, results: dict[str, workflow.QueryResult | str], query_image, caption: str) -> str:
+        """The query tile and, per model, its top-k and bottom-k rows: each tile with its distance,
+        class and a same-class mark (green frame and a check mark; red and a cross otherwise).
+        `results` maps a model to its result, or to a one-line reason it has none."""
+        head = (f'<div class="rx-query" style="display:flex;align-items:center;gap:12px;margin:4px 0 8px">'
+                f'{_img_tag(query_image, 128, "rx-query-img")}<div>{html.escape(caption)}</div></div>')
+        panels = []
+        for model, r in results.items():
+            title = f'<div style="font-weight:bold;margin-bottom:4px">{html.escape(MODEL_TITLES[model])}</div>'
+            if isinstance(r, str):
+                body = f'<div class="rx-missing">{html.escape(r)}</div>'
+            else:
+                body = (f'<div class="rx-summary" style="font-size:90%;margin-bottom:4px">'
+                        f'{html.escape(self.summary(r))}</div>'
+                        + self._row_html(r, "top", "nearest") + self._row_html(r, "bottom", "farthest"))
+            panels.append(f'<div class="rx-panel" data-model="{model}" style="flex:1 1 0;min-width:420px">'
+                          f'{title}{body}</div>')
+        return (f'<div class="rx-result">{head}<div style="display:flex;gap:24px;flex-wrap:wrap">'
+                f'{"".join(panels)}</div></div>')
+
+    def _row_html(self, r: workflow.QueryResult, which: str, word: str) -> str:
+        ids, dist, labels = (getattr(r, f"{which}_{x}") for x in ("indices", "distances", "labels"))
+        tiles = []
+        for i, d, lab in zip(ids, dist, labels):
+            same = r.query_label is not None and int(lab) == r.query_label
+            color = "#1a9641" if same else ("#d7191c" if r.query_label is not None else "#888")
+            mark = "✓ " if same else ("✗ " if r.query_label is not None else "")
+            name = self.train.class_names[int(lab)]
+            tiles.append(
+                f'<div class="rx-tile" data-same="{int(same)}" title="{html.escape(self.train.paths[int(i)])}" '
+                f'style="width:76px;font-size:11px;line-height:1.2;text-align:center">'
+                f'{_img_tag(self.train.images[int(i)], 64, "rx-img", f"border:3px solid {color}")}'
+                f'<div class="rx-dist">d={float(d):.3f}</div>'
+                f'<div style="overflow:hidden;white-space:nowrap;text-overflow:ellipsis">{mark}'
+                f'{html.escape(name)}</div></div>')
+        n_same = int(np.sum(labels == r.query_label)) if r.query_label is not None else None
+        count = f", {n_same}/{len(ids)} same class" if n_same is not None else ""
+        return (f'<div class="rx-row" data-which="{which}"><div style="font-size:90%">{which}-{len(ids)} ({word}'
+                f'{count})</div><div style="display:flex;flex-wrap:wrap;gap:4px;margin-bottom:6px">'
+                f'{"".join(tiles)}</div></div>')
+
+
+def _img_tag(img: np.ndarray, px: int, cls: str, style: str = "") -> str:
+    """A uint8 RGB array as an inline JPEG <img>, scaled to `px` pixels with crisp edges."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(img, dtype=np.uint8)).save(buf, format="JPEG", quality=90)
+    src = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return (f'<img class="{cls}" src="{src}" width="{px}" height="{px}" '
+            f'style="image-rendering:pixelated;display:block;margin:auto;{style}">')
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as the one line the page shows (never a traceback)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if isinstance(e, RankingError) else f"{type(e).__name__}: {text}"
+
+
+# ---- the page ------------------------------------------------------------------------------
+class ExplorerApp:
+    """The explorer page: run directory, class search, image / val index / random pick, upload,
+    and the results of both models side by side. Errors are one line in the status bar.
+
+    ``app.widget`` is the ipywidgets box to display; the widgets carry ``rx-*`` CSS classes.
+    """
+
+    def __init__(self, run_dir: str | Path = "", k: int = 10, seed: int | None = None) -> None:
         import ipywidgets as w
 
-        from ranking_lib.reporting import plots
+        self.k = k
+        self.rng = np.random.default_rng(seed)
+        self.explorer: QueryExplorer | None = None
+        self.last: dict[str, workflow.QueryResult | str] = {}
+        self.text = ""  # the status line, as shown
+        self._quiet = False  # while widgets are set from code
+        lay = lambda width: w.Layout(width=width)  # noqa: E731
+        style = {"description_width": "initial"}
+        self.run_dir = w.Text(value=str(run_dir), description="run dir", layout=lay("60%"), style=style)
+        self.open = w.Button(description="open", button_style="primary", layout=lay("80px"))
+        self.find = w.Text(placeholder="type a class name or wnid", description="find class",
+                           continuous_update=True, layout=lay("30%"), style=style)
+        self.cls = w.Dropdown(options=[], description="class", layout=lay("35%"), style=style)
+        self.image = w.Dropdown(options=[], description="image", layout=lay("25%"), style=style)
+        self.random = w.Button(description="random image of this class", layout=lay("210px"))
+        self.index = w.BoundedIntText(value=0, min=0, max=0, description="val index", layout=lay("170px"),
+                                      style=style)
+        self.upload = w.FileUpload(accept="image/*", multiple=False, description="upload image")
+        self.status = w.HTML(value="")
+        self.results = w.HTML(value="")
+        for widget, name in ((self.run_dir, "run-dir"), (self.open, "open"), (self.find, "find"),
+                             (self.cls, "class"), (self.image, "image"), (self.random, "random"),
+                             (self.index, "index"), (self.upload, "upload"), (self.status, "status"),
+                             (self.results, "results")):
+            widget.add_class(f"rx-{name}")
+        self.open.on_click(lambda _: self._guard(self.open_run))
+        self.find.observe(lambda ch: self._guard(self._on_find, ch["new"]), names="value")
+        self.cls.observe(lambda ch: self._guard(self._on_class, ch["new"]), names="value")
+        self.image.observe(lambda ch: self._guard(self._on_pick, ch["new"]), names="value")
+        self.index.observe(lambda ch: self._guard(self._on_pick, ch["new"]), names="value")
+        self.random.on_click(lambda _: self._guard(self.pick_random))
+        self.upload.observe(lambda ch: self._guard(self._on_upload, ch["new"]), names="value")
+        self.widget = w.VBox([w.HBox([self.run_dir, self.open]),
+                              w.HBox([self.find, self.cls, self.image]),
+                              w.HBox([self.random, self.index, self.upload]),
+                              self.status, self.results])
+        self.widget.add_class("rx-app")
+        if str(run_dir):
+            self._guard(self.open_run)
 
-        picker = w.Dropdown(options=self.val_choices(), description="val image", layout=w.Layout(width="60%"))
-        upload = w.FileUpload(accept="image/*", multiple=False, description="upload")
-        out = w.Output()
+    # ---- actions (also callable from code) ---------------------------------------------
+    def open_run(self, run_dir: str | Path | None = None) -> None:
+        """Load a run directory (its caches and embeddings once) and show its first val image."""
+        if run_dir is not None:
+            self._set(self.run_dir, str(run_dir))
+        self.explorer, self.last = None, {}
+        self.results.value = ""
+        for dd in (self.cls, self.image):
+            self._set(dd, None, options=[])
+        path = self.run_dir.value.strip()
+        if not path:
+            raise RankingError("type a run directory (one that has been through 'embed') and press open")
+        t0 = time.perf_counter()
+        ex = QueryExplorer(path, "trained" if self._has(path, "trained") else "baseline", self.k)
+        self.explorer = ex
+        self._set(self.index, 0, max=len(ex.val) - 1)
+        self._set(self.find, "")
+        self._set(self.cls, None, options=ex.class_choices())
+        self._say(f"opened {path}: {len(ex.train)} training and {len(ex.val)} val images, "
+                  f"{len(ex.val.class_names)} classes, in {time.perf_counter() - t0:.1f} s")
+        self.show_val(int(ex.class_images(self.cls.options[0][1])[0][1]) if self.cls.options else 0)
 
-        def say(text, fig=None):
-            box.text, box.figure = text, fig  # what the output area shows, for tests and scripting
-            out.clear_output(wait=True)
-            with out:
-                print(text)
-                if fig is not None:
-                    plots.show(fig)
+    @staticmethod
+    def _has(run_dir: str, model: str) -> bool:
+        return (Path(run_dir).expanduser() / f"embeddings_{model}_train.npz").is_file()
 
-        def show(result, data=None):
-            try:
-                say(self.summary(result), self.figure(result, data))
-            except RankingError as e:
-                say(f"error: {e}")
+    def show_val(self, index: int) -> None:
+        """Query val image `index` with every model and show the results side by side."""
+        ex = self._explorer()
+        t0 = time.perf_counter()
+        results = self._each_model(lambda m: ex.query_val(index, m))
+        label = int(ex.val.labels[index])
+        self._sync_pickers(label, index)
+        caption = f"val {index}: {Path(ex.val.paths[index]).name} — {ex.val.class_names[label]} ({ex.val.wnids[label]})"
+        self._show(results, ex.val.images[index], caption, t0)
 
-        def on_pick(change):
-            show(self.query_val(change["new"]))
+    def show_upload(self, data: bytes, name: str) -> None:
+        """Query an uploaded image's bytes with every model."""
+        ex = self._explorer()
+        t0 = time.perf_counter()
+        img = ex.decode_upload(data, name)
+        results = self._each_model(lambda m: ex.query_pixels(img, name, m))
+        self._show(results, img, f"uploaded: {name}", t0)
 
-        def on_upload(change):
-            files = change["new"]
-            if files:
-                f = files[0]
-                try:
-                    result = self.query_upload(f["content"], f["name"])
-                except RankingError as e:
-                    say(f"error: {e}")
-                    return
-                show(result, f["content"])
+    def pick_class(self, text: str) -> None:
+        """Select the first class matching `text` and show one of its val images."""
+        self.find.value = text
 
-        picker.observe(on_pick, names="value")
-        upload.observe(on_upload, names="value")
-        box = w.VBox([w.HBox([picker, upload]), out])
-        box.picker, box.upload, box.output = picker, upload, out  # for tests and scripting
-        show(self.query_val(picker.value))
-        return box
+    def pick_random(self) -> None:
+        ex = self._explorer()
+        if self.cls.value is None:
+            raise RankingError("choose a class first")
+        self.show_val(ex.random_image(self.cls.value, self.rng))
+
+    # ---- internals ---------------------------------------------------------------------
+    def _explorer(self) -> QueryExplorer:
+        if self.explorer is None:
+            raise RankingError("no run open: type a run directory and press open")
+        return self.explorer
+
+    def _each_model(self, fn) -> dict[str, workflow.QueryResult | str]:
+        out: dict[str, workflow.QueryResult | str] = {}
+        for m, reason in self.explorer.available_models().items():
+            out[m] = reason if reason else fn(m)
+        return out
+
+    def _show(self, results, query_image, caption: str, t0: float) -> None:
+        self.last = results
+        self.results.value = self.explorer.result_html(results, query_image, caption)
+        self._say(f"{caption}: shown in {1000 * (time.perf_counter() - t0):.0f} ms")
+
+    def _sync_pickers(self, label: int, index: int) -> None:
+        ex = self.explorer
+        if label not in [c for _, c in self.cls.options]:
+            self._set(self.find, "")
+            self._set(self.cls, None, options=ex.class_choices())
+        self._set(self.cls, label)
+        self._set(self.image, None, options=ex.class_images(label))
+        self._set(self.image, index)
+        self._set(self.index, index)
+
+    def _set(self, widget, value, **traits) -> None:
+        self._quiet = True
+        try:
+            with widget.hold_trait_notifications():
+                for k, v in traits.items():
+                    setattr(widget, k, v)
+                if value is not None or "options" in traits:
+                    widget.value = value
+        finally:
+            self._quiet = False
+
+    def _guard(self, fn, *args) -> None:
+        if self._quiet:
+            return
+        try:
+            fn(*args)
+        except Exception as e:  # noqa: BLE001 - the page shows one line, never a traceback
+            self._say("error: " + one_line(e), error=True)
+
+    def _say(self, text: str, error: bool = False) -> None:
+        self.text = text
+        color = "#b00020" if error else "#333"
+        self.status.value = f'<div class="rx-line" style="color:{color}">{html.escape(text)}</div>'
+
+    def _on_find(self, text: str) -> None:
+        ex = self._explorer()
+        choices = ex.class_choices(text)
+        if not text.strip():  # all classes again; the shown image stays
+            keep = self.cls.value
+            self._set(self.cls, keep, options=choices)
+            return
+        if not choices:
+            raise RankingError(f"no class name or wnid contains {text.strip()!r}")
+        self._set(self.cls, None, options=choices)
+        self._on_class(choices[0][1])
+        self._set(self.cls, choices[0][1])
+
+    def _on_class(self, cls) -> None:
+        if cls is None:
+            return
+        ex = self._explorer()
+        images = ex.class_images(cls)
+        if not images:
+            raise RankingError(f"class {ex.val.class_names[cls]!r} has no val images")
+        self.show_val(images[0][1])
+
+    def _on_pick(self, index) -> None:
+        if index is not None and self.explorer is not None:
+            self.show_val(int(index))
+
+    def _on_upload(self, files) -> None:
+        if not files:
+            return
+        f = files[0]
+        try:
+            self.show_upload(bytes(f["content"]), f["name"])
+        finally:
+            self._set(self.upload, ())  # the same file can be uploaded again

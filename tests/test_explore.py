@@ -12,7 +12,7 @@ from PIL import Image
 from data_scripts.make_demo_dataset import make_demo_dataset
 from ranking_lib import cli, workflow
 from ranking_lib.core.errors import RankingError
-from ranking_lib.explore import QueryExplorer
+from ranking_lib.explore import ExplorerApp, QueryExplorer
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +58,99 @@ def test_uploaded_image_is_embedded_like_a_val_image(run):
         ex.query_upload(b"not an image", "x.png")
 
 
-def test_widget_updates_on_pick_and_upload(run):
-    pytest.importorskip("ipywidgets")
+def test_class_search_and_random_image(run):
     ex = QueryExplorer(run, k=3)
-    box = ex.widget()
-    assert box.text.startswith(ex.val_choices()[0][0].split(": ")[1]) and "nearest d=" in box.text
-    assert box.figure is not None
-    box.picker.value = 5
-    assert box.text.startswith(ex.val_choices()[5][0].split(": ")[1])
-    box.upload.value = ({"name": "bad.png", "content": memoryview(b"junk"), "type": "image/png", "size": 4,
+    names = ex.val.class_names
+    hits = ex.class_choices(names[2][:4].upper())  # case-insensitive, by name
+    assert 2 in [c for _, c in hits] and all(names[2][:4].lower() in lab.lower() for lab, _ in hits)
+    assert [c for _, c in ex.class_choices(ex.val.wnids[1])] == [1]  # by wnid
+    assert ex.class_choices("no such class") == [] and len(ex.class_choices("")) == len(names)
+    images = ex.class_images(1)
+    assert len(images) == 4 and all(int(ex.val.labels[i]) == 1 for _, i in images)
+    rng = np.random.default_rng(0)
+    picks = {ex.random_image(1, rng) for _ in range(20)}
+    assert picks <= {i for _, i in images} and len(picks) > 1
+    with pytest.raises(RankingError, match="class 9 out of range"):
+        ex.class_images(9)
+
+
+def test_both_models_from_one_load(run):
+    ex = QueryExplorer(run, k=4)
+    assert ex.available_models() == {"trained": None, "baseline": None}
+    for model in ("trained", "baseline"):
+        r, ref = ex.query_val(6, model), workflow.query(ex.cfg, [6], 4, model)[0]
+        np.testing.assert_array_equal(r.top_indices, ref.top_indices)
+        np.testing.assert_array_equal(r.bottom_indices, ref.bottom_indices)
+    assert not np.array_equal(ex.query_val(6, "trained").top_distances, ex.query_val(6, "baseline").top_distances)
+    again = QueryExplorer(run, k=4)
+    assert again._model("trained") is ex._model("trained") and again.train is ex.train  # loaded once
+
+
+def test_upload_matches_query_image_file(run, tmp_path):
+    ex = QueryExplorer(run, k=4)
+    f = tmp_path / "q.png"
+    Image.fromarray(np.asarray(ex.val.images[1])).save(f)
+    for model in ("trained", "baseline"):
+        up, ref = ex.query_upload(f.read_bytes(), "q.png", model), workflow.query_image_file(ex.cfg, f, 4, model)
+        np.testing.assert_array_equal(up.top_indices, ref.top_indices)
+        np.testing.assert_allclose(up.top_distances, ref.top_distances, atol=1e-5)
+
+
+def test_result_html_has_tiles_distances_and_marks(run):
+    ex = QueryExplorer(run, k=3)
+    results = {m: ex.query_val(5, m) for m in ("trained", "baseline")}
+    page = ex.result_html(results, ex.val.images[5], "val 5")
+    assert page.count('class="rx-tile"') == 2 * 2 * 3 and page.count("<img") == 2 * 2 * 3 + 1
+    for r in results.values():
+        for d in list(r.top_distances) + list(r.bottom_distances):
+            assert f"d={float(d):.3f}" in page
+    same = sum(int((r.top_labels == r.query_label).sum() + (r.bottom_labels == r.query_label).sum())
+               for r in results.values())
+    assert page.count('data-same="1"') == same == page.count("✓")
+    missing = ex.result_html({"trained": results["trained"], "baseline": "embeddings not found: x"},
+                             ex.val.images[5], "val 5")
+    assert 'class="rx-missing">embeddings not found: x<' in missing
+
+
+def test_app_picks_uploads_and_errors_in_one_line(run, tmp_path):
+    pytest.importorskip("ipywidgets")
+    app = ExplorerApp(run, k=3, seed=0)
+    ex = app.explorer
+    first = app.results.value
+    assert app.text.startswith("val ") and "d=" in first and app.index.value == app.image.value
+    c = (int(ex.val.labels[app.index.value]) + 1) % len(ex.val.class_names)  # another class than the one shown
+    app.find.value = ex.val.class_names[c]
+    assert app.cls.value == c and int(ex.val.labels[app.index.value]) == c and app.results.value != first
+    assert ex.val.class_names[c] in app.text
+    app.index.value = 9
+    assert app.last["trained"].query_index == 9 and app.image.value == 9 and app.cls.value == int(ex.val.labels[9])
+    app.random.click()
+    assert int(ex.val.labels[app.last["trained"].query_index]) == app.cls.value
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(ex.val.images[2])).save(buf, format="PNG")
+    app.upload.value = ({"name": "mine.png", "content": memoryview(buf.getvalue()), "type": "image/png",
+                         "size": len(buf.getvalue()),
                          "last_modified": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)},)
-    assert box.text.startswith("error: corrupt or truncated image") and box.figure is None
+    assert app.text.startswith("uploaded: mine.png") and app.last["baseline"].query_index is None
+    np.testing.assert_array_equal(app.last["trained"].top_indices, ex.query_val(2).top_indices)
+    shown = app.results.value
+    app.upload.value = ({"name": "bad.png", "content": memoryview(b"junk"), "type": "image/png", "size": 4,
+                         "last_modified": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)},)
+    assert app.text.startswith("error: corrupt or truncated image: 'bad.png'") and "\n" not in app.text
+    assert "Traceback" not in app.status.value and app.results.value == shown
+    app.find.value = "zzz no class"
+    assert app.text == "error: no class name or wnid contains 'zzz no class'"
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    (empty / "config.json").write_text((run / "config.json").read_text())
+    with pytest.raises(RankingError, match="embeddings not found"):
+        app.open_run(empty)  # code calls raise; the page's button shows the line
+    app.run_dir.value = str(empty)
+    app.open.click()
+    assert app.text.startswith("error: embeddings not found:") and app.explorer is None and app.results.value == ""
+    app.run_dir.value = str(run)
+    app.open.click()
+    assert app.explorer is not None and "d=" in app.results.value
 
 
 def test_missing_run_is_one_line(tmp_path):
