@@ -26,7 +26,7 @@ RESUME_FREE_FIELDS = frozenset({
     "checkpoint_every", "log_every", "ks", "train_eval_queries", "embed_batch_size",
     "search_backend", "num_query_examples", "query_seed", "top_k_show", "channels_last", "steps",
     "evaluate_val", "flip_tta", "index_nlist", "index_nprobe", "index_pq_m", "index_refine", "index_hnsw_m",
-    "index_ef_search", "train_minutes",
+    "index_ef_search", "train_minutes", "rerank", "rerank_k", "rerank_alpha",
 })
 
 
@@ -243,6 +243,13 @@ class RunConfig:
     """HNSW graph neighbours per node (faiss-hnsw)."""
     index_ef_search: int = 128
     """HNSW search breadth (faiss-hnsw)."""
+    rerank: str = "none"
+    """Label-free re-ranking of tune/val queries (`retrieval.rerank`): ``none``, ``aqe`` (query
+    expansion), ``dba`` (database-side augmentation) or ``dba+aqe``."""
+    rerank_k: int = 10
+    """Neighbours averaged by the re-ranking."""
+    rerank_alpha: float = 0.0
+    """Re-ranking weights: 0 averages the neighbours; > 0 weights them by cosine ** alpha."""
     num_query_examples: int = 5
     query_seed: int = 0
     top_k_show: int = 10
@@ -262,7 +269,7 @@ class RunConfig:
         ("max_classes", 2), ("backbone_lr_scale", 0), ("weight_decay", 0), ("momentum", 0),
         ("out_of_class_fraction", 0), ("relevance_tr", 0), ("buffer_size", 2), ("buffer_refresh_steps", 1),
         ("index_nlist", 1), ("index_nprobe", 1), ("index_pq_m", 1), ("index_refine", 1), ("index_hnsw_m", 2),
-        ("index_ef_search", 1),
+        ("index_ef_search", 1), ("rerank_k", 1), ("rerank_alpha", 0),
     )
 
     def validate(self) -> None:
@@ -289,6 +296,9 @@ class RunConfig:
         from ranking_lib.retrieval.index import BACKENDS  # noqa: PLC0415
 
         need(self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)} (got {self.backbone!r})")
+        from ranking_lib.retrieval.rerank import METHODS as RERANK  # noqa: PLC0415
+
+        need(self.rerank in RERANK, f"rerank must be one of {', '.join(RERANK)} (got {self.rerank!r})")
         need(self.search_backend in BACKENDS,
              f"search_backend must be one of {', '.join(BACKENDS)} (got {self.search_backend!r})")
         need(self.optimizer in ("sgd", "adam", "adamw"),

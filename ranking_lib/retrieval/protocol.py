@@ -9,6 +9,10 @@ saves what `evaluate_embeddings` returns.
   images that were trained on; triplets drawn among training images (tuning triplets).
 * ``val`` (when given): every val image ranked against the whole training database; triplets of
   val images only.
+
+With a `Reranker` (``rerank`` other than ``none``) the tune and val queries are re-ranked
+(query expansion, database-side augmentation); the train split and every triplet accuracy stay
+plain search.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 
 from ranking_lib.core.names import SCORE_K
 from ranking_lib.retrieval.index import EmbeddingIndex
+from ranking_lib.retrieval.rerank import Reranker
 from ranking_lib.retrieval.metrics import (
     retrieval_metrics,
     score_at_top_k,
@@ -39,7 +44,8 @@ def train_query_ids(kept: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def evaluate_embeddings(db: EmbeddingIndex, triplets: dict[str, np.ndarray], *, kept: np.ndarray,
                         held: np.ndarray, ks=(1, 10, 30), train_eval_queries: int = 10000, seed: int = 0,
-                        val: EmbeddingIndex | None = None, index_options: dict | None = None) -> dict[str, dict]:
+                        val: EmbeddingIndex | None = None, index_options: dict | None = None,
+                        rerank: Reranker | None = None) -> dict[str, dict]:
     """Metrics of every split the arguments allow (see the module docstring).
 
     Args:
@@ -48,7 +54,9 @@ def evaluate_embeddings(db: EmbeddingIndex, triplets: dict[str, np.ndarray], *, 
         kept, held: indices of `db` trained on and held out (`data.holdout.holdout_split`).
         val: the val split's index; None leaves val out.
         index_options: `EmbeddingIndex` keyword arguments for the tune database.
+        rerank: re-ranking of the tune and val queries (None: plain search).
     """
+    rerank = rerank or Reranker()
     metrics: dict[str, dict] = {}
     trip = triplets["train"]
     m = {"triplet_acc": triplet_accuracy_from_index(db.embeddings, trip), "num_triplets": int(len(trip))}
@@ -57,15 +65,17 @@ def evaluate_embeddings(db: EmbeddingIndex, triplets: dict[str, np.ndarray], *, 
     metrics["train"] = m
     if len(held):
         trip = triplets["tune"]
-        kept_db = EmbeddingIndex(db.embeddings[kept], db.labels[kept], **(index_options or {}))
+        kept_db = rerank.database(EmbeddingIndex(db.embeddings[kept], db.labels[kept], **(index_options or {})),
+                                  **(index_options or {}))
         m = {"triplet_acc": triplet_accuracy_from_index(db.embeddings, trip), "num_triplets": int(len(trip))}
-        m.update(retrieval_metrics(kept_db, db.embeddings[held], db.labels[held], ks=ks))
+        m.update(retrieval_metrics(kept_db, rerank.queries(kept_db, db.embeddings[held]), db.labels[held], ks=ks))
         m.update(score_at_top(db.embeddings, trip))
         metrics["tune"] = m
     if val is not None:
         trip = triplets["val"]
         m = {"triplet_acc": triplet_accuracy_from_index(val.embeddings, trip), "num_triplets": int(len(trip))}
-        m.update(retrieval_metrics(db, val.embeddings, val.labels, ks=ks))
+        val_db = rerank.database(db, **(index_options or {}))
+        m.update(retrieval_metrics(val_db, rerank.queries(val_db, val.embeddings), val.labels, ks=ks))
         m.update(score_at_top(val.embeddings, trip))
         metrics["val"] = m
     return metrics

@@ -1,0 +1,90 @@
+"""Label-free re-ranking at query time: query expansion and database-side augmentation.
+
+Both replace vectors by a weighted mean of themselves and their nearest database vectors, then
+search again (Chum et al. 2007; Radenović et al. 2018, "α-QE" and "DBA"):
+
+* ``aqe`` (average / α-weighted query expansion): a query q becomes
+  ``q + Σ_j w_j x_j`` over its ``k`` nearest database vectors x_j, divided by ``1 + Σ_j w_j``;
+* ``dba`` (database-side augmentation): every database vector becomes the same mean over its
+  own ``k`` nearest *other* database vectors; computed once per database, then searched like
+  the original;
+* ``dba+aqe``: both, the query expanded over the augmented database.
+
+Weights: ``w_j = 1`` when ``alpha`` is 0 (plain averaging), else ``w_j = max(s_j, 0) ** alpha`` with
+``s_j = 1 - d_j² / 2`` the cosine of unit vectors at Euclidean distance d_j. When the vectors
+are L2-normalised (they are in every profile) the means are normalised again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ranking_lib.core.errors import RankingError
+from ranking_lib.retrieval.index import EmbeddingIndex
+
+METHODS = ("none", "aqe", "dba", "dba+aqe")
+
+
+def _unit(x: np.ndarray) -> bool:
+    n = np.linalg.norm(x[: min(len(x), 1000)], axis=1)
+    return bool(len(n)) and bool(np.allclose(n, 1.0, atol=1e-3))
+
+
+def _expand(vectors: np.ndarray, neighbours: np.ndarray, dist: np.ndarray, alpha: float, unit: bool) -> np.ndarray:
+    """(vectors + Σ w x_neighbours) / (1 + Σ w), renormalised when `unit`."""
+    w = np.ones_like(dist, dtype=np.float32) if alpha == 0 else np.maximum(1 - dist.astype(np.float32) ** 2 / 2, 0) ** alpha
+    out = vectors.astype(np.float32) + np.einsum("qk,qkd->qd", w, neighbours.astype(np.float32))
+    out /= (1 + w.sum(1, keepdims=True))
+    if unit:
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+@dataclass(frozen=True)
+class Reranker:
+    """Re-ranking of one method (``METHODS``) over ``k`` neighbours with weight exponent ``alpha``."""
+
+    method: str = "none"
+    k: int = 10
+    alpha: float = 0.0
+    chunk_size: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise RankingError(f"rerank must be one of {', '.join(METHODS)} (got {self.method!r})")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise RankingError(f"rerank_k must be a positive integer (got {self.k!r})")
+        if not np.isfinite(self.alpha) or self.alpha < 0:
+            raise RankingError(f"rerank_alpha must be >= 0 (got {self.alpha!r})")
+
+    @property
+    def active(self) -> bool:
+        return self.method != "none"
+
+    def _neighbour_mean(self, db: EmbeddingIndex, q: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
+        k = min(self.k, len(db) - (1 if exclude is not None else 0))
+        if k < 1:
+            return q.astype(np.float32)
+        unit = _unit(db.embeddings)
+        out = np.empty((len(q), q.shape[1]), np.float32)
+        for s in range(0, len(q), self.chunk_size):
+            part = slice(s, s + self.chunk_size)
+            idx, dist = db.topk(q[part], k, exclude=None if exclude is None else exclude[part])
+            out[part] = _expand(q[part], db.embeddings[idx], dist, self.alpha, unit)
+        return out
+
+    def database(self, db: EmbeddingIndex, **index_options) -> EmbeddingIndex:
+        """The database to search: `db` itself, or its augmented copy (``dba``, ``dba+aqe``)."""
+        if not self.method.startswith("dba"):
+            return db
+        z = self._neighbour_mean(db, db.embeddings, exclude=np.arange(len(db)))
+        return EmbeddingIndex(z, db.labels, list(db.paths) if db.paths is not None else None, **index_options)
+
+    def queries(self, db: EmbeddingIndex, q: np.ndarray) -> np.ndarray:
+        """The query vectors to search `db` (already the output of `database`) with."""
+        q = np.asarray(q, np.float32)
+        if not self.method.endswith("aqe"):
+            return q
+        return self._neighbour_mean(db, q, exclude=None)

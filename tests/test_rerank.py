@@ -1,0 +1,61 @@
+"""Query expansion and database-side augmentation on hand-computed cases."""
+
+import numpy as np
+import pytest
+
+from ranking_lib.core.config import RunConfig
+from ranking_lib.core.errors import RankingError
+from ranking_lib.retrieval.index import EmbeddingIndex
+from ranking_lib.retrieval.protocol import evaluate_embeddings
+from ranking_lib.retrieval.rerank import Reranker
+
+DB = EmbeddingIndex(np.array([[1, 0], [0.8, 0.6], [0, 1]], np.float32), np.array([0, 0, 1]), ["a", "b", "c"])
+
+
+def test_aqe_averages_the_query_with_its_neighbours():
+    q = np.array([[0.6, 0.8]], np.float32)  # nearest database vector: b = (0.8, 0.6)
+    np.testing.assert_allclose(Reranker("aqe", k=1).queries(DB, q), [[2 ** -0.5, 2 ** -0.5]], atol=1e-6)
+    assert Reranker("dba", k=1).queries(DB, q) is not None  # dba alone leaves queries as they are
+    np.testing.assert_array_equal(Reranker("dba", k=1).queries(DB, q), q)
+
+
+def test_alpha_weights_by_cosine_power():
+    q = np.array([[0.6, 0.8]], np.float32)
+    # k=2: neighbours b (cos 0.96) and c (cos 0.8); alpha=1: q + 0.96 b + 0.8 c, normalised
+    want = q[0] + 0.96 * np.array([0.8, 0.6]) + 0.8 * np.array([0, 1])
+    np.testing.assert_allclose(Reranker("aqe", k=2, alpha=1.0).queries(DB, q)[0], want / np.linalg.norm(want), atol=1e-5)
+
+
+def test_dba_uses_other_database_vectors_only():
+    z = Reranker("dba", k=1).database(DB).embeddings
+    ab = np.array([0.9, 0.3]) / np.linalg.norm([0.9, 0.3])  # a and b are each other's nearest
+    np.testing.assert_allclose(z[0], ab, atol=1e-6)
+    np.testing.assert_allclose(z[1], ab, atol=1e-6)
+    np.testing.assert_allclose(z[2], np.array([0.4, 0.8]) / np.linalg.norm([0.4, 0.8]), atol=1e-6)  # c with b
+    assert Reranker("aqe").database(DB) is DB
+
+
+def test_protocol_reranks_val_queries_only():
+    val = EmbeddingIndex(np.array([[0.6, 0.8], [0.1, 0.995]], np.float32), np.array([0, 1]))
+    trip = {"train": np.array([[0, 1, 2]]), "val": np.array([[0, 0, 1]])}
+    plain = evaluate_embeddings(DB, trip, kept=np.arange(3), held=np.array([], int), ks=(1,), val=val)
+    qe = evaluate_embeddings(DB, trip, kept=np.arange(3), held=np.array([], int), ks=(1,), val=val,
+                             rerank=Reranker("aqe", k=1))
+    assert plain["train"] == qe["train"]
+    assert plain["val"]["precision@1"] == 100.0  # (0.6, 0.8) is nearest b; (0.1, 0.995) nearest c
+    assert qe["val"]["precision@1"] == 100.0
+
+
+@pytest.mark.parametrize("kwargs, match", [({"method": "qe"}, "rerank must be one of"), ({"k": 0}, "rerank_k"),
+                                           ({"alpha": -1.0}, "rerank_alpha")])
+def test_bad_values_are_one_line_errors(kwargs, match):
+    with pytest.raises(RankingError, match=match):
+        Reranker(**kwargs)
+
+
+def test_config_fields():
+    assert RunConfig().rerank == "none"
+    with pytest.raises(RankingError, match="rerank must be one of"):
+        RunConfig(rerank="bogus")
+    with pytest.raises(RankingError, match="rerank_k"):
+        RunConfig(rerank_k=0)
