@@ -14,13 +14,15 @@ SYNSETS = imagenet_synsets()
 
 
 def test_registry_names_and_unknown_backbone():
-    assert {"efficientnet_lite0", "resnet18", "resnet50", "resnet101"} <= set(BACKBONES)
+    assert {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet50",
+            "resnet101"} <= set(BACKBONES)
     with pytest.raises(RankingError, match="unknown backbone 'vgg'"):
         create_backbone("vgg")
 
 
-def test_efficientnet_lite0_shapes_and_stages():
-    b = create_backbone("efficientnet_lite0", pretrained=False).eval()
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_efficientnet_lite_shapes_and_stages(backbone):
+    b = create_backbone(backbone, pretrained=False).eval()
     assert b.num_stages == 9 and b.feature_dim == 1280
     x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
@@ -71,7 +73,8 @@ def test_frozen_stages_get_no_gradient_and_keep_bn_stats():
         EmbeddingNet(pretrained=False, freeze_stages=10)
 
 
-def test_pretrained_efficientnet_classifies_real_tiny_imagenet(real_sample_dir, sample_cache_dir):
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_pretrained_efficientnet_classifies_real_tiny_imagenet(real_sample_dir, sample_cache_dir, backbone):
     """The default backbone with its ImageNet classifier on the sample's real val images.
 
     The sample's wnids are ImageNet synsets. Measured on exactly this test's 400 seeded val
@@ -86,12 +89,13 @@ def test_pretrained_efficientnet_classifies_real_tiny_imagenet(real_sample_dir, 
     imgs = torch.from_numpy(np.ascontiguousarray(val.images[np.sort(idx)]))
     labels = val.labels[np.sort(idx)]
     imagenet_ids = torch.tensor([SYNSETS.index(w) for w in ds.wnids])
-    net = EmbeddingNet("efficientnet_lite0", pretrained=True, input_size=128).eval()
+    net = EmbeddingNet(backbone, pretrained=True, input_size=128).eval()
     with torch.no_grad():
         logits = torch.cat([net.backbone.classify(net.preprocess(imgs[i:i + 100])) for i in range(0, 400, 100)])
     target = imagenet_ids[torch.from_numpy(labels)]
     top5 = (logits.topk(5, dim=1).indices == target[:, None]).any(1).float().mean().item()
     among20 = (logits[:, imagenet_ids].argmax(1) == torch.from_numpy(labels)).float().mean().item()
+    print(f"{backbone}: top-5 {top5:.3f}, 20-way {among20:.3f}")
     assert top5 > 0.40, f"top-5 {top5:.2f}"
     assert among20 > 0.60, f"20-way accuracy {among20:.2f}"
 

