@@ -126,9 +126,8 @@ def run_dim(args, d: int) -> list[dict]:
         ("faiss-ivf", {"nlist": args.nlist, "nprobe": args.nprobe}),
         ("faiss-hnsw", {"hnsw_m": args.hnsw_m, "ef_search": args.ef_search}),
     ):
-        idx = EmbeddingIndex(x, labels, backend=backend, **params)
         t0 = time.perf_counter()
-        idx._build_faiss()
+        idx = EmbeddingIndex(x, labels, backend=backend, **params)  # approximate indexes build here
         build = time.perf_counter() - t0
         t0 = time.perf_counter()
         a_ids, _ = idx.topk(q, k)
@@ -209,6 +208,9 @@ def main(argv=None) -> int:
         json.dumps({"params": vars(args), "env": env, "results": rows}, indent=2) + "\n"
     )
     print(f"\nwrote {out}")
+    from ranking_lib.core.runcard import write_benchmark_card
+
+    print(f"wrote {write_benchmark_card('bench_search', out, argv)}")
     return 0
 
 

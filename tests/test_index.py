@@ -244,3 +244,40 @@ def test_index_defaults_and_bad_parameters():
     if faiss_available():
         with pytest.raises(RankingError, match="pq_m=5 must divide the embedding size 12"):
             EmbeddingIndex(x, labels, backend="faiss-ivfpq", pq_m=5)
+
+
+@needs_faiss
+def test_factory_strings():
+    from ranking_lib.retrieval.index import factory_string
+
+    assert factory_string("faiss-ivf", 10_000, 128, nlist=100) == "IVF100,Flat"
+    assert factory_string("faiss-ivfpq", 10_000, 128, nlist=100, refine=1) == "IVF100,PQ32x8"
+    assert factory_string("faiss-ivfpq", 10_000, 128, nlist=100, pq_m=16, refine=4) == "IVF100,PQ16x8,Refine(Flat)"
+    assert factory_string("faiss-ivfpq", 100, 12, refine=1) == "IVF2,PQ3x6"  # fewer bits below 256 vectors
+    assert factory_string("faiss-hnsw", 10, 4, hnsw_m=16) == "HNSW16,Flat"
+
+
+@needs_faiss
+@pytest.mark.parametrize("backend,refine", [("faiss-ivf", 4), ("faiss-hnsw", 4), ("faiss-ivfpq", 4), ("faiss-ivfpq", 1)])
+def test_approximate_backends_keep_no_float_copy(tmp_path, backend, refine):
+    """Approximate backends hold the vectors once inside FAISS (or, IVF-PQ without refine, not at
+    all); `embeddings` reconstructs them exactly, or reads the file the index came from."""
+    x, labels = _clustered(2000, 32, 10, seed=9)
+    q = x[:20] + 0.01
+    opts = dict(backend=backend, nlist=8, nprobe=8, pq_m=8, refine=refine)
+    index = EmbeddingIndex(x, labels, **opts)
+    kept = EmbeddingIndex(x, labels, keep_vectors=True, **opts)
+    assert not index.keeps_vectors and kept.keeps_vectors
+    assert kept.nbytes() - index.nbytes() == x.nbytes
+    if backend == "faiss-ivfpq" and refine == 1:
+        assert index.nbytes() < x.nbytes / 2  # 8-byte codes + 8-byte ids, not 128 bytes of floats
+        with pytest.raises(RankingError, match="keeps only PQ codes"):
+            index.embeddings
+        kept.save(tmp_path / "x.npz")
+        index = EmbeddingIndex.load(tmp_path / "x.npz", **opts)
+    np.testing.assert_array_equal(index.embeddings, x)
+    np.testing.assert_array_equal(index.bottomk(q, 5)[0], kept.bottomk(q, 5)[0])
+    i, d = index.topk(q, 5)
+    np.testing.assert_array_equal(np.sort(i, axis=1), np.sort(kept.topk(q, 5)[0], axis=1))
+    if not (backend == "faiss-ivfpq" and refine == 1):  # exact distances of the returned ids
+        np.testing.assert_allclose(d, np.linalg.norm(x[i] - q[:, None], axis=2), rtol=1e-5, atol=1e-5)

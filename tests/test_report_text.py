@@ -183,3 +183,53 @@ def test_ablation_commands_name_every_row():
         ablation.commands(res)
     assert ablation.override_flags({"flip_tta": True, "bf16_cpu": False, "steps": 5}) == \
         ["--flip-tta", "--no-bf16-cpu", "--steps", "5"]
+
+
+def _section(cfg, name):
+    """One bold-headed paragraph of `report.method(cfg)`."""
+    text = report.method(cfg)
+    return text.split(f"**{name}.**")[1].split("\n\n")[0]
+
+
+@pytest.mark.parametrize("over,section,present,absent", [
+    ({}, "Triplet sampling", ["sampled once before training", "drawn uniformly", "all negatives out-of-class"],
+     ["online", "in-class negatives, images", "relevance"]),
+    ({"sampler": "relevance"}, "Triplet sampling", ["in proportion to its total relevance", "$T_p$ = 0.6",
+                                                   "all negatives out-of-class"], ["drawn uniformly"]),
+    ({"out_of_class_fraction": 0.2, "relevance_tr": 0.15}, "Triplet sampling",
+     ["out-of-class for 20% of the triplets", "the other 80% are in-class negatives", "$T_r$ = 0.15",
+      "total relevance"], ["all negatives out-of-class"]),
+    ({"triplet_source": "online", "buffer_size": 16, "buffer_refresh_steps": 25}, "Triplet sampling",
+     ["online sampling", "buffers of 16 images", "rebuilt every 25 steps"], ["sampled once", "triplets_train.npy"]),
+    ({"architecture": "multiscale"}, "Network", ["two shallow paths", "4:1 and 8:1"], []),
+    ({}, "Network", ["ImageNet-pretrained `efficientnet_lite0` backbone followed by"], ["shallow paths"]),
+    ({"pretrained": False}, "Network", ["randomly initialised"], ["ImageNet-pretrained"]),
+    ({"bf16_cpu": True, "device": "cpu"}, "Network", ["bf16 autocast on a CPU that computes bf16 natively"], ["CUDA"]),
+    ({"amp": False, "bf16_cpu": False}, "Network", ["float32 throughout"], ["bf16"]),
+    ({"amp": True, "bf16_cpu": False}, "Network", ["bf16 autocast on a CUDA GPU, in float32 on the CPU"], []),
+    ({"steps": 321}, "Ranking layer", ["Training ran 321 steps"], ["budget"]),
+    ({"steps": 321, "train_minutes": 7.5}, "Ranking layer", ["budget of 7.5 minutes", "at 321 steps"], []),
+    ({}, "Inference", ["(exact search)"], ["approximate"]),
+    ({"search_backend": "faiss-ivf", "index_nlist": 64, "index_nprobe": 8}, "Inference",
+     ["approximate search", "IVF-Flat) of 64 lists, 8 of them searched"], ["(exact search)"]),
+    ({"search_backend": "faiss-ivfpq", "index_pq_m": 16, "index_refine": 4}, "Inference",
+     ["IVF-PQ", "16-byte codes", "4 x k best candidates are re-ranked"], ["(exact search)"]),
+    ({"search_backend": "faiss-ivfpq", "index_refine": 1}, "Inference", ["estimated from the codes"], ["re-ranked"]),
+    ({"search_backend": "faiss-hnsw", "index_hnsw_m": 16}, "Inference", ["HNSW, M = 16"], ["(exact search)"]),
+])
+def test_method_describes_each_option_of_the_run(over, section, present, absent):
+    if "train_minutes" in over and "train_minutes" not in RunConfig.__dataclass_fields__:
+        pytest.skip("RunConfig has no train_minutes")
+    text = _section(RunConfig(**over), section)
+    for phrase in present:
+        assert phrase in text, (phrase, text)
+    for phrase in absent:
+        assert phrase not in text, (phrase, text)
+
+
+def test_method_differs_per_option():
+    options = [{"sampler": "relevance"}, {"out_of_class_fraction": 0.5}, {"triplet_source": "online"},
+               {"architecture": "multiscale"}, {"search_backend": "faiss-hnsw"}, {"bf16_cpu": True},
+               {"train_minutes": 3.0}]
+    texts = {report.method(RunConfig(**o)) for o in options} | {report.method(RunConfig())}
+    assert len(texts) == len(options) + 1

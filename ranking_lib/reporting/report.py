@@ -102,7 +102,86 @@ def summary(r: RunRecord) -> str:
     )
 
 
+def _triplets_text(cfg: RunConfig) -> str:
+    """Where the training triplets come from and how each member is drawn."""
+    if cfg.uses_relevance:
+        drawn = (f"the query $q$ is a training image drawn in proportion to its total relevance $r_q$, the positive "
+                 f"$p$ another image of its class drawn in proportion to $\\min(T_p, r(q,p))$ with $T_p$ = "
+                 f"{cfg.relevance_tp:g} (relevance: the cosine of the frozen pretrained backbone's pooled features)")
+    else:
+        drawn = ("the query $q$ is a training image drawn uniformly, the positive $p$ another image of the same class, "
+                 "uniformly")
+    if cfg.out_of_class_fraction >= 1:
+        negatives = ("and the negative $n$ an image of a different class (all negatives out-of-class; the paper also "
+                     "draws in-class negatives)")
+    else:
+        out = cfg.out_of_class_fraction * 100
+        negatives = (f"and the negative $n$ is out-of-class for {out:g}% of the triplets; the other {100 - out:g}% are "
+                     f"in-class negatives, images of the query's class less relevant to it than the positive by at "
+                     f"least $T_r$ = {cfg.relevance_tr:g} (in-class negatives, as in the paper)")
+    if cfg.triplet_source == "online":
+        return (f"Training draws its triplets while it runs (online sampling, the paper's Fig. 4): per-class "
+                f"buffers of {cfg.buffer_size} images are filled by weighted reservoir sampling from a seeded stream "
+                f"of the training images (seed {cfg.seed}) and rebuilt every {cfg.buffer_refresh_steps} steps; each "
+                f"step draws its {cfg.batch_size} triplets $(q, p, n)$ from the buffers: {drawn}, {negatives}.")
+    return (f"Training uses {cfg.num_triplets} triplets $(q, p, n)$ sampled once before training (seed {cfg.seed}) "
+            f"and stored in `triplets_train.npy`: {drawn}, {negatives}.")
+
+
+def _network_text(cfg: RunConfig) -> str:
+    weights = "An ImageNet-pretrained" if cfg.pretrained else "A randomly initialised"
+    if cfg.architecture == "multiscale":
+        return (f"{weights} `{cfg.backbone}` backbone and, beside it, two shallow paths (the image subsampled 4:1 and "
+                f"8:1, convolution and max-pooling; the paper's multiscale network), each L2-normalised and "
+                f"concatenated, followed by a {cfg.head} head")
+    return f"{weights} `{cfg.backbone}` backbone followed by a {cfg.head} head"
+
+
+def _precision_text(cfg: RunConfig) -> str:
+    cpu = cfg.device == "cpu"
+    if cfg.bf16_cpu and (cfg.amp or cpu):
+        where = "" if cpu else "on a CUDA GPU and "
+        return (f"The network runs under bf16 autocast {where}on a CPU that computes bf16 natively (AVX-512 BF16 or "
+                "AMX), in float32 elsewhere.")
+    if cfg.bf16_cpu:
+        return ("The network runs under bf16 autocast on a CPU that computes bf16 natively (AVX-512 BF16 or AMX), "
+                "in float32 on a GPU and on other CPUs.")
+    if cfg.amp and not cpu:
+        return "The network runs under bf16 autocast on a CUDA GPU, in float32 on the CPU."
+    return "The network runs in float32 throughout."
+
+
+def _budget_text(cfg: RunConfig) -> str:
+    minutes = getattr(cfg, "train_minutes", None)
+    steps = (f"Training ran {cfg.steps} steps" if minutes is None else
+             f"Training had a budget of {minutes:g} minutes: the trainer measured its step rate and fixed the "
+             f"schedule at {cfg.steps} steps to end on time; it ran them")
+    return (f"{steps} with {cfg.optimizer.upper()} (learning rate {cfg.lr:g}, {cfg.lr_schedule} schedule, weight "
+            f"decay {cfg.weight_decay:g}).")
+
+
+def _search_text(cfg: RunConfig) -> str:
+    backend = cfg.search_backend
+    if backend in ("auto", "torch", "faiss"):
+        return "by their exact Euclidean distance to it (exact search)"
+    nlist = f"{cfg.index_nlist}" if cfg.index_nlist else "about $4\\sqrt{N}$"
+    if backend == "faiss-ivf":
+        how = (f"an inverted-file index (FAISS IVF-Flat) of {nlist} lists, {cfg.index_nprobe} of them searched per "
+               "query; the distances of the returned images are exact")
+    elif backend == "faiss-ivfpq":
+        m = f"{cfg.index_pq_m}-byte" if cfg.index_pq_m else "product-quantised"
+        how = (f"an inverted-file index of {nlist} lists with {m} codes (FAISS IVF-PQ), {cfg.index_nprobe} lists "
+               "searched per query; " + (f"its {cfg.index_refine} x k best candidates are re-ranked by exact distance"
+                                         if cfg.index_refine > 1 else "distances are estimated from the codes"))
+    else:
+        how = (f"a graph index (FAISS HNSW, M = {cfg.index_hnsw_m}, efSearch = {cfg.index_ef_search}); the distances "
+               "of the returned images are exact")
+    return f"by Euclidean distance with approximate search: {how}"
+
+
 def method(cfg: RunConfig) -> str:
+    """The method section, every statement from `cfg`: sampler, negatives, triplet source,
+    architecture, loss, budget, precision and search backend."""
     dist = "squared Euclidean distance" if cfg.squared_distance else "Euclidean distance"
     frozen = ""
     if cfg.freeze_stages:
@@ -111,33 +190,27 @@ def method(cfg: RunConfig) -> str:
                      "the network." if cfg.cache_stage_features else "."))
     head_init = (" The head starts from the pretrained ImageNet classifier's rows of the dataset's classes."
                  if cfg.head_init == "classifier" else "")
-    mined = (" Besides its pre-sampled negative, each query is also paired with the closest image of another class"
+    own = "drawn" if cfg.triplet_source == "online" else "pre-sampled"
+    mined = (f" Besides its {own} negative, each query is also paired with the closest image of another class"
              " among all 3B images of the batch (batch-hard negative); the two losses are averaged."
              if cfg.miner == "batch_hard" else "")
     norm = "L2-normalised (distances lie in [0, 2])" if cfg.normalize_embeddings else "not normalised"
-    return f"""**Triplet sampling.** Training uses {cfg.num_triplets} triplets $(q, p, n)$ sampled once before
-training (seed {cfg.seed}): the query $q$ is a training image, the positive $p$ another image of the
-same class and the negative $n$ an image of a different class (out-of-class negatives; the
-paper additionally draws in-class negatives ranked by a relevance score). The triplets are
-stored in `triplets_train.npy`; {cfg.val_triplets} further triplets drawn from validation images
-only measure validation triplet accuracy.
+    return f"""**Triplet sampling.** {_triplets_text(cfg)} {cfg.val_triplets} further triplets drawn from
+validation images only measure validation triplet accuracy.
 
-**Network.** An ImageNet-pretrained `{cfg.backbone}` backbone followed by a {cfg.head} head maps
-an image, resized from 64 to {cfg.input_size} pixels, to a {cfg.embedding_dim}-dimensional embedding
-$f(x)$, {norm}. Query, positive and negative images pass through the *same* network: the
-three branches of the paper's triplet architecture share all weights, and are implemented as one
-batch of $3B$ images ($B$ = {cfg.batch_size} triplets per step).{frozen}{head_init}
+**Network.** {_network_text(cfg)} maps an image, resized from 64 to {cfg.input_size} pixels, to a
+{cfg.embedding_dim}-dimensional embedding $f(x)$, {norm}. Query, positive and negative images pass
+through the *same* network: the three branches of the paper's triplet architecture share all weights,
+and are implemented as one batch of $3B$ images ($B$ = {cfg.batch_size} triplets per step).{frozen}{head_init} {_precision_text(cfg)}
 
 **Ranking layer.** The loss of a triplet is the hinge loss with gap $g$ = {cfg.gap:g}:
 $\\ell(q,p,n) = \\max\\{{0,\\; g + D(f(q), f(p)) - D(f(q), f(n))\\}}$, with $D$ the {dist}, averaged
 over the batch. It is zero once the negative is farther from the query than the positive by at
-least $g$.{mined} Training ran {cfg.steps} steps with {cfg.optimizer.upper()} (learning rate {cfg.lr:g},
-{cfg.lr_schedule} schedule, weight decay {cfg.weight_decay:g}).
+least $g$.{mined} {_budget_text(cfg)}
 
 **Inference.** Every training image is embedded once; this is the search database. A query
-image is embedded with the same network and the training images are ranked by their
-Euclidean distance to it (exact search): the top-{cfg.top_k_show} are the most similar images, the
-bottom-{cfg.top_k_show} the least similar."""
+image is embedded with the same network and the training images are ranked {_search_text(cfg)}:
+the top-{cfg.top_k_show} are the most similar images, the bottom-{cfg.top_k_show} the least similar."""
 
 
 def training(r: RunRecord) -> str:
@@ -253,3 +326,60 @@ def _third(r: RunRecord, cfg, gap: float) -> str:
         third = ("3. **More data per step.** The loss has levelled off; larger batches (more negatives per query for "
                  "mining) and a lower final learning rate are the next knobs.")
     return third
+
+
+# ---- similarity beyond the label -----------------------------------------------------------
+def semantic(r: RunRecord) -> str:
+    """Similarity beyond the label (`retrieval.semantic`): the WordNet-graded metrics and
+    near-duplicate recall of the trained network against the baseline, tune and val; the note of
+    a run measured without WordNet; nothing measured: one sentence saying so."""
+    k = r.k_max
+    info = r.metrics["trained"].get("semantic") or {}
+    out = []
+    for split in ("tune", "val"):
+        t, b = r.metrics["trained"].get(split), r.metrics["baseline"].get(split)
+        if not t or not b:
+            continue
+        name = "validation" if split == "val" else "tuning-split"
+        if f"wup@{k}" in t and f"wup@{k}" in b:
+            out.append(
+                f"On the {name} queries the mean Wu–Palmer similarity of the {k} nearest training images' classes to "
+                f"the query's class (1 for its own class) is {t[f'wup@{k}']:.2f}% for the trained network and "
+                f"{b[f'wup@{k}']:.2f}% for the baseline. Over the *wrong* neighbours only (mistake severity; "
+                f"higher = milder mistakes) it is {t[f'mistake_wup@{k}']:.2f}% against {b[f'mistake_wup@{k}']:.2f}%, "
+                f"where random mistakes would score {t['mistake_wup_chance']:.2f}%. Of {t['semantic_triplets']} "
+                f"WordNet triplets (positive and negative both of other classes, the positive's class nearer the "
+                f"query's), the trained network ranks {t['semantic_triplet_acc']:.2f}% correctly, the baseline "
+                f"{b['semantic_triplet_acc']:.2f}%.")
+        if "near_dup_recall@1" in t and "near_dup_recall@1" in b:
+            out.append(
+                f"Near-duplicates ({name}): {t['near_dup_queries']} images under crop-and-rescale, colour jitter, "
+                f"blur and JPEG re-encoding, searched among {t['near_dup_database']} images (database and "
+                f"originals), find their original first in {t['near_dup_recall@1']:.2f}% of cases (within 10: "
+                f"{t['near_dup_recall@10']:.2f}%) with the trained network, {b['near_dup_recall@1']:.2f}% "
+                f"({b['near_dup_recall@10']:.2f}%) with the baseline.")
+    if info.get("note"):
+        out.append(f"*{info['note']}.*")
+    if not out:
+        return "Similarity beyond the label was not measured in this run (`semantic_metrics` off)."
+    return " ".join(out)
+
+
+def wrong_neighbours(r: RunRecord, model: str = "trained") -> str:
+    """One query's wrong neighbours with their WordNet relation to its class ("German shepherd
+    <- dog -> golden retriever, Wu–Palmer 0.80"), from ``metrics_<model>.json``; "" without one."""
+    ex = (r.metrics[model].get("semantic") or {}).get("example")
+    if not ex:
+        return ""
+    q = ex["query_class"]
+    where = f"{ex['query_path'].split('/')[-1]}, " if ex.get("query_path") else ""
+    head = f"Query {where}class *{q}* ({'validation' if ex['split'] == 'val' else 'tuning split'}, {model} network):"
+    if not ex["wrong"]:
+        return f"{head} all of its {ex['k']} nearest training images are of its class."
+    items = []
+    for w in ex["wrong"]:
+        rel = (f"{q} $\\leftarrow$ {w['lcs']} $\\rightarrow$ {w['class']}, Wu–Palmer {w['wup']:.2f}"
+               if w.get("wup") is not None else f"{w['class']}, not in WordNet")
+        items.append(f"* {w['class']}: {rel}")
+    return (f"{head} {len(ex['wrong'])} of its {ex['k']} nearest training images are of other classes; each "
+            "with the lowest WordNet hypernym it shares with the query's class:\n\n" + "\n".join(items))
