@@ -1,5 +1,5 @@
 # Deep Ranking workflow: setup, headless notebook runs and the PDF report.
-#   make setup                 # .venv + package + Jupyter kernel + PDF toolchain
+#   make setup                 # .venv + package + Jupyter kernel + PDF toolchain + WordNet
 #   make report                # demo profile -> runs/demo/report.pdf
 #   make report PROFILE=sample RUN=runs/sample-1 DATA=../shared/tiny-imagenet-sample
 #   make test
@@ -16,9 +16,9 @@ NOTEBOOKS ?=
 RUN_ARGS := --profile $(PROFILE) --run-dir $(RUN) $(if $(DATA),--data-dir $(DATA)) \
             $(if $(SET),--set $(SET)) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))
 
-.PHONY: setup pdf-deps report html test test-fast test-notebooks bench bench-search-scale demo-data clean
+.PHONY: setup pdf-deps wordnet report html test test-fast test-notebooks bench bench-search-scale demo-data clean
 
-setup: $(VENV)/.installed pdf-deps
+setup: $(VENV)/.installed pdf-deps wordnet
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ $(VENV)/.installed: pyproject.toml
 
 pdf-deps:
 	scripts/install_pdf_deps.sh
+
+# WordNet 3.0 (apt: wordnet-base) for the WordNet-graded metrics
+wordnet:
+	scripts/install_wordnet.sh
 
 report: setup
 	$(PY) report/run_pipeline.py $(RUN_ARGS)

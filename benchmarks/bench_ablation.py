@@ -20,6 +20,11 @@ than the profile's, with ``steps * profile train_s / row train_s`` steps (rows
 ``--step-cost step_cost.json`` (from ``bench_step_cost.py``) takes the time-per-step ratios from
 a measurement made with nothing else on the CPU instead.
 
+``--frozen`` adds the row ``frozen``: the untrained network (``--model baseline``) of the profile
+row's run dir, embedded and evaluated (no training). Rows record the class-level columns and the
+similarity beyond the label (`ablation.SEMANTIC`: WordNet-graded neighbours, WordNet triplets,
+near-duplicate recall), which ``evaluate`` computes by default.
+
 Full budget, val once: ``--val course profile`` runs ``python -m ranking_lib all`` with the
 profile as it is (its own steps and input size, val evaluated) plus the row's overrides, and
 records the val metrics under ``val_rows``; ``--val-from profile=RUN_DIR`` records a run made
@@ -102,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="full-budget runs of these rows, evaluated on val once")
     p.add_argument("--val-from", nargs="+", default=[], metavar="ROW=RUN_DIR",
                    help="record finished full-budget runs as val rows (config checked)")
-    p.add_argument("--results", default=str(ablation.RESULTS_PATH))
+    p.add_argument("--frozen", action="store_true",
+                   help="also record the frozen pretrained backbone (--model baseline of the profile row's run)")
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "results" / ablation.RESULTS_FILE))
     p.add_argument("--again", action="store_true", help="re-run rows already in the results file")
     args = p.parse_args(argv)
 
@@ -162,6 +169,24 @@ def main(argv: list[str] | None = None) -> int:
             continue
         measure(name, ablation.ROWS[name][0])
 
+    if args.frozen and (args.again or not ablation.row(results, "frozen")):
+        run_dir = out / "profile"  # the profile row's triplets and config; the untrained network
+        if not (run_dir / "config.json").is_file():
+            raise SystemExit("error: --frozen needs the measured 'profile' row first (its run dir)")
+        cmd = base + ["--run-dir", str(run_dir), "--model", "baseline"]
+        t = time.perf_counter()
+        run(py + ["embed"] + cmd, log)
+        run(py + ["evaluate"] + cmd, log)
+        metrics = json.loads((run_dir / "metrics_baseline.json").read_text())["tune"]
+        entry = {"name": "frozen", "overrides": {}, "model": "baseline", "wall_s": round(time.perf_counter() - t, 1),
+                 "train_s": 0.0, "hardware": hardware(),
+                 "command": "python -m ranking_lib embed|evaluate " + shlex.join(
+                     [a for a in base if a != "--quiet"] + ["--run-dir", "runs/ablation/profile", "--model", "baseline"]),
+                 "metrics": {k: metrics[k] for k in ablation.COLUMNS if k in metrics}}
+        results["rows"] = [r for r in results["rows"] if r["name"] != "frozen"] + [entry]
+        write_json(results_path, results)
+        print(f"frozen: tune P@30 {entry['metrics']['precision@30']:.2f}", flush=True)
+
     for name in args.equal_time:
         ref, measured = ablation.row(results, "profile"), ablation.row(results, name)
         if ref is None or measured is None:
@@ -220,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         run(py + ["all"] + full + ["--run-dir", str(run_dir)] + ablation.override_flags(ablation.ROWS[name][0]), log)
         record_val(name, run_dir, time.perf_counter() - t)
-    order = list(ablation.ROWS)
+    order = list(ablation.EXTRA_ROWS) + list(ablation.ROWS)
 
     def position(r):
         base = r["name"].removesuffix(ablation.EQUAL_TIME)

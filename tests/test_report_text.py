@@ -233,3 +233,71 @@ def test_method_differs_per_option():
                {"train_minutes": 3.0}]
     texts = {report.method(RunConfig(**o)) for o in options} | {report.method(RunConfig())}
     assert len(texts) == len(options) + 1
+
+
+def _with_semantic(r, note=None):
+    """`r` with the similarity-beyond-the-label keys on val (trained, baseline) and an example."""
+    graded = {"trained": {"wup@30": 72.5, "mistake_wup@30": 51.25, "mistake_wup_chance": 40.0,
+                          "semantic_triplet_acc": 61.0, "semantic_triplets": 900,
+                          "near_dup_recall@1": 80.0, "near_dup_recall@10": 95.5, "near_dup_queries": 100,
+                          "near_dup_database": 1100},
+              "baseline": {"wup@30": 60.0, "mistake_wup@30": 48.0, "mistake_wup_chance": 40.0,
+                           "semantic_triplet_acc": 57.5, "semantic_triplets": 900,
+                           "near_dup_recall@1": 88.0, "near_dup_recall@10": 99.0, "near_dup_queries": 100,
+                           "near_dup_database": 1100}}
+    for model, m in graded.items():
+        r.metrics[model]["val"].update(m)
+    r.metrics["trained"]["semantic"] = {"note": note, "example": {
+        "split": "val", "query_index": 3, "query_path": "val/images/val_3.JPEG", "query_class": "German shepherd",
+        "k": 10, "wrong": [{"class": "golden retriever", "lcs": "dog", "wup": 0.8},
+                           {"class": "school bus", "lcs": "whole", "wup": 0.3636}]}}
+    return r
+
+
+def test_semantic_section_and_wrong_neighbours_follow_the_numbers():
+    from ranking_lib.reporting import tables
+
+    r = _with_semantic(_record())
+    text = report.semantic(r)
+    assert "is 72.50% for the trained network and 60.00% for the baseline" in text
+    assert "it is 51.25% against 48.00%, where random mistakes would score 40.00%" in text
+    assert "Of 900 WordNet triplets" in text and "ranks 61.00% correctly, the baseline 57.50%" in text
+    assert "first in 80.00% of cases (within 10: 95.50%) with the trained network, 88.00% (99.00%)" in text
+    assert "tuning-split" not in text  # no tune split in this run
+    ex = report.wrong_neighbours(r)
+    assert "Query val_3.JPEG, class *German shepherd*" in ex and "2 of its 10 nearest" in ex
+    assert "German shepherd $\\leftarrow$ dog $\\rightarrow$ golden retriever, Wu–Palmer 0.80" in ex
+    assert "school bus, Wu–Palmer 0.36" in ex
+    t = tables.semantic_table({(m, s): r.metrics[m][s] for m in ("trained", "baseline") for s in ("train", "val")})
+    assert list(t.index) == [("trained", "val"), ("baseline", "val")]  # train has none of the keys
+    assert t.loc[("trained", "val"), "mistake WuP@30"] == 51.25 and t.loc[("baseline", "val"), "near-dup R@1"] == 88.0
+    # without WordNet: the near-duplicate sentence stays, the note says what was left out
+    r = _record()
+    r.metrics["trained"]["semantic"] = {"note": "WordNet not found (apt-get install wordnet-base)", "example": None}
+    text = report.semantic(r)
+    assert "Wu–Palmer" not in text and "apt-get install wordnet-base" in text
+    assert report.wrong_neighbours(r) == ""
+    assert "not measured" in report.semantic(_record())
+    assert tables.semantic_table({("trained", "val"): _metrics()}) is None
+
+
+def test_ablation_gains_the_semantic_columns_and_says_who_wins_each_axis():
+    from ranking_lib.reporting import ablation
+
+    res = _ablation_results()
+    assert "WuP@30" not in ablation.table(res).columns  # rows measured before: the table as it was
+    for r, (wup, dup) in zip(res["rows"], [(70.0, 90.0), (74.5, 85.0), (71.0, 91.0), (69.0, 97.25)]):
+        r["metrics"].update({"wup@30": wup, "mistake_wup@30": wup - 20, "semantic_triplet_acc": 60.0,
+                             "near_dup_recall@1": dup, "near_dup_recall@10": 99.0})
+    res["rows"].append({"name": "frozen", "overrides": {}, "model": "baseline", "wall_s": 60.0, "train_s": 0.0,
+                        "metrics": {"precision@30": 40.0, "wup@30": 60.0, "near_dup_recall@1": 98.5}})
+    t = ablation.table(res)
+    assert {"WuP@30", "mistake WuP", "sem. trip", "dup R@1", "dup R@10"} <= set(t.columns)
+    assert t.loc["relevance-0.2", "WuP@30"] == 74.5 and np.isnan(t.loc["frozen", "sem. trip"])
+    text = ablation.findings(res)
+    assert "**relevance-0.2** (relevance-weighted, 20 % out-of-class (the paper's best)): 47.00 % (-3.00 points, " \
+           "worse; 10.0 min); beyond the label: WuP@30 +4.50; mistake WuP +4.50; sem. trip +0.00; dup R@1 -5.00; " \
+           "dup R@10 +0.00 points." in text
+    assert "**frozen** (the frozen pretrained backbone" in text
+    assert "WuP@30: **relevance-0.2** (74.50 %)" in text and "dup R@1: **frozen** (98.50 %)" in text
+    assert "**frozen** `--model baseline`" in ablation.commands(res)

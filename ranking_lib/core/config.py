@@ -26,7 +26,7 @@ RESUME_FREE_FIELDS = frozenset({
     "checkpoint_every", "log_every", "ks", "train_eval_queries", "embed_batch_size",
     "search_backend", "num_query_examples", "query_seed", "top_k_show", "channels_last", "steps",
     "evaluate_val", "flip_tta", "index_nlist", "index_nprobe", "index_pq_m", "index_refine", "index_hnsw_m",
-    "index_ef_search", "train_minutes", "rerank", "rerank_k", "rerank_alpha",
+    "index_ef_search", "train_minutes", "semantic_metrics", "near_dup_queries", "wordnet_dir", "rerank", "rerank_k", "rerank_alpha",
 })
 
 
@@ -250,6 +250,15 @@ class RunConfig:
     """Neighbours averaged by the re-ranking."""
     rerank_alpha: float = 0.0
     """Re-ranking weights: 0 averages the neighbours; > 0 weights them by cosine ** alpha."""
+    semantic_metrics: bool = True
+    """WordNet-graded metrics on tune and val (`retrieval.semantic`): mean Wu-Palmer similarity
+    of the neighbours' classes (all, and the wrong ones only), semantic triplet accuracy (on
+    val_triplets seeded triplets), near-duplicate recall; left out, with a note, without WordNet."""
+    near_dup_queries: int = 1000
+    """Tune/val images whose transformed copies (crop, jitter, blur, JPEG) are near-duplicate
+    queries, embedded with the run's network (0 = no near-duplicate metrics)."""
+    wordnet_dir: str = "/usr/share/wordnet"
+    """WordNet 3.0 dict directory with ``data.noun`` (Debian: apt-get install wordnet-base)."""
     num_query_examples: int = 5
     query_seed: int = 0
     top_k_show: int = 10
@@ -269,7 +278,7 @@ class RunConfig:
         ("max_classes", 2), ("backbone_lr_scale", 0), ("weight_decay", 0), ("momentum", 0),
         ("out_of_class_fraction", 0), ("relevance_tr", 0), ("buffer_size", 2), ("buffer_refresh_steps", 1),
         ("index_nlist", 1), ("index_nprobe", 1), ("index_pq_m", 1), ("index_refine", 1), ("index_hnsw_m", 2),
-        ("index_ef_search", 1), ("rerank_k", 1), ("rerank_alpha", 0),
+        ("index_ef_search", 1), ("rerank_k", 1), ("rerank_alpha", 0), ("near_dup_queries", 0),
     )
 
     def validate(self) -> None:

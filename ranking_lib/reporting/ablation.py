@@ -40,7 +40,13 @@ ROWS: dict[str, tuple[dict, str]] = {
     "online": ({"triplet_source": "online"}, "online reservoir buffers instead of the pre-sampled file"),
 }
 
-COLUMNS = ("precision@1", "precision@10", "precision@30", "map@r", "any_hit@30", "triplet_acc", "score_at_top_30")
+COLUMNS = ("precision@1", "precision@10", "precision@30", "map@r", "any_hit@30", "triplet_acc", "score_at_top_30",
+           "wup@30", "mistake_wup@30", "semantic_triplet_acc", "near_dup_recall@1", "near_dup_recall@10")
+SEMANTIC = COLUMNS[7:]
+"""Similarity beyond the label (`retrieval.semantic`); tables show them when a row has them."""
+
+# rows measured without a training run of their own (`bench_ablation.py --frozen`)
+EXTRA_ROWS = {"frozen": "the frozen pretrained backbone, untrained (`--model baseline` of the profile's run)"}
 _REPO = Path(__file__).resolve().parents[2]
 RESULTS_PATH = _REPO / "benchmarks" / "results" / "ablation.json"   # what bench_ablation.py writes
 MEASURED_PATH = _REPO / "docs" / "figures" / "ablation.json"        # the measured copy the report reads
@@ -68,7 +74,7 @@ def table(results: dict):
     rows = []
     for r in results["rows"]:
         m = r["metrics"]
-        rows.append({"variant": r["name"], **{SHORT[c]: m.get(c, np.nan) for c in COLUMNS},
+        rows.append({"variant": r["name"], **{SHORT[c]: m.get(c, np.nan) for c in _columns(results["rows"])},
                      "min": r["wall_s"] / 60})
     return _with_machine(pd.DataFrame(rows).set_index("variant"), results["rows"], results.get("hardware"))
 
@@ -93,7 +99,15 @@ def _with_machine(df, rows: list[dict], default: str | None):
 
 # column titles short enough for a page-wide table
 SHORT = {"precision@1": "P@1", "precision@10": "P@10", "precision@30": "P@30", "map@r": "MAP@R",
-         "any_hit@30": "hit@30", "triplet_acc": "triplet acc", "score_at_top_30": "score@30"}
+         "any_hit@30": "hit@30", "triplet_acc": "triplet acc", "score_at_top_30": "score@30",
+         "wup@30": "WuP@30", "mistake_wup@30": "mistake WuP", "semantic_triplet_acc": "sem. trip",
+         "near_dup_recall@1": "dup R@1", "near_dup_recall@10": "dup R@10"}
+
+
+def _columns(rows: list[dict]) -> tuple[str, ...]:
+    """`COLUMNS`, the semantic ones only when some row has them (rows measured before them stay as
+    they were)."""
+    return tuple(c for c in COLUMNS if c not in SEMANTIC or any(c in r["metrics"] for r in rows))
 
 
 EQUAL_TIME = "@equal-time"
@@ -102,7 +116,7 @@ EQUAL_TIME = "@equal-time"
 def describe(name: str) -> str:
     """What a row is (``<row>@equal-time`` rows: their row's description, at equal training time)."""
     base = name.removesuffix(EQUAL_TIME)
-    what = ROWS.get(base, ({}, ""))[1]
+    what = ROWS.get(base, ({}, EXTRA_ROWS.get(base, "")))[1]
     return f"{what}, steps cut to the profile's training time" if name.endswith(EQUAL_TIME) else what
 
 
@@ -124,13 +138,18 @@ def commands(results: dict) -> str:
     command plus each row's flags; the full-budget val rows in full)."""
     base = results.get("base_command", "python -m ranking_lib STEP ...").replace(" --quiet", "")
     base = base.replace("python -m ranking_lib STEP", "python -m ranking_lib all", 1)
-    rows = "; ".join(f"**{r['name']}** `{' '.join(override_flags(r['overrides'])) or '(none)'}`"
+    rows = "; ".join(f"**{r['name']}** `{' '.join(override_flags(r['overrides']) + _model_flag(r)) or '(none)'}`"
                      for r in results["rows"])
     out = [f"Commands. Every reduced-budget row is `{base} --run-dir runs/ablation/ROW` plus its flags: {rows}."]
     if results.get("val_rows"):
         out.append("Full-budget val rows: " + "; ".join(f"**{r['name']}** `{r['command']}`"
                                                         for r in results["val_rows"]) + ".")
     return "\n\n".join(out)
+
+
+def _model_flag(r: dict) -> list[str]:
+    """``--model baseline`` for a row that evaluated the untrained network (`EXTRA_ROWS`)."""
+    return ["--model", r["model"]] if r.get("model", "trained") != "trained" else []
 
 
 def row(results: dict, name: str, key: str = "rows") -> dict | None:
@@ -144,7 +163,7 @@ def val_table(results: dict):
 
     if not results.get("val_rows"):
         return None
-    rows = [{"variant": r["name"], **{SHORT[c]: r["metrics"].get(c, np.nan) for c in COLUMNS},
+    rows = [{"variant": r["name"], **{SHORT[c]: r["metrics"].get(c, np.nan) for c in _columns(results["val_rows"])},
              "train min": r["train_s"] / 60} for r in results["val_rows"]]
     return _with_machine(pd.DataFrame(rows).set_index("variant"), results["val_rows"], results.get("hardware"))
 
@@ -195,8 +214,11 @@ def findings(results: dict) -> str:
         steps = f"{r['overrides']['steps']:,} steps, " if "steps" in r["overrides"] else ""
         where = (f" on {machine(r['hardware'])}" if r.get("hardware", results.get("hardware")) != results.get("hardware")
                  else "")
+        graded = "; ".join(f"{SHORT[c]} {r['metrics'][c] - ref['metrics'][c]:+.2f}" for c in SEMANTIC
+                           if c in r["metrics"] and c in ref["metrics"])
         out.append(f"* **{r['name']}** ({describe(r['name'])}): {r['metrics']['precision@30']:.2f} % "
-                   f"({d:+.2f} points, {verdict}; {steps}{r['wall_s'] / 60:.1f} min{where}).")
+                   f"({d:+.2f} points, {verdict}; {steps}{r['wall_s'] / 60:.1f} min{where})"
+                   + (f"; beyond the label: {graded} points." if graded else "."))
     best = max(results["rows"], key=lambda r: r["metrics"]["precision@30"])
     lead = best["metrics"]["precision@30"] - p30
     if lead > 0.5:
@@ -204,6 +226,13 @@ def findings(results: dict) -> str:
     else:
         out.append(f"\nNo variant beats the profile by more than half a point at this budget "
                    f"(highest: {best['name']}, {lead:+.2f} points): the profile keeps its recipe.")
+    axes = [c for c in SEMANTIC if sum(c in r["metrics"] for r in results["rows"]) > 1]
+    if axes:
+        wins = []
+        for c in axes:
+            top = max((r for r in results["rows"] if c in r["metrics"]), key=lambda r: r["metrics"][c])
+            wins.append(f"{SHORT[c]}: **{top['name']}** ({top['metrics'][c]:.2f} %)")
+        out.append("Highest on each axis beyond the label (" + split + "): " + "; ".join(wins) + ".")
     val = {r["name"]: r for r in results.get("val_rows", [])}
     if val:
         parts = [f"**{n}** {r['metrics']['precision@30']:.2f} % ({r['train_s'] / 60:.0f} min of training"

@@ -17,6 +17,36 @@ METRIC_COLUMNS = {
     "map@r": "MAP@R",
 }
 
+SEMANTIC_COLUMNS = {
+    "wup@30": "WuP@30",
+    "mistake_wup@30": "mistake WuP@30",
+    "mistake_wup_chance": "chance",
+    "semantic_triplet_acc": "sem. triplet acc.",
+    "near_dup_recall@1": "near-dup R@1",
+    "near_dup_recall@10": "near-dup R@10",
+}
+"""Similarity beyond the label (`retrieval.semantic`): mean Wu-Palmer similarity of the 30 nearest
+neighbours' classes, of the wrong ones only, and of random wrong ones ("chance"); WordNet
+triplet accuracy; near-duplicate recall of the original."""
+
+
+def semantic_keys(k: int = 30) -> list[str]:
+    """The keys of `semantic_table` with the Wu-Palmer means at k neighbours."""
+    return [key.replace("@30", f"@{k}") if key.startswith(("wup@", "mistake_wup@")) else key
+            for key in SEMANTIC_COLUMNS]
+
+
+def semantic_table(metrics_by_row: Mapping, k: int = 30, decimals: int = 2):
+    """`metrics_table` of the semantic metrics (`SEMANTIC_COLUMNS`, Wu-Palmer means at `k`) over
+    the rows that have any of them; None when none has (a run from before, or none measured)."""
+    keys = semantic_keys(k)
+    rows = {label: m for label, m in metrics_by_row.items() if any(m.get(key) is not None for key in keys)}
+    if not rows:
+        return None
+    df = metrics_table(rows, decimals=decimals, keys=keys)
+    return df.rename(columns={key: SEMANTIC_COLUMNS.get(key.replace(f"@{k}", "@30"), key).replace("@30", f"@{k}")
+                              for key in keys})
+
 
 
 def class_counts_table(class_names: Sequence[str], train_labels, val_labels=None, wnids=None):

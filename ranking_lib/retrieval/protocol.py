@@ -79,3 +79,23 @@ def evaluate_embeddings(db: EmbeddingIndex, triplets: dict[str, np.ndarray], *, 
         m.update(score_at_top(val.embeddings, trip))
         metrics["val"] = m
     return metrics
+
+
+def semantic_evaluation(db: EmbeddingIndex, similarity: np.ndarray, *, kept: np.ndarray, held: np.ndarray,
+                        ks=(1, 10, 30), num_triplets: int = 10000, seed: int = 0,
+                        val: EmbeddingIndex | None = None, index_options: dict | None = None) -> dict[str, dict]:
+    """The WordNet-graded metrics (`retrieval.semantic.semantic_retrieval_metrics`) of the
+    ``tune`` split (held-out images against the images trained on, when `held` is non-empty) and
+    the ``val`` split (against the whole training database, with `val`), on the embeddings as
+    they are (no re-ranking). `similarity` is the (C, C) Wu–Palmer matrix of the classes."""
+    from ranking_lib.retrieval.semantic import semantic_retrieval_metrics
+
+    out: dict[str, dict] = {}
+    if len(held):
+        kept_db = EmbeddingIndex(db.embeddings[kept], db.labels[kept], **(index_options or {}))
+        out["tune"] = semantic_retrieval_metrics(kept_db, db.embeddings[held], db.labels[held], similarity,
+                                                 ks=ks, num_triplets=num_triplets, seed=seed + 2)
+    if val is not None:
+        out["val"] = semantic_retrieval_metrics(db, val.embeddings, val.labels, similarity, ks=ks,
+                                                num_triplets=num_triplets, seed=seed + 1)
+    return out
