@@ -309,6 +309,7 @@ class ExplorerApp:
         self.explorer: QueryExplorer | None = None
         self.last: dict[str, workflow.QueryResult | str] = {}
         self.text = ""  # the status line, as shown
+        self.picks = 0  # results shown so far (the page's data-pick)
         self._quiet = False  # while widgets are set from code
         lay = lambda width: w.Layout(width=width)  # noqa: E731
         style = {"description_width": "initial"}
@@ -357,7 +358,8 @@ class ExplorerApp:
         if not path:
             raise RankingError("type a run directory (one that has been through 'embed') and press open")
         t0 = time.perf_counter()
-        ex = QueryExplorer(path, "trained" if self._has(path, "trained") else "baseline", self.k)
+        first = "baseline" if self._has(path, "baseline") and not self._has(path, "trained") else "trained"
+        ex = QueryExplorer(path, first, self.k)
         self.explorer = ex
         self._set(self.index, 0, max=len(ex.val) - 1)
         self._set(self.find, "")
@@ -411,8 +413,9 @@ class ExplorerApp:
         return out
 
     def _show(self, results, query_image, caption: str, t0: float) -> None:
-        self.last = results
-        self.results.value = self.explorer.result_html(results, query_image, caption)
+        self.last, self.picks = results, self.picks + 1
+        self.results.value = (f'<div class="rx-pick" data-pick="{self.picks}">'
+                              f'{self.explorer.result_html(results, query_image, caption)}</div>')
         self._say(f"{caption}: shown in {1000 * (time.perf_counter() - t0):.0f} ms")
 
     def _sync_pickers(self, label: int, index: int) -> None:

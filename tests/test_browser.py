@@ -1,0 +1,185 @@
+"""The explorer in a real browser: JupyterLab runs ``notebooks/explore.ipynb`` and Voila serves it,
+on a tiny demo run; headless Chromium picks, uploads and reads the results from the page (DOM text
+and images), errors included. Skips with the reason where Chromium or Playwright is missing."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_scripts.make_demo_dataset import make_demo_dataset
+from ranking_lib import cli
+from scripts import explore_browser as eb
+
+pytestmark = pytest.mark.slow
+WHY = eb.missing()
+if WHY:
+    pytest.skip(f"browser test skipped: {WHY}", allow_module_level=True)
+
+K = 10
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny finished run (trained and baseline embeddings) and a run dir without embeddings."""
+    root = tmp_path_factory.mktemp("browser")
+    data = make_demo_dataset(root / "data", num_classes=4, train_per_class=15, val_per_class=4, seed=1)
+    run = root / "run"
+    flags = ["--data-dir", str(data), "--run-dir", str(run), "--input-size", "32", "--embedding-dim", "8",
+             "--steps", "1", "--batch-size", "4", "--num-triplets", "16", "--val-triplets", "8", "--quiet"]
+    for step in (["prepare"], ["sample"], ["train"], ["embed", "--model", "trained"], ["embed", "--model", "baseline"]):
+        assert cli.main([*step, *flags]) == 0, step  # no evaluate: the page needs embeddings only
+    empty = root / "no-embeddings"
+    empty.mkdir()
+    shutil.copy(run / "config.json", empty / "config.json")
+    return run, empty
+
+
+@pytest.fixture(scope="module")
+def servers(run, tmp_path_factory):
+    """JupyterLab (its notebook folder a copy, its first run dir one without embeddings) and Voila
+    (on the finished run), started together."""
+    run_dir, empty = run
+    work = tmp_path_factory.mktemp("servers")
+    nbdir = work / "notebooks"
+    nbdir.mkdir()
+    shutil.copy(eb.NOTEBOOK, nbdir / "explore.ipynb")
+    lab = eb.Server("lab", nbdir, work / "lab", {"RANKING_EXPLORE_RUN": str(empty)})
+    voila = eb.Server("voila", nbdir / "explore.ipynb", work / "voila", {"RANKING_EXPLORE_RUN": str(run_dir)})
+    try:
+        yield lab.wait(), voila.wait()
+    finally:
+        lab.stop()
+        voila.stop()
+
+
+@pytest.fixture()
+def page(tmp_path):
+    with eb.chromium(tmp_path / "profile") as p:
+        yield p
+
+
+def _png(img) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(img, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _options(page, selector: str) -> list[str]:
+    """A dropdown's option labels as the user reads them (ipywidgets writes non-breaking spaces)."""
+    texts = page.eval_on_selector_all(f"{selector} select option", "els => els.map(e => e.textContent)")
+    return [t.replace("\xa0", " ") for t in texts]
+
+
+def _selected(page, selector: str) -> str:
+    return page.eval_on_selector(f"{selector} select", "e => e.options[e.selectedIndex].textContent").replace("\xa0", " ")
+
+
+def _results(page) -> tuple[int, list[str]]:
+    return page.locator(".rx-results img.rx-img").count(), eb.distances(page)
+
+
+def _no_traceback(page) -> None:
+    text = page.inner_text("body")
+    assert "Traceback" not in text and "Error:" not in text.replace("error:", "")
+
+
+def test_jupyterlab_runs_the_notebook_picks_and_uploads(servers, run, page, tmp_path):
+    lab, _ = servers
+    run_dir, empty = run
+    page.goto(lab.url("lab/tree/explore.ipynb"), timeout=60_000)
+    page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=60_000)
+    page.wait_for_function("() => { const w = window.jupyterapp.shell.currentWidget;"
+                           " return w && w.sessionContext && w.sessionContext.session &&"
+                           " w.sessionContext.session.kernel && w.sessionContext.session.kernel.status === 'idle'; }",
+                           timeout=60_000)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    # the notebook's run dir has no embeddings: one readable line in the page, no traceback
+    line = eb.wait_status(page, "error:", 60)
+    assert line.startswith("error: embeddings not found:") and "\n" not in line, line
+    assert page.locator(".rx-results img").count() == 0
+    _no_traceback(page)
+    page.screenshot(path=str(tmp_path / "lab-error.png"))
+
+    # another run dir, chosen in the page
+    page.fill(".rx-run-dir input", str(run_dir))
+    page.click(".rx-open")
+    eb.wait_status(page, "shown in", 30)
+    n, first = _results(page)
+    assert n == 2 * 2 * K and len(first) == 2 * 2 * K and all(d.startswith("d=") for d in first)
+    assert page.locator(".rx-panel[data-model=trained] .rx-tile").count() == 2 * K
+    assert page.locator(".rx-panel[data-model=baseline] .rx-tile").count() == 2 * K
+    shown = page.inner_text(".rx-query")
+
+    # find a class by name: another class than the one shown
+    classes, current = _options(page, ".rx-class"), _selected(page, ".rx-class")
+    other = next(c for c in classes if c != current).rsplit(" (", 1)[0]
+    before = eb.picks(page)
+    page.fill(".rx-find input", other[:12])
+    eb.wait_pick(page, before)
+    assert other in page.inner_text(".rx-query") and page.inner_text(".rx-query") != shown
+    n, after_find = _results(page)
+    assert n == 2 * 2 * K and after_find != first
+
+    # pick another image of that class
+    images = _options(page, ".rx-image")
+    before = eb.picks(page)
+    page.select_option(".rx-image select", index=len(images) - 1)
+    eb.wait_pick(page, before)
+    assert images[-1] in page.inner_text(".rx-query") and eb.distances(page) != after_find
+
+    # a val index typed in
+    before = eb.picks(page)
+    page.fill(".rx-index input", "1")
+    page.press(".rx-index input", "Enter")
+    eb.wait_pick(page, before)
+    assert page.inner_text(".rx-query").startswith("val 1:")
+
+    # upload an image file (val image 2's pixels) and a file that is not an image
+    from ranking_lib.explore import QueryExplorer
+
+    ex = QueryExplorer(run_dir, k=K)
+    upload = tmp_path / "my photo.png"
+    upload.write_bytes(_png(ex.val.images[2]))
+    before = eb.picks(page)
+    eb.upload(page, upload)
+    line = eb.wait_pick(page, before, 60)  # the first upload loads both networks
+    assert line.startswith("uploaded: my photo.png") and "uploaded: my photo.png" in page.inner_text(".rx-query")
+    want = [f"d={float(d):.3f}" for d in ex.query_val(2).top_distances]
+    got = eb.distances(page)[:K]  # the trained panel's top row
+    assert got == want
+    page.screenshot(path=str(tmp_path / "lab-upload.png"), full_page=True)
+
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image\n")
+    eb.upload(page, bad)
+    line = eb.wait_status(page, "error:")
+    assert line.startswith("error: corrupt or truncated image: 'notes.txt'") and "\n" not in line, line
+    assert eb.distances(page)[:K] == got  # the last result stays
+    _no_traceback(page)
+
+
+def test_voila_page_picks_and_shows_results(servers, page, tmp_path):
+    _, voila = servers
+    page.goto(voila.url(), timeout=60_000)
+    eb.wait_status(page, "shown in", 60)
+    n, first = _results(page)
+    assert n == 2 * 2 * K and all(d.startswith("d=") for d in first)
+    page.screenshot(path=str(tmp_path / "voila.png"))
+    before = eb.picks(page)
+    page.click(".rx-random")
+    eb.wait_pick(page, before)
+    classes, current = _options(page, ".rx-class"), _selected(page, ".rx-class")
+    other = next(c for c in reversed(classes) if c != current)
+    before = eb.picks(page)
+    page.select_option(".rx-class select", index=classes.index(other))
+    eb.wait_pick(page, before)
+    assert other.rsplit(" (", 1)[0] in page.inner_text(".rx-query")
+    assert _results(page)[0] == 2 * 2 * K and eb.distances(page) != first
+    page.locator(".rx-app").screenshot(path=str(tmp_path / "voila-explorer.png"))
+    _no_traceback(page)
