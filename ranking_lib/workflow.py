@@ -175,11 +175,14 @@ TRAINED_OUTPUTS = ("checkpoints/last.pt", "loss_log.csv", "train_summary.json", 
 
 
 @writes_run_dir
-def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: int | None = None) -> TrainResult:
+def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: int | None = None,
+          steps_per_s: float | None = None) -> TrainResult:
     """Train the ranking network on the pre-sampled training triplets.
 
     Resumes from ``checkpoints/last.pt`` when it exists (see `Trainer.resume` for what is
-    refused); ``resume=False`` first removes everything an earlier training run wrote."""
+    refused); ``resume=False`` first removes everything an earlier training run wrote. With
+    ``train_minutes`` the steps are chosen from the step rate (measured, or `steps_per_s`) and
+    saved in config.json; a resumed run keeps them."""
     setup_torch(cfg)
     ctx = distributed.context()
     if not resume and ctx.is_main:
@@ -193,11 +196,14 @@ def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: i
     trainer = Trainer(cfg, model, inputs, caches["train"].labels, triplets, cfg.run_dir)
     if resume:
         trainer.resume()  # refuses changed settings before config.json is rewritten
+    trainer.apply_budget(steps_per_s, progress)  # the budget's steps (a resumed run: its checkpoint's)
+    cfg = trainer.cfg
     if ctx.is_main:
         cfg.save(run_path(cfg, "config.json"))
     result = trainer.fit(resume=resume, stop_at=stop_at, progress=progress)
     summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
     summary["world_size"] = ctx.world_size
+    summary["steps_chosen_by_budget"] = result.budget["steps"] if result.budget else None
     if ctx.is_main and (result.steps_run or not run_path(cfg, "train_summary.json").is_file()):
         write_json(run_path(cfg, "train_summary.json"), summary)  # else it describes the run
     return result

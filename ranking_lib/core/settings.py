@@ -127,6 +127,8 @@ def resolve(profile: str | Path | None = None, overrides: dict[str, Any] | None 
             runner[k] = v
         else:
             values[k] = _absolute(v, cwd) if k in PATH_KEYS else v
+    if "steps" in (overrides or {}):  # steps given explicitly win over a time budget
+        values["train_minutes"] = None
     unknown = sorted(set(values) - set(RunConfig.field_names()))
     if unknown:
         raise RankingError(f"unknown setting(s): {', '.join(unknown)} (not RunConfig fields)")

@@ -6,10 +6,20 @@ network (the three networks share weights), and minimises the ranking hinge loss
 
 Everything random in a step (triplet order, augmentation) is derived from (seed, step), so a
 run resumed from a checkpoint reproduces the uninterrupted run.
+
+A time budget (``train_minutes``) is turned into a number of steps before the run starts: the
+step rate is measured on throwaway copies of the network and optimiser (`measure_step_rate`),
+then ``steps`` is fixed (`budget_steps`) and the run is a plain run of that many steps (its
+learning-rate schedule depends on the final step count only). The steps chosen are saved with
+the config, so a resumed run keeps them and never re-measures.
+
+The loss stays on the device between log steps: one host sync and one batch of CSV rows per
+``log_every`` steps (and at checkpoints), a row per step as before.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import functools
 import hashlib
@@ -17,7 +27,7 @@ import io
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +60,59 @@ class TrainResult:
     resumed_from: int | None = None
     steps_history: list | None = None
     """[[at_step, steps], ...]: the run's total steps, and the step at which each was set."""
+    budget: dict | None = None
+    """With ``train_minutes``: the `BudgetPlan` that fixed ``steps`` (rate, calibration)."""
+
+
+# The step-rate calibration of a time budget, on throwaway copies of the network and optimiser.
+CALIBRATION_WARMUP = 5     # untimed steps first (allocations, oneDNN's kernel choice)
+CALIBRATION_STEPS = 30     # then this many timed steps ...
+CALIBRATION_MAX_S = 30.0   # ... or this many seconds, whichever comes first (at least 3 steps)
+
+
+@dataclass
+class BudgetPlan:
+    """How a time budget became a number of steps."""
+
+    train_minutes: float
+    steps: int
+    steps_per_s: float
+    calibration_steps: int = 0
+    """Steps run on the throwaway copies (0: the rate was given, or taken from a checkpoint)."""
+    calibration_s: float = 0.0
+    """Wall time of the calibration, subtracted from the budget."""
+    measured: bool = True
+    """False when the rate was given (tests) or the plan came from the checkpoint (resume)."""
+
+    def describe(self) -> str:
+        how = (f"measured over {self.calibration_steps} steps on a copy of the network in "
+               f"{self.calibration_s:.0f} s" if self.measured else "from the checkpoint or given")
+        return (f"budget {format_minutes(self.train_minutes * 60)} -> {self.steps:,} steps at "
+                f"{self.steps_per_s:.2f} steps/s ({how})")
+
+
+def format_minutes(seconds: float) -> str:
+    """'45 s', '40 min', '2 h 23 min'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = int(round(seconds / 60))
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+
+
+def budget_steps(train_minutes: float, steps_per_s: float, warmup_steps: int = 0, spent_s: float = 0.0) -> int:
+    """Steps that fit into `train_minutes` at `steps_per_s`, `spent_s` (the calibration) already
+    spent; one-line RankingError when that is not more than the warm-up."""
+    if not (train_minutes is not None and math.isfinite(train_minutes) and train_minutes > 0):
+        raise RankingError(f"train_minutes must be > 0 (got {train_minutes})")
+    if not (math.isfinite(steps_per_s) and steps_per_s > 0):
+        raise RankingError(f"the measured step rate is not usable ({steps_per_s} steps/s)")
+    steps = int((train_minutes * 60 - spent_s) * steps_per_s)
+    if steps <= warmup_steps:
+        least = (warmup_steps + 1) / steps_per_s + spent_s
+        raise RankingError(
+            f"train_minutes={train_minutes:g} leaves {max(steps, 0)} steps at {steps_per_s:.2f} steps/s, not more "
+            f"than warmup_steps={warmup_steps}: give at least {math.ceil(least / 6) / 10:g} minutes, or --steps")
+    return steps
 
 
 def build_optimizer(cfg: RunConfig, model: EmbeddingNet) -> torch.optim.Optimizer:
@@ -155,6 +218,7 @@ class Trainer:
         self.step = 0
         self.resumed_from: int | None = None
         self.steps_history: list[list[int]] = [[0, cfg.steps]]
+        self.budget: BudgetPlan | None = None
 
     # ---- checkpoints ---------------------------------------------------------------
     def save(self) -> Path:
@@ -169,6 +233,7 @@ class Trainer:
             "architecture": self.model.architecture(),
             "triplets_sha256": self.triplets_sha256,
             "steps_history": self.steps_history,
+            "budget": asdict(self.budget) if self.budget else None,
         })
 
     def resume(self) -> bool:
@@ -198,6 +263,8 @@ class Trainer:
         if ckpt.get("triplets_sha256", self.triplets_sha256) != self.triplets_sha256:
             raise CheckpointError(f"checkpoint {path} (step {step}) was trained on other triplets than "
                                   f"{self.run_dir / 'triplets_train.npy'} (re-sampled since?); {start_over}")
+        if self.cfg.train_minutes is not None:  # the budget's steps were chosen when the run began
+            self._keep_planned_steps(ckpt, path, step, start_over)
         if step > self.cfg.steps:
             raise CheckpointError(f"checkpoint {path} is at step {step}, past steps={self.cfg.steps}; pass "
                                   f"--steps {step} or more to go on, or start over with --no-resume")
@@ -214,6 +281,71 @@ class Trainer:
         self.steps_history = [list(map(int, h)) for h in history]
         self._truncate_log(self.step)
         return True
+
+    def _keep_planned_steps(self, ckpt: dict, path: Path, step: int, start_over: str) -> None:
+        """A budgeted run resumes with the steps its budget chose (never re-measured)."""
+        saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+        planned = saved.get("train_minutes")
+        if planned is None:
+            raise CheckpointError(f"checkpoint {path} (step {step}) was trained for steps={saved.get('steps')} "
+                                  f"without a time budget; go on with --steps N, or {start_over}")
+        if float(planned) != float(self.cfg.train_minutes):
+            raise CheckpointError(f"checkpoint {path} (step {step}) was planned with train_minutes={planned:g} "
+                                  f"({saved.get('steps')} steps, now train_minutes={self.cfg.train_minutes:g}); "
+                                  f"pass --steps N to change its length, or {start_over}")
+        self.cfg = self.cfg.replace(steps=int(saved["steps"]))
+        b = ckpt.get("budget") or {}
+        self.budget = BudgetPlan(float(planned), int(saved["steps"]), float(b.get("steps_per_s", float("nan"))),
+                                 int(b.get("calibration_steps", 0)), float(b.get("calibration_s", 0.0)), measured=False)
+
+    # ---- the time budget -------------------------------------------------------------
+    def measure_step_rate(self, warmup: int = CALIBRATION_WARMUP, steps: int = CALIBRATION_STEPS,
+                          max_s: float = CALIBRATION_MAX_S) -> tuple[float, int, float]:
+        """(steps/s, steps run, seconds) of `train_step` on deep copies of the network and the
+        optimiser, on the batches of the run's first steps: `warmup` untimed steps, then up to
+        `steps` timed ones or `max_s` seconds (at least 3). The run's own weights, optimiser
+        state and random state are left as they were."""
+        t_all = time.perf_counter()
+        own = self.model, self.optimizer
+        self.model, self.optimizer = copy.deepcopy(own)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                self.model.train()
+                for s in range(warmup):
+                    self._step(self.step + s)
+                t0, n, last = time.perf_counter(), 0, None
+                while n < max(3, steps) and (n < 3 or n < steps and time.perf_counter() - t0 < max_s):
+                    last = self._step(self.step + warmup + n)
+                    n += 1
+                float(last)  # waits for the device
+                rate = n / (time.perf_counter() - t0)
+        finally:
+            self.model, self.optimizer = own
+        if self.dist.enabled:  # every rank plans with rank 0's rate
+            t = torch.tensor([rate], dtype=torch.float64, device=self.device)
+            torch.distributed.broadcast(t, 0)
+            rate = float(t)
+        return rate, warmup + n, time.perf_counter() - t_all
+
+    def apply_budget(self, steps_per_s: float | None = None, progress: bool = True) -> BudgetPlan | None:
+        """With ``train_minutes``: fix ``cfg.steps`` from the step rate (measured unless
+        `steps_per_s` is given; a resumed run keeps its checkpoint's plan). Prints the plan."""
+        if self.cfg.train_minutes is None:
+            return None
+        if self.budget is None:
+            if steps_per_s is None:
+                budget_s = self.cfg.train_minutes * 60
+                rate, n, spent = self.measure_step_rate(max_s=min(CALIBRATION_MAX_S, budget_s / 10))
+            else:
+                rate, n, spent = float(steps_per_s), 0, 0.0
+            steps = budget_steps(self.cfg.train_minutes, rate, self.cfg.warmup_steps, spent)
+            self.budget = BudgetPlan(self.cfg.train_minutes, steps, rate, n, spent, measured=steps_per_s is None)
+            self.cfg = self.cfg.replace(steps=steps)
+            if self.resumed_from is None:
+                self.steps_history = [[0, steps]]
+        if progress and self.dist.is_main:
+            print(self.budget.describe(), flush=True)
+        return self.budget
 
     def _truncate_log(self, step: int) -> None:
         """Keep only the log rows of steps before `step` (all of them go when step is 0)."""
@@ -269,6 +401,10 @@ class Trainer:
         return x, im, self.labels[torch.from_numpy(idx)].to(self.device)
 
     def train_step(self, step: int) -> float:
+        """One optimiser step; its loss (a host sync: the loop itself syncs once per log step)."""
+        return float(self._step(step))
+
+    def _step(self, step: int) -> torch.Tensor:
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * group["lr_scale"] * lr_factor(self.cfg, step)
         x, im, y = self._batch(step)
@@ -294,7 +430,7 @@ class Trainer:
         loss.backward()
         distributed.all_reduce_gradients(self.model.parameters(), self.dist)
         self.optimizer.step()
-        return float(loss.detach())
+        return loss.detach()
 
     # ---- the loop --------------------------------------------------------------------
     def fit(self, resume: bool = True, stop_at: int | None = None, progress: bool = True) -> TrainResult:
@@ -302,29 +438,57 @@ class Trainer:
         resumed = resume and (self.resumed_from is not None or self.resume())
         if not resumed:
             self._truncate_log(0)  # a fresh start: no rows of an earlier attempt survive
+        if self.cfg.train_minutes is not None and self.budget is None:
+            self.apply_budget(progress=progress)
         end = self.cfg.steps if stop_at is None else min(stop_at, self.cfg.steps)
         log = open(self.loss_log_path if self.dist.is_main else os.devnull, "a", newline="")
         writer = csv.writer(log)
         self.model.train()
         t0 = time.perf_counter()
         start_step, loss = self.step, float("nan")
+        pending: list[tuple[int, torch.Tensor, float, float]] = []  # (step, loss on the device, lr, elapsed)
+        show = progress and self.dist.is_main
         bar = progress_bar(range(self.step, end), initial=self.step, total=self.cfg.steps, desc="train",
-                           enabled=progress and self.dist.is_main, unit="step")
+                           enabled=show, unit="step")
+        # a run without a budget says how long it will take once its rate is known
+        estimate_at = start_step + CALIBRATION_WARMUP + CALIBRATION_STEPS
+        announce = show and self.budget is None and self.cfg.steps - estimate_at > CALIBRATION_STEPS
+        t_warm = None
+
+        def flush() -> float:
+            """Write the pending rows (one host sync); a non-finite loss stops the run."""
+            if not pending:
+                return loss
+            values = torch.stack([p[1] for p in pending]).float().cpu().tolist()
+            for (step, _, lr, elapsed), value in zip(pending, values):
+                if not math.isfinite(value):
+                    pending.clear()
+                    log.flush()
+                    raise RankingError(f"loss became {value} at step {step}: lower the learning rate")
+                writer.writerow([step, f"{value:.6f}", f"{lr:.6g}", f"{elapsed:.3f}"])
+            pending.clear()
+            log.flush()
+            return values[-1]
+
         try:
             for step in bar:
-                loss = self.train_step(step)
-                if not math.isfinite(loss):
-                    raise RankingError(f"loss became {loss} at step {step}: lower the learning rate")
+                pending.append((step, self._step(step), self.optimizer.param_groups[0]["lr"],
+                                time.perf_counter() - t0))
                 self.step = step + 1
-                writer.writerow([step, f"{loss:.6f}", f"{self.optimizer.param_groups[0]['lr']:.6g}",
-                                 f"{time.perf_counter() - t0:.3f}"])
                 if self.step % self.cfg.log_every == 0:
-                    log.flush()
+                    loss = flush()
                     bar.set_postfix(loss=f"{loss:.4f}")
                 if self.step % self.cfg.checkpoint_every == 0 and self.step < end:
-                    log.flush()
+                    loss = flush()
                     self.save()
-            log.flush()
+                if announce and self.step == start_step + CALIBRATION_WARMUP:
+                    t_warm = time.perf_counter()
+                elif announce and self.step == estimate_at and t_warm is not None:
+                    rate = CALIBRATION_STEPS / (time.perf_counter() - t_warm)
+                    print(f"{self.cfg.steps:,} steps at {rate:.2f} steps/s ~ "
+                          f"{format_minutes((self.cfg.steps - start_step) / rate)}"
+                          + (f" (resumed at step {start_step:,})" if start_step else ""), flush=True)
+            loss = flush()
         except OSError as e:  # the loss log's own writes
             if is_disk_full(e):
                 raise disk_full_error(self.loss_log_path) from None
@@ -342,4 +506,5 @@ class Trainer:
         final = loss if done else self._last_logged_loss()
         return TrainResult(self.checkpoint_path, self.loss_log_path, self.step, wall,
                            done * self.cfg.batch_size / wall if wall > 0 and done else 0.0,
-                           final, done, self.resumed_from, self.steps_history)
+                           final, done, self.resumed_from, self.steps_history,
+                           asdict(self.budget) if self.budget else None)

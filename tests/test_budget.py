@@ -1,0 +1,148 @@
+"""The time budget (`train_minutes`): steps chosen from a step rate, recorded, kept on resume
+(never re-measured), `--steps` wins, bad values are one line; the calibration leaves the run as
+it was. The rate is given to the trainer (`steps_per_s`) wherever the test is not about measuring."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data_scripts.make_demo_dataset import make_demo_dataset
+from ranking_lib import cli, workflow
+from ranking_lib.core import settings
+from ranking_lib.core.config import RunConfig
+from ranking_lib.core.errors import CheckpointError, RankingError
+from ranking_lib.training import trainer as trainer_mod
+from ranking_lib.training.checkpoint import read_checkpoint
+from ranking_lib.training.trainer import Trainer, budget_steps, format_minutes
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("budget")
+    data = make_demo_dataset(root / "data", num_classes=4, train_per_class=20, val_per_class=5, seed=0)
+    return {"data": data, "cache": root / "cache"}
+
+
+def _cfg(demo, run_dir, **kw) -> RunConfig:
+    base = dict(data_dir=str(demo["data"]), cache_dir=str(demo["cache"]), run_dir=str(run_dir), input_size=32,
+                embedding_dim=16, batch_size=4, steps=1000, num_triplets=64, val_triplets=20, freeze_stages=7,
+                cache_stage_features=True, checkpoint_every=4, log_every=3, lr=0.01, warmup_steps=0,
+                train_minutes=0.1)
+    base.update(kw)
+    cfg = RunConfig(**base)
+    workflow.prepare(cfg, progress=False)
+    workflow.sample(cfg)
+    return cfg
+
+
+def _no_measuring(monkeypatch):
+    def refuse(self, *a, **k):
+        raise AssertionError("the step rate was measured again")
+    monkeypatch.setattr(Trainer, "measure_step_rate", refuse)
+
+
+# ---------------------------------------------------------------------------- the arithmetic
+def test_steps_from_rate_and_bad_budgets():
+    assert budget_steps(10, 2.0) == 1200
+    assert budget_steps(10, 2.0, warmup_steps=100, spent_s=60) == 1080  # the calibration is spent time
+    with pytest.raises(RankingError) as e:
+        budget_steps(1, 1.4, warmup_steps=100)  # 84 steps, not past the warm-up
+    msg = str(e.value)
+    assert "\n" not in msg and "warmup_steps=100" in msg and "at least 1.3 minutes" in msg
+    for bad in (0, -5):
+        with pytest.raises(RankingError, match="train_minutes must be > 0"):
+            budget_steps(bad, 2.0)
+    assert (format_minutes(45), format_minutes(40 * 60), format_minutes(143 * 60)) == ("45 s", "40 min", "2 h 23 min")
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_bad_budget_is_one_line(value, capsys, tmp_path):
+    with pytest.raises(RankingError, match=r"^train_minutes must be > 0"):
+        RunConfig(train_minutes=float(value))
+    rc = cli.main(["sample", "--run-dir", str(tmp_path), "--train-minutes", value])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1 and "train_minutes must be > 0" in err[0], err
+
+
+def test_explicit_steps_win_over_the_profile_budget():
+    profile = settings.resolve("cpu").config
+    assert profile.train_minutes is not None  # the cpu profile runs on a budget
+    assert settings.resolve("cpu", {"train_minutes": 5}).config.train_minutes == 5
+    cfg = settings.resolve("cpu", {"steps": 700}).config
+    assert cfg.steps == 700 and cfg.train_minutes is None
+    cfg = cli.config_from_args(cli.build_parser().parse_args(["train", "--profile", "cpu", "--steps", "7"]))
+    assert cfg.steps == 7 and cfg.train_minutes is None
+
+
+# ---------------------------------------------------------------------------- a budgeted run
+def test_budget_chooses_records_and_resumes_exactly(demo, tmp_path, monkeypatch, capsys):
+    a = _cfg(demo, tmp_path / "a")
+    b = _cfg(demo, tmp_path / "b")
+    ra = workflow.train(a, progress=True, steps_per_s=2.0)  # 0.1 min at 2 steps/s -> 12 steps
+    assert "budget 6 s -> 12 steps at 2.00 steps/s" in capsys.readouterr().out
+    assert ra.steps == 12 and ra.budget["steps"] == 12 and not ra.budget["measured"]
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["steps"] == 12 and saved["train_minutes"] == 0.1
+    summary = json.loads((tmp_path / "a" / "train_summary.json").read_text())
+    assert summary["steps_chosen_by_budget"] == 12 and summary["budget"]["steps_per_s"] == 2.0
+    assert summary["steps_history"] == [[0, 12]]
+    ckpt_a = read_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
+    assert ckpt_a["config"]["steps"] == 12 and ckpt_a["budget"]["steps"] == 12
+
+    workflow.train(b, progress=False, steps_per_s=2.0, stop_at=8)  # interrupted at step 8
+    _no_measuring(monkeypatch)
+    rb = workflow.train(b, progress=False)  # the profile's budget again, no rate: the plan is the checkpoint's
+    assert rb.steps == 12 and rb.resumed_from == 8
+    ckpt_b = read_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    for k, v in ckpt_a["model"].items():
+        assert torch.equal(v, ckpt_b["model"][k]), k
+    la, lb = workflow.load_loss_log(a), workflow.load_loss_log(b)
+    assert list(lb["step"]) == list(range(12))
+    np.testing.assert_array_equal(la["loss"], lb["loss"])
+
+    # a rerun with the recorded steps (no budget) is the same run
+    c = _cfg(demo, tmp_path / "c", train_minutes=None, steps=12)
+    workflow.train(c, progress=False)
+    ckpt_c = read_checkpoint(tmp_path / "c" / "checkpoints" / "last.pt")
+    for k, v in ckpt_a["model"].items():
+        assert torch.equal(v, ckpt_c["model"][k]), k
+
+    # another budget, or a budget on a fixed-steps checkpoint: one line, nothing changed
+    with pytest.raises(CheckpointError, match="planned with train_minutes=0.1") as e:
+        workflow.train(a.replace(train_minutes=0.5), progress=False)
+    assert "\n" not in str(e.value) and "--steps" in str(e.value)
+    with pytest.raises(CheckpointError, match="without a time budget"):
+        workflow.train(c.replace(train_minutes=0.1), progress=False)
+    # --steps extends a budgeted run as before
+    assert workflow.train(a.replace(train_minutes=None, steps=14), progress=False, ).steps == 14
+
+
+def test_budget_too_small_for_warmup_is_one_line(demo, tmp_path):
+    cfg = _cfg(demo, tmp_path / "w", warmup_steps=20)
+    with pytest.raises(RankingError) as e:
+        workflow.train(cfg, progress=False, steps_per_s=2.0)  # 12 steps, warm-up 20
+    assert "\n" not in str(e.value) and "warmup_steps=20" in str(e.value)
+    assert not (tmp_path / "w" / "checkpoints" / "last.pt").exists()
+
+
+def test_calibration_leaves_the_run_as_it_was(demo, tmp_path, monkeypatch):
+    cfg = _cfg(demo, tmp_path / "m")
+    caches = workflow.load_caches(cfg, progress=False)
+    model = workflow.initial_model(cfg, caches["train"].wnids)
+    inputs = workflow.model_inputs(cfg, model, caches["train"], progress=False)
+    t = Trainer(cfg, model, inputs, caches["train"].labels,
+                workflow.training_triplets(cfg, caches["train"], False), cfg.run_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    rate, n, spent = t.measure_step_rate(warmup=1, steps=3, max_s=0.0)
+    assert rate > 0 and n == 4 and spent > 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not t.optimizer.state and torch.equal(rng, torch.get_rng_state())
+    # measured plan: the rate of the copy, the calibration subtracted
+    monkeypatch.setattr(trainer_mod, "CALIBRATION_WARMUP", 1)
+    monkeypatch.setattr(trainer_mod, "CALIBRATION_STEPS", 3)
+    monkeypatch.setattr(Trainer, "measure_step_rate", lambda self, **k: (20.0, 4, 1.5))
+    plan = t.apply_budget(progress=False)
+    assert plan.measured and plan.steps == int((6 - 1.5) * 20) == t.cfg.steps == t.steps_history[0][1]
