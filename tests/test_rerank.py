@@ -59,3 +59,32 @@ def test_config_fields():
         RunConfig(rerank="bogus")
     with pytest.raises(RankingError, match="rerank_k"):
         RunConfig(rerank_k=0)
+
+
+def _unit(deg):
+    r = np.deg2rad(deg)
+    return [np.cos(r), np.sin(r)]
+
+
+def test_auto_chooses_on_the_tuning_split_and_applies_it_to_val():
+    # class 0 at 0, 2, 30 degrees, class 1 at 60, 62, 64; a class-1 image at 44 degrees is nearer
+    # 30 (class 0) than 60, but the mean of its 3 nearest (30, 60, 62) lies nearer class 1
+    emb = np.array([_unit(d) for d in (0, 2, 30, 60, 62, 64, 44)], np.float32)
+    db = EmbeddingIndex(emb, np.array([0, 0, 0, 1, 1, 1, 1]))
+    val = EmbeddingIndex(np.array([_unit(d) for d in (36, 1, 63)], np.float32), np.array([1, 0, 1]))
+    trip = {"train": np.array([[0, 1, 3]]), "tune": np.array([[6, 5, 2]]), "val": np.array([[0, 2, 1]])}
+    m = evaluate_embeddings(db, trip, kept=np.arange(6), held=np.array([6]), ks=(1,), val=val,
+                            rerank=Reranker("auto"))
+    assert m["tune"]["rerank_search"]["none"] == 0.0
+    assert m["tune"]["precision@1"] == 100.0 and m["tune"]["rerank"] == m["val"]["rerank"] != "none"
+    assert m["val"]["precision@1"] == 100.0  # plain search answers class 0 for the image at 36 degrees
+    plain = evaluate_embeddings(db, trip, kept=np.arange(6), held=np.array([6]), ks=(1,), val=val)
+    assert round(plain["val"]["precision@1"], 2) == 66.67 and plain["val"]["rerank"] == "none"
+
+
+def test_auto_needs_a_tuning_split():
+    with pytest.raises(RankingError, match="holdout_per_class"):
+        evaluate_embeddings(DB, {"train": np.array([[0, 1, 2]])}, kept=np.arange(3), held=np.array([], int),
+                            rerank=Reranker("auto"))
+    with pytest.raises(RankingError, match="tuning split"):
+        Reranker("auto").queries(DB, np.zeros((1, 2), np.float32))

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ranking_lib.core.errors import RankingError
 from ranking_lib.core.names import SCORE_K
 from ranking_lib.retrieval.index import EmbeddingIndex
-from ranking_lib.retrieval.rerank import Reranker
+from ranking_lib.retrieval.rerank import AUTO_CANDIDATES, Reranker
 from ranking_lib.retrieval.metrics import (
     retrieval_metrics,
     score_at_top_k,
@@ -35,6 +36,28 @@ def score_at_top(embeddings: np.ndarray, triplets: np.ndarray) -> dict:
     s = score_at_top_k(embeddings, triplets, min(SCORE_K, len(embeddings) - 1))
     return {f"score_at_top_{SCORE_K}": s["score"], f"score_at_top_{SCORE_K}_counted": s["counted"],
             f"score_at_top_{SCORE_K}_k": s["k"]}
+
+
+def queries_without_match(query_labels: np.ndarray, db_labels: np.ndarray) -> int:
+    """Queries whose class has no image in the database: no ranking can answer them right, so
+    they lower every metric (a class without training images)."""
+    return int((~np.isin(query_labels, db_labels)).sum())
+
+
+def choose_rerank(kept_db: EmbeddingIndex, queries: np.ndarray, labels: np.ndarray, ks, index_options: dict,
+                  candidates=AUTO_CANDIDATES) -> tuple[Reranker, dict[str, float]]:
+    """The candidate re-ranking with the best precision@max(ks) of the tuning queries (ties: the
+    earlier, i.e. simpler, candidate), and every candidate's score."""
+    k = max(ks)
+    scores, best, best_score = {}, Reranker(), -1.0
+    for method, n, alpha in candidates:
+        r = Reranker(method, n, alpha)
+        db = r.database(kept_db, **index_options)
+        p = retrieval_metrics(db, r.queries(db, queries), labels, ks=(k,))[f"precision@{k}"]
+        scores[r.name] = p
+        if p > best_score:
+            best, best_score = r, p
+    return best, scores
 
 
 def train_query_ids(kept: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -58,6 +81,14 @@ def evaluate_embeddings(db: EmbeddingIndex, triplets: dict[str, np.ndarray], *, 
     """
     rerank = rerank or Reranker()
     metrics: dict[str, dict] = {}
+    opts = index_options or {}
+    search = None
+    if rerank.method == "auto":
+        if not len(held):
+            raise RankingError("rerank 'auto' chooses on the tuning split: set holdout_per_class > 0, "
+                               "or pass a method (none, aqe, dba, dba+aqe)")
+        base = EmbeddingIndex(db.embeddings[kept], db.labels[kept], **opts)
+        rerank, search = choose_rerank(base, db.embeddings[held], db.labels[held], ks, opts)
     trip = triplets["train"]
     m = {"triplet_acc": triplet_accuracy_from_index(db.embeddings, trip), "num_triplets": int(len(trip))}
     ids = train_query_ids(kept, train_eval_queries, seed)
@@ -69,14 +100,20 @@ def evaluate_embeddings(db: EmbeddingIndex, triplets: dict[str, np.ndarray], *, 
                                   **(index_options or {}))
         m = {"triplet_acc": triplet_accuracy_from_index(db.embeddings, trip), "num_triplets": int(len(trip))}
         m.update(retrieval_metrics(kept_db, rerank.queries(kept_db, db.embeddings[held]), db.labels[held], ks=ks))
+        m["queries_without_match"] = queries_without_match(db.labels[held], db.labels[kept])
         m.update(score_at_top(db.embeddings, trip))
+        m["rerank"] = rerank.name
+        if search is not None:
+            m["rerank_search"] = search
         metrics["tune"] = m
     if val is not None:
         trip = triplets["val"]
         m = {"triplet_acc": triplet_accuracy_from_index(val.embeddings, trip), "num_triplets": int(len(trip))}
         val_db = rerank.database(db, **(index_options or {}))
         m.update(retrieval_metrics(val_db, rerank.queries(val_db, val.embeddings), val.labels, ks=ks))
+        m["queries_without_match"] = queries_without_match(val.labels, db.labels)
         m.update(score_at_top(val.embeddings, trip))
+        m["rerank"] = rerank.name
         metrics["val"] = m
     return metrics
 

@@ -8,7 +8,9 @@ search again (Chum et al. 2007; Radenović et al. 2018, "α-QE" and "DBA"):
 * ``dba`` (database-side augmentation): every database vector becomes the same mean over its
   own ``k`` nearest *other* database vectors; computed once per database, then searched like
   the original;
-* ``dba+aqe``: both, the query expanded over the augmented database.
+* ``dba+aqe``: both, the query expanded over the augmented database;
+* ``auto``: each of `AUTO_CANDIDATES` on the tuning split, the best by precision@K kept for val
+  (`retrieval.protocol`); needs held-out images (``holdout_per_class``).
 
 Weights: ``w_j = 1`` when ``alpha`` is 0 (plain averaging), else ``w_j = max(s_j, 0) ** alpha`` with
 ``s_j = 1 - d_j² / 2`` the cosine of unit vectors at Euclidean distance d_j. When the vectors
@@ -25,6 +27,16 @@ from ranking_lib.core.errors import RankingError
 from ranking_lib.retrieval.index import EmbeddingIndex
 
 METHODS = ("none", "aqe", "dba", "dba+aqe")
+CHOICES = METHODS + ("auto",)
+"""``auto``: the protocol tries `AUTO_CANDIDATES` on the tuning split and keeps the best."""
+
+AUTO_CANDIDATES = (
+    ("none", 1, 0.0),
+    *[("aqe", k, a) for k in (3, 5, 10, 20) for a in (0.0, 3.0)],
+    ("dba", 5, 0.0),
+    ("dba+aqe", 5, 0.0),
+)
+"""(method, k, alpha) tried by ``rerank: auto``."""
 
 
 def _unit(x: np.ndarray) -> bool:
@@ -52,8 +64,8 @@ class Reranker:
     chunk_size: int = 4096
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise RankingError(f"rerank must be one of {', '.join(METHODS)} (got {self.method!r})")
+        if self.method not in CHOICES:
+            raise RankingError(f"rerank must be one of {', '.join(CHOICES)} (got {self.method!r})")
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise RankingError(f"rerank_k must be a positive integer (got {self.k!r})")
         if not np.isfinite(self.alpha) or self.alpha < 0:
@@ -62,6 +74,18 @@ class Reranker:
     @property
     def active(self) -> bool:
         return self.method != "none"
+
+    @property
+    def name(self) -> str:
+        """``none``, or e.g. ``aqe k=10`` / ``aqe k=10 alpha=3``."""
+        if self.method in ("none", "auto"):
+            return self.method
+        return f"{self.method} k={self.k}" + (f" alpha={self.alpha:g}" if self.alpha else "")
+
+    def _check_resolved(self) -> None:
+        if self.method == "auto":
+            raise RankingError("rerank 'auto' is chosen on the tuning split by the evaluation protocol; "
+                               "pass a method (none, aqe, dba, dba+aqe) to search directly")
 
     def _neighbour_mean(self, db: EmbeddingIndex, q: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
         k = min(self.k, len(db) - (1 if exclude is not None else 0))
@@ -77,6 +101,7 @@ class Reranker:
 
     def database(self, db: EmbeddingIndex, **index_options) -> EmbeddingIndex:
         """The database to search: `db` itself, or its augmented copy (``dba``, ``dba+aqe``)."""
+        self._check_resolved()
         if not self.method.startswith("dba"):
             return db
         z = self._neighbour_mean(db, db.embeddings, exclude=np.arange(len(db)))
@@ -84,6 +109,7 @@ class Reranker:
 
     def queries(self, db: EmbeddingIndex, q: np.ndarray) -> np.ndarray:
         """The query vectors to search `db` (already the output of `database`) with."""
+        self._check_resolved()
         q = np.asarray(q, np.float32)
         if not self.method.endswith("aqe"):
             return q
