@@ -113,6 +113,10 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> int:
 
     if args.command == "query":  # reads only
         return _run(args, cfg, workflow)
+        if settings.make_demo_data and args.command in ("prepare", "all"):  # the demo profile's data
+            from ranking_lib.data.demo import ensure_demo_dataset
+
+            ensure_demo_dataset(settings.config.data_dir)
     if distributed.launched_by_torchrun():
         return _run_distributed(args, cfg, workflow)
     with RunDirLock(cfg.run_dir, f"python -m ranking_lib {args.command}"):

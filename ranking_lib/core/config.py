@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -367,13 +366,10 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
+        from ranking_lib.core.fileio import read_json
+
         path = Path(path)
-        if not path.is_file():
-            raise RankingError(f"config file not found: {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as e:
-            raise RankingError(f"config file {path} is not valid JSON ({str(e).splitlines()[0]})") from None
+        data = read_json(path, "config file")
         if not isinstance(data, dict):
             raise RankingError(f"config file {path} must hold a JSON object of settings, not {type(data).__name__}")
         try:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ranking_lib.core import fileio
 from ranking_lib.core.config import RunConfig
 from ranking_lib.core.names import MODELS
 from ranking_lib.core.errors import RankingError
@@ -37,10 +38,7 @@ class RunRecord:
         run = Path(run_dir)
 
         def read_json(name):
-            path = run / name
-            if not path.is_file():
-                raise RankingError(f"{path} not found (run the notebooks 01-04 first)")
-            return json.loads(path.read_text())
+            return fileio.read_json(run / name, "run file", " (run the notebooks 01-04 first)")
 
         cfg = RunConfig.from_dict(read_json("config.json"))
         metrics = {m: read_json(f"metrics_{m}.json") for m in MODELS}
@@ -278,9 +276,9 @@ LEVERS = Path(__file__).resolve().parents[2] / "docs" / "figures" / "levers.json
 def measured_levers(path: str | Path = LEVERS) -> list[dict] | None:
     """The recipes measured on full Tiny ImageNet (precision@30 against wall-clock minutes,
     tuning split and val; `benchmarks/plot_levers.py`; copied from RESULTS.md), or None when the file is absent."""
-    path = Path(path)
-    if not path.is_file():
+    if path is None or not Path(path).is_file():
         return None
+    path = Path(path)
     try:
         points = json.loads(path.read_text(encoding="utf-8"))["points"]
     except (ValueError, KeyError, TypeError) as e:

@@ -57,7 +57,6 @@ class TripletSampler:
                 f"no positive can be drawn for it{more}"
             )
         self._order = order  # image indices grouped by class
-        self._classes = classes
         self._starts = starts
         self._counts = counts
         # position of each image's class in `classes`
