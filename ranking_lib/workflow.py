@@ -174,43 +174,6 @@ def check_sample_size(cfg: RunConfig) -> None:
                            f"(a {mb(biggest)} array), but only {mb(mem)} are available: lower --num-triplets")
 
 
-SAMPLING_MEMORY_FACTOR = 3  # peak memory of sampling n triplets: ~3x the n x 3 int64 array it returns
-
-
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def check_sample_size(cfg: RunConfig) -> None:
-    """Refuse, before any work, triplet counts whose files cannot fit the run directory's disk or
-    whose sampling cannot fit in memory (the sizes they would need, named in one line)."""
-    from ranking_lib.core.fileio import free_bytes
-
-    n = cfg.val_triplets * (2 if cfg.holdout_per_class else 1)
-    n += cfg.val_triplets if cfg.triplet_source == "online" else cfg.num_triplets
-    need = n * 3 * 8  # int64 (query, positive, negative)
-    biggest = max(cfg.num_triplets if cfg.triplet_source == "presampled" else 0, cfg.val_triplets) * 3 * 8
-    where = Path(cfg.run_dir)
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    free, mem = free_bytes(where), _available_memory()
-    mb = lambda b: f"{b / 2**20:,.1f} MB"  # noqa: E731
-    what = f"num_triplets={cfg.num_triplets:,} and val_triplets={cfg.val_triplets:,}"
-    if free is not None and need > free:
-        raise RankingError(f"{what} need {mb(need)} of triplet files in {cfg.run_dir}, but only {mb(free)} are free "
-                           "there: lower --num-triplets / --val-triplets or free some space")
-    if mem is not None and biggest * SAMPLING_MEMORY_FACTOR > mem:
-        raise RankingError(f"{what} need about {mb(biggest * SAMPLING_MEMORY_FACTOR)} of memory to sample "
-                           f"(a {mb(biggest)} array), but only {mb(mem)} are available: lower --num-triplets")
-
-
 @writes_run_dir
 def sample(cfg: RunConfig) -> dict[str, np.ndarray]:
     """Sample training triplets (train split) and evaluation triplets (val split only).
