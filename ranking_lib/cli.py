@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_metrics(metrics: dict) -> None:
-    keys = list(dict.fromkeys(k for m in metrics.values() for k in m
+    keys = list(dict.fromkeys(k for m in metrics.values() for k, v in m.items()
                               if k not in ("num_queries", "num_triplets", "queries_without_match")
-                              and not k.endswith(("_counted", "_k"))))
+                              and not k.endswith(("_counted", "_k"))
+                              and isinstance(v, (int, float)) and not isinstance(v, bool)))  # numbers only
     print("split  " + "  ".join(f"{k:>15}" for k in keys))
     for split, m in metrics.items():
         print(f"{split:<6} " + "  ".join(f"{m[k]:>15.2f}" if k in m else f"{'-':>15}" for k in keys))
