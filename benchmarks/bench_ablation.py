@@ -256,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(results_path, results)
     print(ablation.table(results).round(2).to_string())
     ablation.plot_out_of_class(results, results_path.with_name("ablation_out_of_class.png"))
+    from ranking_lib.core.runcard import write_benchmark_card
+
+    print(f"wrote {write_benchmark_card('bench_ablation', results_path, argv)}")
     return 0
 
 

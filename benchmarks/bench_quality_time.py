@@ -223,6 +223,9 @@ def run(argv: list[str] | None, reexec: bool) -> int:
     out.write_text(json.dumps({"info": info, "curves": curves}, indent=2) + "\n")
     plot(curves, info, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
+    from ranking_lib.core.runcard import write_benchmark_card
+
+    print(f"wrote {write_benchmark_card('bench_quality_time', out, argv)}")
     return 0
 
 

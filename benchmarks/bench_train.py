@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"info": info, "rows": rows}, indent=2))
+    from ranking_lib.core.runcard import write_benchmark_card
+
+    print(f"wrote {write_benchmark_card('bench_train', out, argv)}")
     return 0
 
 

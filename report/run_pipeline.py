@@ -6,10 +6,9 @@
 
 Settings come from one place: ``profiles/<profile>.yaml`` (RunConfig fields, plus the runner's
 keys ``make_demo_data`` and ``env``), overridden by ``--data-dir``, ``--run-dir`` and
-``--set key=value`` (values parsed as YAML: ``--set ks=[1,5] max_classes=null``). Every notebook
-receives two parameters, ``profile`` (the profile's file) and ``overrides`` (the command line's
-settings, paths absolute), and resolves them with ``settings.notebook_config``: the same resolver
-as here, so every notebook runs with the config validated here. Executed notebooks go to ``<run-dir>/notebooks/``; the run stops at the first
+``--set key=value`` (values parsed as YAML: ``--set ks=[1,5] max_classes=null``). Each notebook
+receives the parameters its ``parameters`` cell declares; other RunConfig fields travel in its
+``extra`` dict. Executed notebooks go to ``<run-dir>/notebooks/``; the run stops at the first
 failing notebook with one line naming it and the failing cell. Then ``05_report`` is converted
 to ``<run-dir>/report.html`` and ``<run-dir>/report.pdf`` (code hidden unless ``--show-code``).
 
@@ -24,6 +23,7 @@ import contextlib
 import copy
 import logging
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 REPORT_NOTEBOOK = "05_report.ipynb"
-TEMPLATE = ROOT / "ranking_lib" / "reporting" / "templates" / "deep_ranking.tex.j2"
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "deep_ranking.tex.j2"
 KERNEL = "python3"
 EXIT_DEAD_KERNEL = 4
 
@@ -71,20 +71,7 @@ def resolve_settings(args) -> tuple[dict, dict]:
     resolved = resolve(args.profile, overrides)  # RankingError -> exit 2
     cfg = resolved.config.to_dict()
     settings = {k: cfg[k] for k in sorted(resolved.explicit)}
-    return settings, {"env": resolved.env, "make_demo_data": resolved.make_demo_data,
-                      "notebook": notebook_parameters(args.profile, overrides, cfg)}
-
-
-def notebook_parameters(profile: str, overrides: dict, cfg: dict) -> dict:
-    """What papermill injects into every notebook: ``profile`` (a name, or a .yaml path made
-    absolute) and ``overrides`` (the command line's settings, their paths resolved here, since
-    the kernel runs in ``notebooks/``)."""
-    from ranking_lib.core.settings import PATH_KEYS, profile_path
-
-    if str(profile).endswith((".yaml", ".yml")):
-        profile = str(profile_path(profile).resolve())
-    return {"profile": str(profile),
-            "overrides": {k: cfg[k] if k in PATH_KEYS else v for k, v in overrides.items()}}
+    return settings, {"env": resolved.env, "make_demo_data": resolved.make_demo_data}
 
 
 def parameter_defaults(nb_path: Path) -> dict:
@@ -111,11 +98,19 @@ def parameter_defaults(nb_path: Path) -> dict:
 
 
 def declared_parameters(nb_path: Path) -> list[str]:
-    """Names the notebook's `parameters` cell assigns; it must take ``profile`` and ``overrides``."""
-    names = list(parameter_defaults(nb_path))
-    if not {"profile", "overrides"} <= set(names):
-        raise RunnerError(f"{nb_path.name}: the parameters cell must assign `profile` and `overrides`")
-    return names
+    """Names the notebook's `parameters` cell assigns."""
+    return list(parameter_defaults(nb_path))
+
+
+def notebook_parameters(declared: list[str], settings: dict) -> dict:
+    """The settings a notebook declares; the rest in its `extra` dict (if it has one)."""
+    params = {k: v for k, v in settings.items() if k in declared}
+    rest = {k: v for k, v in settings.items() if k not in declared}
+    if rest:
+        if "extra" not in declared:
+            raise RunnerError(f"notebook declares neither {', '.join(sorted(rest))} nor `extra`")
+        params["extra"] = rest
+    return params
 
 
 def select_notebooks(spec: str | None) -> list[Path]:
@@ -216,10 +211,10 @@ def stderr_to(log_path: Path | None):
             os.close(saved)
 
 
-def execute(nb_path: Path, out_path: Path, params: dict, log_output: bool, timeout: int | None) -> float:
+def execute(nb_path: Path, out_path: Path, settings: dict, log_output: bool, timeout: int | None) -> float:
     import papermill as pm
 
-    declared_parameters(nb_path)
+    params = notebook_parameters(declared_parameters(nb_path), settings)
     t0 = time.perf_counter()
     with stderr_to(None if log_output else out_path.parent / "kernels.log"):
         pm.execute_notebook(str(nb_path), str(out_path), parameters=params, kernel_name=KERNEL,
@@ -308,20 +303,42 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with RunDirLock(settings["run_dir"], "run_pipeline.py") as lock:
             os.environ[TOKEN_ENV] = lock.token  # the kernels write under this runner's lock
-            return run_notebooks(args, settings, runner, notebooks)
+            phases: dict[str, float] = {}
+            rc = run_notebooks(args, settings, runner, notebooks, phases)
+            if rc == 0:
+                write_run_card(settings, phases, argv)
+            return rc
     except ValueError as e:  # RankingError: run dir busy or not a directory
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
-def run_notebooks(args, settings: dict, runner: dict, notebooks: list[Path]) -> int:
+def write_run_card(settings: dict, phases: dict[str, float], argv: list[str] | None) -> None:
+    """``run_card.json`` in the run dir: config, metrics, training summary, each notebook's wall
+    time, the machine and the checkout's commit (`ranking_lib.core.runcard`)."""
+    import shlex
+
+    from ranking_lib.core.runcard import write_card
+
+    args = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python report/run_pipeline.py", *map(shlex.quote, args)])
+    path = write_card(settings["run_dir"], command=command, phases=phases, config=settings)
+    print(f"wrote {path}")
+
+
+def run_notebooks(args, settings: dict, runner: dict, notebooks: list[Path],
+                  phases: dict[str, float] | None = None) -> int:
+    """Execute `notebooks`, then build the report; `phases` collects each one's wall time (s)."""
+    phases = {} if phases is None else phases
     run_dir = Path(settings["run_dir"])
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     if runner.get("make_demo_data"):
-        from ranking_lib.data.demo import ensure_demo_dataset
-
-        ensure_demo_dataset(settings["data_dir"])
+        data_dir = Path(settings["data_dir"])
+        if not (data_dir / "wnids.txt").is_file():
+            print(f"generating the synthetic demo dataset in {data_dir} ...", flush=True)
+            subprocess.run([sys.executable, str(ROOT / "data_scripts" / "make_demo_dataset.py"), "--out",
+                            str(data_dir)], check=True, stdout=subprocess.DEVNULL)
     kernel_env(runner.get("env"))
     ensure_kernel()
 
@@ -332,7 +349,7 @@ def run_notebooks(args, settings: dict, runner: dict, notebooks: list[Path]) -> 
         out = out_dir / nb.name
         print(f"running {nb.name} ...", end=" ", flush=True)
         try:
-            secs = execute(nb, out, runner["notebook"], args.verbose, args.timeout)
+            secs = execute(nb, out, settings, args.verbose, args.timeout)
         except pm.PapermillExecutionError as e:
             print("FAILED", flush=True)
             print(failure_line(nb, out, e), file=sys.stderr)
@@ -349,6 +366,7 @@ def run_notebooks(args, settings: dict, runner: dict, notebooks: list[Path]) -> 
                   f"(executed notebook: {out})", file=sys.stderr)
             return 1
         print(f"done in {secs:.0f} s", flush=True)
+        phases[nb.stem] = secs
 
     if args.no_report:
         return 0
@@ -361,8 +379,10 @@ def run_notebooks(args, settings: dict, runner: dict, notebooks: list[Path]) -> 
               "(add 05 to --notebooks to build it)")
         return 0
     print("building the report ...", end=" ", flush=True)
+    t0 = time.perf_counter()
     try:
         written = build_report(executed, run_dir, pdf=not args.no_pdf, show_code=args.show_code, title=args.title)
+        phases["report"] = time.perf_counter() - t0
     except Exception as e:  # LaTeX missing or failing
         print("FAILED", flush=True)
         msg = str(e).strip().splitlines()

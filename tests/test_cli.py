@@ -36,7 +36,11 @@ def test_all_writes_every_artifact(cli_run):
     for k in (1, 10, 30):
         assert m["val"][f"precision@{k}"] == pytest.approx(100 * same[:, :k].mean(), abs=1e-6), k
     assert m["val"]["any_hit@30"] == pytest.approx(100 * same.any(axis=1).mean(), abs=1e-6)
-    assert m["val"]["knn1"] == pytest.approx(100 * same[:, 0].mean(), abs=1e-6)
+    # R-precision: same-class share of the R nearest, R = the query's class size in the database
+    r = np.bincount(db["labels"])[val["labels"]]
+    full = db["labels"][np.argsort(d, axis=1, kind="stable")] == val["labels"][:, None]
+    assert m["val"]["r_precision"] == pytest.approx(100 * np.mean([f[:n].mean() for f, n in zip(full, r)]), abs=1e-6)
+    assert "knn1" not in m["val"]  # the nearest neighbour's class is precision@1
     t = np.load(run / "triplets_val.npy")
     z = val["embeddings"].astype(np.float64)
     dp, dn = np.linalg.norm(z[t[:, 0]] - z[t[:, 1]], axis=1), np.linalg.norm(z[t[:, 0]] - z[t[:, 2]], axis=1)

@@ -121,7 +121,9 @@ def test_retrieval_metrics_exclude_self_by_hand(backend):
     assert m["precision@1"] == pytest.approx(100 * 4 / 6)
     assert m["precision@2"] == pytest.approx(100 * (0.5 + 0.5 + 0 + 1 + 1 + 0) / 6)
     assert m["any_hit@2"] == pytest.approx(100 * 4 / 6)
-    assert m["knn1"] == pytest.approx(100 * 4 / 6)
+    # R-precision: same-class share of the R = 2 nearest
+    assert m["r_precision"] == pytest.approx(100 * (0.5 + 0.5 + 0 + 1 + 1 + 0) / 6)
+    assert "knn1" not in m  # the nearest neighbour's class is precision@1
     # AP@2: [1,0] -> 1/2, [1,0] -> 1/2, 0, [1,1] -> 1, [1,1] -> 1, 0
     assert m["map@r"] == pytest.approx(100 * (0.5 + 0.5 + 0 + 1 + 1 + 0) / 6)
     # same numbers when a subset of database items is queried via query_ids, in tiny chunks

@@ -125,7 +125,7 @@ def test_query_result(tmp_path):
 
 def test_metrics_table_and_bars(tmp_path):
     m = {"triplet_acc": 91.234, "precision@1": 80.0, "precision@10": 70.5, "precision@30": 60.25,
-         "any_hit@30": 99.0, "knn1": 80.0, "map@r": 40.123, "num_queries": 200}
+         "any_hit@30": 99.0, "r_precision": 75.0, "map@r": 40.123, "num_queries": 200}
     rows = {("trained", "train"): m, ("trained", "val"): m, ("baseline", "val"): {**m, "map@r": 10.0}}
     df = tables.metrics_table(rows)
     assert list(df.columns) == list(tables.METRIC_COLUMNS.values())
@@ -133,7 +133,7 @@ def test_metrics_table_and_bars(tmp_path):
     assert df.loc[("trained", "val"), "MAP@R"] == 40.12
     assert df.loc[("baseline", "val"), "MAP@R"] == 10.0
     frac = tables.metrics_table({"x": {"precision@1": 0.5}}, fraction=True)
-    assert frac.loc["x", "P@1"] == 50.0 and np.isnan(frac.loc["x", "KNN-1"])
+    assert frac.loc["x", "P@1"] == 50.0 and np.isnan(frac.loc["x", "R-prec."])
     tex = tables.table_latex(df)
     assert r"\toprule" in tex and "91.23" in tex and "triplet acc." in tex
     plots.plot_precision_bars(df, path=tmp_path / "bars.png")

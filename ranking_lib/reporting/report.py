@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ranking_lib.core import fileio
 from ranking_lib.core.config import RunConfig
 from ranking_lib.core.names import MODELS
 from ranking_lib.core.errors import RankingError
@@ -38,7 +37,10 @@ class RunRecord:
         run = Path(run_dir)
 
         def read_json(name):
-            return fileio.read_json(run / name, "run file", " (run the notebooks 01-04 first)")
+            path = run / name
+            if not path.is_file():
+                raise RankingError(f"{path} not found (run the notebooks 01-04 first)")
+            return json.loads(path.read_text())
 
         cfg = RunConfig.from_dict(read_json("config.json"))
         metrics = {m: read_json(f"metrics_{m}.json") for m in MODELS}
@@ -275,15 +277,19 @@ LEVERS = Path(__file__).resolve().parents[2] / "docs" / "figures" / "levers.json
 
 def measured_levers(path: str | Path = LEVERS) -> list[dict] | None:
     """The recipes measured on full Tiny ImageNet (precision@30 against wall-clock minutes,
-    tuning split and val; `benchmarks/plot_levers.py`; copied from RESULTS.md), or None when the file is absent."""
+    tuning split and val), each point's numbers read from its kept card in ``docs/runs/``
+    (`results.levers_points`), or None when `path` is absent."""
+    from ranking_lib.reporting import results
+
     if path is None or not Path(path).is_file():
         return None
     path = Path(path)
     try:
-        points = json.loads(path.read_text(encoding="utf-8"))["points"]
+        return results.levers_points(path)
     except (ValueError, KeyError, TypeError) as e:
+        if isinstance(e, RankingError):
+            raise
         raise RankingError(f"measured recipes {path} are unreadable ({type(e).__name__}: {e})") from None
-    return points
 
 
 def improvements(r: RunRecord, measured: dict | None = None) -> str:
@@ -294,7 +300,7 @@ def improvements(r: RunRecord, measured: dict | None = None) -> str:
         from ranking_lib.reporting import ablation
 
         head = ("1. **The paper's method, measured** (relevance-weighted sampling with in-class negatives, "
-                "online triplet buffers, the multiscale network; table and figure below). "
+                "online triplet buffers, the multiscale network; other runs on full Tiny ImageNet, tables and figure under 'Reference results from kept cards' below). "
                 + ablation.findings(measured).replace("\n", "\n   "))
         return "\n".join([head, _third(r, cfg, gap).replace("3. ", "2. ", 1)])
     first = ("1. **In-class negatives and online triplet sampling** (as in the paper). All pre-sampled negatives here "
@@ -381,3 +387,53 @@ def wrong_neighbours(r: RunRecord, model: str = "trained") -> str:
         items.append(f"* {w['class']}: {rel}")
     return (f"{head} {len(ex['wrong'])} of its {ex['k']} nearest training images are of other classes; each "
             "with the lowest WordNet hypernym it shares with the query's class:\n\n" + "\n".join(items))
+
+
+# ---- reference results (other runs, from kept cards) ---------------------------------------------
+def reference_intro() -> str:
+    return ("*Not this run.* The figure and tables of this section are full Tiny ImageNet results of other runs "
+            "(2 CPU cores), read from the run cards kept in `docs/runs/` and the benchmark results in `docs/figures/` "
+            "(RESULTS.md has their context). A card marked *reconstructed* was assembled from what its run printed. "
+            "Their commands are listed at the end, relative to the repository.")
+
+
+def _wrapped(command: str, width: int = 88) -> str:
+    """A command on lines of at most `width` characters, continued with a backslash."""
+    toks, words = [], command.split()
+    for w in words:  # a flag stays on the line of its value
+        if toks and toks[-1].startswith("--") and " " not in toks[-1] and not w.startswith("-"):
+            toks[-1] += " " + w
+        else:
+            toks.append(w)
+    out, line = [], ""
+    for tok in toks:
+        if line and len(line) + 1 + len(tok) > width - 2:
+            out.append(line + " \\")
+            line = "    " + tok
+        else:
+            line = f"{line} {tok}" if line else tok
+    return "\n".join(out + [line])
+
+
+def reference_commands(measured: dict | None, levers: list[dict] | None = None) -> str:
+    """Markdown: the commands of the reference results as one verbatim block, paths relative to the
+    repository (the kept JSON holds them as they ran)."""
+    from ranking_lib.reporting import ablation
+    from ranking_lib.reporting.results import card, relative
+
+    blocks = []
+    for p in levers or []:
+        command = card(p["card"])["command"] if p.get("card") else p["command"]
+        blocks.append(f"# {p['label']} ({p['split']}; docs/runs/{p['card']}/card.json)\n{_wrapped(relative(command))}")
+    if measured:
+        base = relative(measured.get("base_command", "python -m ranking_lib STEP ...").replace(" --quiet", ""))
+        base = base.replace("python -m ranking_lib STEP", "python -m ranking_lib all", 1)
+        rows = "\n".join(f"#   {r['name']}: {' '.join(ablation.override_flags(r['overrides'])) or '(none)'}"
+                         for r in measured["rows"])
+        blocks.append("# the paper's options: every reduced-budget row is this command plus its flags\n"
+                      f"{_wrapped(base + ' --run-dir runs/ablation/ROW')}\n{rows}")
+        for r in measured.get("val_rows", []):
+            blocks.append(f"# full budget, val: {r['name']}\n{_wrapped(relative(r['command']))}")
+    if not blocks:
+        return ""
+    return "Commands of the reference results:\n\n```text\n" + "\n\n".join(blocks) + "\n```"

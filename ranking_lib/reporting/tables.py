@@ -13,7 +13,7 @@ METRIC_COLUMNS = {
     "precision@10": "P@10",
     "precision@30": "P@30",
     "any_hit@30": "hit@30",
-    "knn1": "KNN-1",
+    "r_precision": "R-prec.",
     "map@r": "MAP@R",
 }
 

@@ -225,6 +225,25 @@ def map_at_r(neighbor_labels, query_labels, r) -> float:
     return float(100.0 * ap.mean())
 
 
+def r_precision(neighbor_labels, query_labels, r) -> float:
+    """R-precision in percent, as defined by pytorch-metric-learning's ``AccuracyCalculator``:
+    ``100 * mean_q( #{i < R_q : neighbor_labels[q, i] == query_labels[q]} / R_q )``, with R_q as in
+    :func:`map_at_r` (queries with R_q = 0 left out). ``neighbor_labels`` needs >= max(R_q) columns."""
+    nl, ql = _check_neighbors(neighbor_labels, query_labels)
+    r_arr = np.broadcast_to(_to_numpy(r, "r").astype(np.int64), (len(nl),))
+    keep = r_arr > 0
+    if not keep.any():
+        raise RankingError("R-precision is undefined: no query has a relevant database item (all R = 0)")
+    r_max = int(r_arr.max())
+    if r_max > nl.shape[1]:
+        raise RankingError(
+            f"R-precision needs at least max(R)={r_max} neighbour columns but neighbor_labels has {nl.shape[1]}"
+        )
+    nl, ql, r_arr = nl[keep, :r_max], ql[keep], r_arr[keep]
+    rel = (nl == ql[:, None]) & (np.arange(1, r_max + 1)[None, :] <= r_arr[:, None])
+    return float(100.0 * np.mean(rel.sum(axis=1) / r_arr))
+
+
 def retrieval_metrics(
     index,
     query_embeddings,
@@ -241,8 +260,9 @@ def retrieval_metrics(
     (minus one when ``exclude_self``). With ``exclude_self=True`` query i *is* database item
     ``query_ids[i]`` (default ``arange(Q)``) and is dropped from its own neighbours.
 
-    Returns a dict: ``precision@k`` for every k in ``ks``, ``any_hit@{max(ks)}``, ``knn1``,
-    ``map@r`` (all percentages, see the functions above) and ``num_queries``.
+    Returns a dict: ``precision@k`` for every k in ``ks``, ``any_hit@{max(ks)}``,
+    ``r_precision``, ``map@r`` (all percentages, see the functions above) and ``num_queries``.
+    (The nearest neighbour's class, KNN-1, is ``precision@1``.)
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -288,8 +308,8 @@ def retrieval_metrics(
 
     # the tested per-metric functions, on chunks of queries, weighted by chunk size
     sums = {f"precision@{k}": 0.0 for k in ks}
-    sums.update({f"any_hit@{ks[-1]}": 0.0, "knn1": 0.0})
-    ap_sum = 0.0
+    sums.update({f"any_hit@{ks[-1]}": 0.0})
+    ap_sum = rp_sum = 0.0
     ap_n = 0
     step = max(1, int(chunk_size))
     for s in range(0, len(q), step):
@@ -299,14 +319,15 @@ def retrieval_metrics(
         for k in ks:
             sums[f"precision@{k}"] += precision_at_k(nl, qe, k) * len(qe)
         sums[f"any_hit@{ks[-1]}"] += any_hit_at_k(nl, qe, ks[-1]) * len(qe)
-        sums["knn1"] += knn_accuracy(nl, qe, 1) * len(qe)
         rc = r[e]
         keep = rc > 0
         if keep.any():
             ap_sum += map_at_r(nl[keep], qe[keep], rc[keep]) * keep.sum()
+            rp_sum += r_precision(nl[keep], qe[keep], rc[keep]) * keep.sum()
             ap_n += int(keep.sum())
     n = len(q)
     out = {key: float(v / n) for key, v in sums.items()}
+    out["r_precision"] = float(rp_sum / ap_n) if ap_n else float("nan")
     out["map@r"] = float(ap_sum / ap_n) if ap_n else float("nan")
     out["num_queries"] = int(n)
     return out

@@ -1,0 +1,202 @@
+"""Run cards: what a run or a benchmark measured, with how and where, in a few KB of JSON.
+
+A pipeline run (``python -m ranking_lib all``, ``report/run_pipeline.py``) writes
+``run_card.json`` into its run directory at its end; a benchmark writes ``<results>.card.json``
+beside its results JSON. A card holds no embeddings or weights:
+
+    {"card_version": 1, "kind": "pipeline" | "benchmark", "name": ..., "command": "...",
+     "created": "2025-...Z", "wall_s": ..., "phases": {"prepare": s, "train": s, ...},
+     "config": {...resolved RunConfig...}, "metrics": {model: {split: {metric: value}}},
+     "train_summary": {...}, "machine": {...}, "git": {"commit": ..., "dirty": ...},
+     "reconstructed": false}
+
+Cards of the runs the documentation cites are kept in ``docs/runs/<name>/card.json``. A card
+``"reconstructed": true`` was assembled afterwards from what the run's report or RESULTS.md
+printed (its ``"source"`` says where), not written by the run itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from ranking_lib.core.errors import RankingError
+from ranking_lib.core.fileio import write_bytes, write_json
+from ranking_lib.core.names import MODELS
+
+CARD_NAME = "run_card.json"
+CARD_VERSION = 1
+REPO = Path(__file__).resolve().parents[2]
+KEPT_RUNS = REPO / "docs" / "runs"
+BENCH_RESULTS = REPO / "benchmarks" / "results"
+FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")
+
+
+def cpu_info() -> tuple[str | None, list[str]]:
+    """(CPU model name, its flags) from ``/proc/cpuinfo``; (processor string, []) elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or None, []
+    model, flags = None, []
+    for line in text.splitlines():
+        if model is None and line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+        elif not flags and line.startswith("flags"):
+            flags = line.split(":", 1)[1].split()
+    return model, flags
+
+
+def machine() -> dict[str, Any]:
+    """CPU model and the flags that matter here, cores, library versions, threads, bf16."""
+    import torch
+
+    from ranking_lib.core.devices import cpu_has_bf16
+
+    model, flags = cpu_info()
+    try:
+        import faiss
+
+        faiss_version = getattr(faiss, "__version__", "unknown")
+        faiss_threads = faiss.omp_get_max_threads()
+    except ImportError:
+        faiss_version = faiss_threads = None
+    return {
+        "cpu_model": model,
+        "cpu_flags": [f for f in FLAGS_OF_INTEREST if f in flags],
+        "arch": platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "faiss": faiss_version,
+        "faiss_threads": faiss_threads,
+        "python": platform.python_version(),
+        "bf16_native": cpu_has_bf16(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def bf16_used(config: dict | None, mach: dict) -> bool | None:
+    """Whether the run's network ran in bf16 (None when the card has no config)."""
+    if not config:
+        return None
+    device = str(config.get("device", "cpu"))
+    if device.startswith("cuda") or (device == "auto" and mach.get("cuda")):
+        return bool(config.get("amp", True))
+    return bool(config.get("bf16_cpu")) and bool(mach.get("bf16_native"))
+
+
+def machine_class(card: dict) -> str:
+    """What results depend on beyond the recipe: architecture, GPU or CPU, bf16 or fp32."""
+    m = card.get("machine") or {}
+    where = m.get("cuda") or m.get("arch") or "unknown machine"
+    bf16 = card.get("bf16")
+    return f"{where}, {'bf16' if bf16 else 'fp32' if bf16 is not None else 'precision unknown'}"
+
+
+def git_state(repo: Path = REPO) -> dict[str, Any]:
+    """The checkout's commit and whether its tracked files differ from it (None without git)."""
+    git = shutil.which("git")
+    if git is None or not (repo / ".git").exists():
+        return {"commit": None, "dirty": None}
+    try:
+        commit = subprocess.run([git, "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run([git, "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": bool(status.strip())}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def run_metrics(run_dir: Path) -> dict[str, dict]:
+    """{model: {split: metrics}} from the run's ``metrics_<model>.json`` (their config left out)."""
+    out = {}
+    for m in MODELS:
+        d = _read_json(run_dir / f"metrics_{m}.json")
+        if isinstance(d, dict):
+            out[m] = {k: v for k, v in d.items() if isinstance(v, dict) and k != "config"}
+    return out
+
+
+def build_card(run_dir: str | Path, *, command: str, phases: dict[str, float], kind: str = "pipeline",
+               config: dict | None = None, name: str | None = None, extra: dict | None = None) -> dict:
+    """A pipeline run's card from what its run directory holds now (config.json as trained,
+    metrics_<model>.json, train_summary.json) and the phases' wall times."""
+    run = Path(run_dir)
+    saved = _read_json(run / "config.json")
+    config = saved if isinstance(saved, dict) else config
+    mach = machine()
+    card = {
+        "card_version": CARD_VERSION, "kind": kind, "name": name or run.resolve().name, "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "wall_s": round(sum(phases.values()), 1), "phases": {k: round(v, 1) for k, v in phases.items()},
+        "config": config, "metrics": run_metrics(run), "train_summary": _read_json(run / "train_summary.json"),
+        "machine": mach, "bf16": bf16_used(config, mach), "git": git_state(), "reconstructed": False,
+    }
+    card.update(extra or {})
+    return card
+
+
+def write_card(run_dir: str | Path, **kwargs) -> Path:
+    """Build and atomically write ``run_card.json`` in `run_dir` (see `build_card`)."""
+    path = Path(run_dir) / CARD_NAME
+    write_json(path, build_card(run_dir, **kwargs))
+    return path
+
+
+def write_benchmark_card(name: str, results_path: str | Path, argv: list[str] | None = None,
+                         phases: dict[str, float] | None = None, keep: Path | None = None) -> Path:
+    """A benchmark's card beside its results (``<results>.card.json``). When the results went
+    to the default folder ``benchmarks/results/`` (ignored by git), the results and the card are
+    also copied to ``docs/runs/<name>/`` (tracked), so a measurement is never only in an
+    ignored folder; results written elsewhere (tests, trials) stay where they were put."""
+    import sys
+
+    results = Path(results_path)
+    args = sys.argv[1:] if argv is None else list(argv)
+    card = {
+        "card_version": CARD_VERSION, "kind": "benchmark", "name": name,
+        "command": " ".join(["python", f"benchmarks/{name}.py", *args]),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "phases": {k: round(v, 1) for k, v in (phases or {}).items()},
+        "results": results.name, "machine": machine(), "bf16": None, "git": git_state(), "reconstructed": False,
+    }
+    path = results.with_name(results.stem + ".card.json")
+    write_json(path, card)
+    keep_dir = keep
+    if keep_dir is None and results.resolve().parent == BENCH_RESULTS.resolve():
+        keep_dir = KEPT_RUNS / name
+    if keep_dir is not None and results.is_file():
+        write_json(keep_dir / "card.json", card)
+        write_bytes(keep_dir / results.name, results.read_bytes())
+    return path
+
+
+def load_card(path: str | Path) -> dict:
+    """A card from its file, or a one-line `RankingError`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / (CARD_NAME if (path / CARD_NAME).is_file() else "card.json")
+    if not path.is_file():
+        raise RankingError(f"run card not found: {path}")
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise RankingError(f"run card {path} is not valid JSON ({e})") from None
+    if not isinstance(card, dict) or "metrics" not in card and card.get("kind") != "benchmark":
+        raise RankingError(f"run card {path} has no 'metrics'")
+    return card

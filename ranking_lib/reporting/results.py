@@ -1,0 +1,399 @@
+"""The tables of RESULTS.md and the README, rendered from the kept run cards (``docs/runs/``) and
+the benchmarks' JSON (``docs/figures/``); the prose around them stays hand-written.
+
+A table sits between two markers, and only what is between them is rewritten::
+
+    <!-- results:NAME -->
+    | ... rendered ... |
+    <!-- /results:NAME -->
+
+``make results`` (``python -m ranking_lib.reporting.results``) rewrites every marked table and
+draws the figures (``docs/figures/levers.png``, ``docs/figures/ablation_out_of_class.png``) from
+the same files; ``--check`` only compares and exits 1 naming the first table that differs
+(``tests/test_results.py`` runs it). Tables whose numbers have no card are not marked; RESULTS.md
+says so above each of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+from ranking_lib.core.errors import RankingError
+from ranking_lib.core.fileio import write_text
+
+REPO = Path(__file__).resolve().parents[2]
+RUNS = REPO / "docs" / "runs"
+FIGURES = REPO / "docs" / "figures"
+DOCS = ("README.md", "RESULTS.md")
+MARKER = re.compile(r"(<!-- results:([\w.-]+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
+DASH = "–"
+
+
+# ---- inputs --------------------------------------------------------------------------------
+def card(name: str, runs: Path = RUNS) -> dict:
+    path = runs / name / "card.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError:
+        raise RankingError(f"kept run card not found: {path}") from None
+    except ValueError as e:
+        raise RankingError(f"kept run card {path} is not valid JSON ({e})") from None
+
+
+def figure_json(name: str, figures: Path = FIGURES) -> dict:
+    path = figures / name
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError:
+        raise RankingError(f"results file not found: {path}") from None
+    except ValueError as e:
+        raise RankingError(f"results file {path} is not valid JSON ({e})") from None
+
+
+def metrics(c: dict, model: str, split: str) -> dict:
+    return ((c.get("metrics") or {}).get(model) or {}).get(split) or {}
+
+
+# ---- formatting ----------------------------------------------------------------------------
+def f2(v, digits: int = 2) -> str:
+    return DASH if v is None else f"{float(v):.{digits}f}"
+
+
+def n0(v) -> str:
+    return DASH if v is None else f"{float(v):,.0f}"
+
+
+def row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def table(header, align, rows) -> str:
+    return "\n".join([row(header), "|" + "|".join(align) + "|", *(row(r) for r in rows)])
+
+
+def score(m: dict) -> str:
+    s, n = m.get("score_at_top_30"), m.get("score_at_top_30_counted")
+    if s is None:
+        return DASH
+    return f"{s:,} of {n:,}" if n is not None else f"{s:,}"
+
+
+def card_ref(name: str, c: dict) -> str:
+    return f"[`{name}`](docs/runs/{name}/card.json)" + (" (reconstructed)" if c.get("reconstructed") else "")
+
+
+ABSOLUTE = ((str(REPO) + "/", ""), ("--cache-dir /work/data/cache", "--cache-dir <cache>"),
+            ("=/work/exp/cache-final", "=<empty dir>"), ("/work/data/", "data/"), ("/work/exp/", "runs/"))
+
+
+def relative(command: str) -> str:
+    """A command as the documentation shows it: the checkout, the data and the run folders of the
+    machine it ran on made repository-relative (the kept JSON holds the commands as they ran)."""
+    for a, b in ABSOLUTE:
+        command = command.replace(a, b)
+    return command
+
+
+# ---- tables --------------------------------------------------------------------------------
+METRIC_COLS = ("triplet_acc", "precision@1", "precision@10", "precision@30", "any_hit@30", "r_precision", "map@r")
+TITLES = {"triplet_acc": "triplet acc", "precision@1": "P@1", "precision@10": "P@10", "precision@30": "**P@30**",
+          "any_hit@30": "any-hit@30", "r_precision": "R-precision", "map@r": "MAP@R"}
+
+
+def _present(rows: list[dict], cols) -> list[str]:
+    """The columns some row has (R-precision is absent from cards written before it existed)."""
+    return [k for k in cols if any(k in m for m in rows)]
+
+
+def split_table(c: dict, trained: str, baseline: str, with_score: bool) -> str:
+    """model | split | metrics ... of a run's trained and baseline models on train and val."""
+    entries = [(trained, "trained", "train"), (trained, "trained", "**val**"),
+               (baseline, "baseline", "train"), (baseline, "baseline", "val")]
+    ms = [metrics(c, model, split.strip("*")) for _, model, split in entries]
+    cols = _present(ms, METRIC_COLS)
+    header = ["model", "split", *(TITLES[k] for k in cols)] + (["score@top-30"] if with_score else [])
+    rows = []
+    for (label, _, split), m in zip(entries, ms):
+        cells = [label, split, *(f"**{f2(m.get(k))}**" if k == "precision@30" and split == "**val**"
+                                 else f2(m.get(k)) for k in cols)]
+        rows.append(cells + ([score(m) if split != "train" else DASH] if with_score else []))
+    return table(header, ["---"] * len(header), rows)
+
+
+def t_cpu_final() -> str:
+    return split_table(card("cpu-192-bf16-12k"), "ranking-trained (12,000 steps)", "frozen pretrained backbone, 192 px",
+                       with_score=True)
+
+
+def t_cpu_earlier() -> str:
+    return split_table(card("cpu-128-fp32-20k"), "ranking-trained (20,000 steps)",
+                       "frozen pretrained backbone (1280-d pooled)", with_score=False)
+
+
+def _wall(c: dict) -> str:
+    s = c["wall_s"]
+    cache = ", from an empty cache" if c.get("empty_cache") else ""
+    return f"{s / 60:.0f} min ({s:,.0f} s{cache})"
+
+
+def t_headline() -> str:
+    """The README's results table: val metrics of the headline runs, each with its card."""
+    final, earlier, course = card("cpu-192-bf16-12k"), card("cpu-128-fp32-20k"), card("course-192-bf16-12k")
+    spec = [
+        ("frozen pretrained backbone, 128 px", "– (no training), 2-core CPU", DASH, earlier, "baseline", "cpu-128-fp32-20k"),
+        ("frozen pretrained backbone, 192 px", "– (no training), 2-core CPU", DASH, final, "baseline", "cpu-192-bf16-12k"),
+        ("ranking-trained, 128 px fp32, 20,000 steps", "earlier `cpu` profile, 2-core CPU", _wall(earlier), earlier,
+         "trained", "cpu-128-fp32-20k"),
+        ("ranking-trained, 192 px bf16, 12,000 steps, course recipe (no mining)",
+         "`cpu --miner none`, 2-core CPU (Intel Xeon)", _wall(course), course, "trained", "course-192-bf16-12k"),
+        ("ranking-trained, 192 px bf16, 12,000 steps", "**`cpu`**, 2-core CPU", f"**{_wall(final).replace(' (', '** (', 1)}",
+         final, "trained", "cpu-192-bf16-12k"),
+    ]
+    ms = [metrics(c, model, "val") for *_, c, model, _ in spec]
+    cols = _present(ms, ("precision@1", "precision@10", "precision@30", "any_hit@30", "r_precision", "map@r"))
+    val_titles = {"precision@1": "val P@1", "precision@10": "val P@10", "precision@30": "**val P@30**",
+                  "any_hit@30": "any-hit@30", "r_precision": "R-precision", "map@r": "MAP@R"}
+    header = ["model", "profile, hardware", "wall time end to end", *(val_titles[k] for k in cols),
+              "val triplet acc", "card"]
+    rows = []
+    for (label, prof, wall, c, model, name), m in zip(spec, ms):
+        vals = [f"**{f2(m.get(k))}**" if k == "precision@30" and name == "cpu-192-bf16-12k" and model == "trained"
+                else f2(m.get(k)) for k in cols]
+        rows.append([label, prof, wall, *vals, f2(m.get("triplet_acc")), card_ref(name, c)])
+    return table(header, ["---"] * len(header), rows)
+
+
+def t_steps() -> str:
+    """Val precision@30 against steps of the earlier profile's recipe."""
+    earlier, eight, search = card("cpu-128-fp32-20k"), card("cpu-128-fp32-8k"), card("recipe-search")
+    by_run = {r["run"]: r for r in search["rows"]}
+    header = ["steps", "lr", "val P@30", "val P@1", "val any-hit@30", "val MAP@R", "val triplet acc", "train P@30", "card"]
+    rows = []
+    base = metrics(earlier, "baseline", "val")
+    rows.append(["0 (frozen backbone)", DASH, f2(base.get("precision@30")), f2(base.get("precision@1")),
+                 f2(base.get("any_hit@30")), f2(base.get("map@r")), f2(base.get("triplet_acc")),
+                 f2(metrics(earlier, "baseline", "train").get("precision@30")), card_ref("cpu-128-fp32-20k", earlier)])
+    for run, lr in (("clsinit_adam1e4_g05_hard", "1e-4"), ("clsinit_adam3e4_g05_hard", "3e-4")):
+        r = by_run[run]
+        m = r["metrics"]
+        rows.append([f"{r['steps']:,} †", lr, f2(m["precision@30"]), DASH, f2(m["any_hit@30"]), f2(m["map@r"]),
+                     f2(m["triplet_acc"]), DASH, card_ref("recipe-search", search)])
+    for name, c, bold in (("cpu-128-fp32-8k", eight, False), ("cpu-128-fp32-20k", earlier, True)):
+        m, t = metrics(c, "trained", "val"), metrics(c, "trained", "train")
+        p30 = f2(m.get("precision@30"))
+        rows.append([f"{c['train_summary']['steps'] if c.get('train_summary') else c['recipe']['steps']:,}", "3e-4",
+                     f"**{p30}**" if bold else p30, f2(m.get("precision@1")), f2(m.get("any_hit@30")),
+                     f2(m.get("map@r")), f2(m.get("triplet_acc")), f2(t.get("precision@30")), card_ref(name, c)])
+    return table(header, ["---:", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---"], rows)
+
+
+def t_recipe_search() -> str:
+    c = card("recipe-search")
+    header = ["run", "head init", "optimiser, lr", "gap", "negatives", "steps", "train s", "P@1", "P@10", "P@30",
+              "any-hit@30", "MAP@R", "val triplet acc"]
+    rows = []
+    for r in c["rows"]:
+        m = r["metrics"]
+        rows.append([r["run"], r["head_init"], r["optimizer"], r["gap"], r["negatives"], r["steps"],
+                     f"{r['train_s']}{'*' if r.get('shared') else ''}",
+                     *(f2(m[k]) for k in ("precision@1", "precision@10", "precision@30", "any_hit@30", "map@r",
+                                          "triplet_acc"))])
+    return table(header, ["---"] * len(header), rows)
+
+
+def t_tuning() -> str:
+    header = ["input", "model", "tune P@1", "tune P@10", "**tune P@30**", "tune MAP@R", "tune any-hit@30",
+              "tune triplet acc", "frozen-stage pass", "training", "whole command", "card"]
+    rows = []
+    for name, size in (("tune-128-bf16-4k", 128), ("tune-192-bf16-4k", 192), ("tune-192-bf16-12k", 192)):
+        c = card(name)
+        steps = c["train_summary"]["steps"]
+        for model in ("baseline", "trained"):
+            m = metrics(c, model, "tune")
+            if not m:
+                continue
+            label = "frozen backbone" if model == "baseline" else (
+                "ranking-trained" if steps == 4000 else f"ranking-trained, **{steps:,} steps**")
+            vals = [f2(m.get(k)) for k in ("precision@1", "precision@10")] + [f"**{f2(m.get('precision@30'))}**"] + \
+                   [f2(m.get(k)) for k in ("map@r", "any_hit@30", "triplet_acc")]
+            if model == "baseline":
+                rows.append([f"{size} px", label, *vals, "", "", "", card_ref(name, c)])
+                continue
+            ts = c["train_summary"]
+            stitched = "wall_s" in c.get("stitched", [])
+            stage = "reused" if stitched else f"{c['phases']['stage_pass']:,} s"
+            note = f"; {c['shared_cpu']}" if stitched and c.get("shared_cpu") else ""
+            train = f"{ts['train_s']:,} s ({ts['triplets_per_s']} triplets/s{note})"
+            whole = DASH if stitched else f"{c['wall_s'] / 60:.1f} min"
+            rows.append([f"{size} px", label, *vals, stage, train, whole, card_ref(name, c)])
+    return table(header, ["---", "---", *["---:"] * 9, "---"], rows)
+
+
+def t_quality_time() -> str:
+    d = figure_json("quality_time.json")
+    curves = {c["name"]: c for c in d["curves"]}
+    pts = []
+    for name in ("profile", "full"):
+        for p in curves[name]["points"]:
+            pts.append((p["train_min"], name, p))
+    pts.sort(key=lambda t: (round(t[0], 1), t[1] != "profile"))
+    rows = []
+    for minute, name, p in pts:
+        cell = f"{f2(p['precision@30'])} ({p['step']:,})"
+        rows.append([f"{minute:.1f}", cell if name == "profile" else DASH, cell if name == "full" else DASH])
+    return table(["minutes from the start", "`cpu` profile P@30 (step)", "full fine-tune P@30 (step)"],
+                 ["---:", "---", "---"], rows)
+
+
+def _ablation_hw(r: dict, default: str | None) -> str:
+    from ranking_lib.reporting.ablation import machine
+
+    hw = r.get("hardware")
+    return f" ({machine(hw).replace('2 cores, ', '')})" if hw and hw != default else ""
+
+
+def t_ablation() -> str:
+    from ranking_lib.reporting.ablation import override_flags
+
+    d = figure_json("ablation.json")
+    header = ["row", "overrides", "tune P@1", "tune P@10", "**tune P@30**", "MAP@R", "any-hit@30", "triplet acc",
+              "score@top-30", "train s", "wall min"]
+    rows = []
+    for r in d["rows"]:
+        m = r["metrics"]
+        rows.append([r["name"] + _ablation_hw(r, d.get("hardware")), f"`{' '.join(override_flags(r['overrides'])) or DASH}`",
+                     f2(m["precision@1"]), f2(m["precision@10"]), f"**{f2(m['precision@30'])}**", f2(m["map@r"]),
+                     f2(m["any_hit@30"]), f2(m["triplet_acc"]), f"{m['score_at_top_30']:,}", n0(r["train_s"]),
+                     f2(r["wall_s"] / 60, 1)])
+    return table(header, ["---", "---", *["---:"] * 9], rows)
+
+
+def t_ablation_val() -> str:
+    from ranking_lib.reporting.ablation import machine
+
+    d = figure_json("ablation.json")
+    header = ["row", "command", "machine", "val P@1", "val P@10", "**val P@30**", "MAP@R", "any-hit@30", "triplet acc",
+              "score@top-30", "train s", "wall min", "card"]
+    cards = {"course": "course-192-bf16-12k", "profile": "cpu-192-bf16-12k"}
+    rows = []
+    for r in d["val_rows"]:
+        m = r["metrics"]
+        name = cards.get(r["name"])
+        label = {"course": "course (no mining)"}.get(r["name"], r["name"])
+        c = card(name) if name else None
+        command = c.get("row_command", c["command"]) if c else relative(r["command"])
+        counted = {**m, **metrics(c, "trained", "val")} if c else m  # the card keeps the count scored
+        rows.append([label, f"`{command}`", machine(r.get("hardware")).replace("2 cores, ", ""),
+                     f2(m["precision@1"]), f2(m["precision@10"]), f"**{f2(m['precision@30'])}**", f2(m["map@r"]),
+                     f2(m["any_hit@30"]), f2(m["triplet_acc"]), score(counted), n0(r["train_s"]),
+                     f2(r["wall_s"] / 60, 1), card_ref(name, c) if c else DASH])
+    return table(header, ["---", "---", "---", *["---:"] * 9, "---"], rows)
+
+
+def t_step_cost() -> str:
+    d = figure_json("step_cost.json")
+    rows = [[r["name"], f"{1000 * r['s_per_step']:.0f}", f"{r['ratio_to_profile']:.3f}"] for r in d["rows"]]
+    return table(["row", "ms per step", "× profile"], ["---", "---:", "---:"], rows)
+
+
+def t_search_scale() -> str:
+    d = figure_json("search_scale.json")
+    header = ["n", "d", "method", "build s", "search ms/query", "recall@30", "RSS growth MiB", "bytes/vector"]
+    rows = []
+    for r in d["results"]:
+        est = r.get("estimate")
+        build = f"~{r['build_s']:.0f} (estimate)" if est else f"{r['build_s']:.1f}"
+        ms = r.get("search_ms_per_query")
+        rec = r.get("recall@30")
+        rss = r.get("rss_delta_mib")
+        rows.append([f"{r['n']:,}", r["dim"], r["method"], build, "" if ms is None else f"{ms:.3f}",
+                     "" if rec is None else f"{rec:.4f}", "" if rss is None else f"{rss:,.0f}",
+                     f"{r['bytes_per_vector']:.0f}"])
+    return table(header, ["---:", "---:", "---", "---:", "---:", "---:", "---:", "---:"], rows)
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "headline": t_headline, "cpu-final": t_cpu_final, "cpu-earlier": t_cpu_earlier, "steps": t_steps,
+    "recipe-search": t_recipe_search, "tuning": t_tuning, "quality-time": t_quality_time, "ablation": t_ablation,
+    "ablation-val": t_ablation_val, "step-cost": t_step_cost, "search-scale": t_search_scale,
+}
+
+
+# ---- documents and figures -----------------------------------------------------------------
+def render_text(text: str, where: str = "document") -> str:
+    """`text` with every marked table replaced by its rendering."""
+    def sub(m: re.Match) -> str:
+        name = m.group(2)
+        if name not in TABLES:
+            raise RankingError(f"{where}: unknown results table {name!r} (known: {', '.join(sorted(TABLES))})")
+        return f"{m.group(1)}{TABLES[name]()}\n{m.group(4)}"
+
+    return MARKER.sub(sub, text)
+
+
+def marked(text: str) -> list[str]:
+    return [m.group(2) for m in MARKER.finditer(text)]
+
+
+def levers_points(path: Path | None = None) -> list[dict]:
+    """The points of the precision-against-minutes figure, values read from their cards:
+    ``docs/figures/levers.json`` names each point's card, split and label. A point whose
+    minutes are stitched from two runs or estimated gets ``kind`` (drawn hollow)."""
+    spec = figure_json("levers.json") if path is None else json.loads(Path(path).read_text(encoding="utf-8"))
+    out = []
+    for p in spec["points"]:
+        c = card(p["card"])
+        m = metrics(c, "trained", p["split"])
+        drawn = {**p, "precision@30": m["precision@30"], "minutes": c["wall_s"] / 60}
+        kind = "stitched" if "wall_s" in c.get("stitched", []) else "estimated" if "wall_s" in c.get("estimated", []) else None
+        if kind:
+            drawn["kind"] = kind
+        out.append(drawn)
+    return out
+
+
+def draw_figures(figures: Path = FIGURES) -> list[Path]:
+    from ranking_lib.reporting import ablation
+    from ranking_lib.reporting.plots import plot_precision_vs_minutes
+
+    plot_precision_vs_minutes(levers_points(), figures / "levers.png")
+    ablation.plot_out_of_class(figure_json("ablation.json"), figures / "ablation_out_of_class.png")
+    return [figures / "levers.png", figures / "ablation_out_of_class.png"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ranking_lib.reporting.results", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="compare only; exit 1 when a committed table differs")
+    p.add_argument("--no-figures", action="store_true", help="tables only")
+    args = p.parse_args(argv)
+    try:
+        for name in DOCS:
+            path = REPO / name
+            text = path.read_text(encoding="utf-8")
+            new = render_text(text, name)
+            if new == text:
+                continue
+            if args.check:
+                changed = next(t for t in marked(text) if f"results:{t} -->\n{TABLES[t]()}\n<!--" not in text)
+                print(f"error: {name}: table {changed!r} differs from what its cards render (run make results)",
+                      file=sys.stderr)
+                return 1
+            write_text(path, new)
+            print(f"rewrote the tables of {name}")
+        if not args.check and not args.no_figures:
+            for f in draw_figures():
+                print(f"drew {f.relative_to(REPO)}")
+    except RankingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

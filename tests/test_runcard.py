@@ -1,0 +1,97 @@
+"""Run cards (`ranking_lib.core.runcard`) and ``verify-run`` (`ranking_lib.verify`) on a small real run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ranking_lib.cli import main
+from ranking_lib.core import runcard
+
+FAST = ["--input-size", "64", "--embedding-dim", "16", "--num-triplets", "64", "--val-triplets", "200",
+        "--steps", "2", "--batch-size", "8", "--train-eval-queries", "100", "--embed-batch-size", "500", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run(sample_dir, sample_cache_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("card_run")
+    assert main(["all", "--data-dir", str(sample_dir), "--cache-dir", str(sample_cache_dir), "--run-dir", str(run),
+                 *FAST]) == 0
+    return run
+
+
+def test_all_writes_a_small_card_with_everything(run):
+    path = run / runcard.CARD_NAME
+    assert path.stat().st_size < 16_000
+    card = json.loads(path.read_text())
+    assert card["command"].startswith("python -m ranking_lib all --data-dir") and "--steps 2" in card["command"]
+    assert card["config"]["steps"] == 2 and card["config"]["run_dir"] == str(run)
+    assert set(card["metrics"]) == {"trained", "baseline"} and "config" not in card["metrics"]["trained"]
+    assert card["metrics"]["trained"]["val"] == {k: v for k, v in json.loads(
+        (run / "metrics_trained.json").read_text())["val"].items()}
+    assert card["train_summary"]["steps"] == 2
+    assert {"prepare", "sample", "train", "embed_trained", "embed_baseline", "evaluate_trained"} <= set(card["phases"])
+    assert card["wall_s"] == pytest.approx(sum(card["phases"].values()), abs=0.5)
+    m = card["machine"]
+    assert m["cores"] >= 1 and m["torch"] and isinstance(m["cpu_flags"], list) and "bf16_native" in m
+    assert card["bf16"] is False  # the run did not ask for bf16
+    assert set(card["git"]) == {"commit", "dirty"} and card["reconstructed"] is False
+
+
+def test_verify_run_passes_on_the_run_and_fails_on_an_edited_card(run, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["verify-run", str(run)]) == 0
+    assert "verified:" in capsys.readouterr().out
+    card = json.loads((run / runcard.CARD_NAME).read_text())
+    card["metrics"]["trained"]["val"]["map@r"] += 0.02
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(card))
+    assert main(["verify-run", str(run), "--card", str(edited)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained/val/map@r" in err[0] and "the card says" in err[0]
+    # within a stated, wider tolerance the same card passes; the run dir was only read
+    assert main(["verify-run", str(run), "--card", str(edited), "--tolerance", "0.05"]) == 0
+    assert not list(run.glob("verify*")) and json.loads((run / runcard.CARD_NAME).read_text()) != card
+
+
+def test_verify_run_says_when_the_machine_class_differs(run, tmp_path, capsys):
+    card = json.loads((run / runcard.CARD_NAME).read_text())
+    card["bf16"] = True
+    other = tmp_path / "bf16.json"
+    other.write_text(json.dumps(card))
+    capsys.readouterr()
+    assert main(["verify-run", str(run), "--card", str(other)]) == 0
+    assert "may differ by rounding" in capsys.readouterr().out
+
+
+def test_verify_run_one_line_errors(tmp_path, capsys):
+    assert main(["verify-run", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run card not found" in err[0]
+    (tmp_path / runcard.CARD_NAME).write_text("{not json")
+    assert main(["verify-run", str(tmp_path)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_benchmark_card_beside_its_results_and_kept_only_when_asked(tmp_path, monkeypatch):
+    results = tmp_path / "bench.json"
+    results.write_text('{"rows": []}\n')
+    card = runcard.write_benchmark_card("bench_x", results, ["--n", "3"])
+    assert card == tmp_path / "bench.card.json"
+    c = json.loads(card.read_text())
+    assert c["command"] == "python benchmarks/bench_x.py --n 3" and c["results"] == "bench.json"
+    assert not (runcard.KEPT_RUNS / "bench_x").exists()  # results outside benchmarks/results stay put
+    keep = tmp_path / "kept"
+    runcard.write_benchmark_card("bench_x", results, [], keep=keep)
+    assert (keep / "bench.json").read_text() == results.read_text() and (keep / "card.json").is_file()
+    # the default folder (ignored by git) is never the only copy
+    monkeypatch.setattr(runcard, "BENCH_RESULTS", tmp_path)
+    monkeypatch.setattr(runcard, "KEPT_RUNS", tmp_path / "runs")
+    runcard.write_benchmark_card("bench_x", results, [])
+    assert (tmp_path / "runs" / "bench_x" / "bench.json").is_file()
+
+
+def test_git_absent_gives_nulls(monkeypatch):
+    monkeypatch.setattr(runcard.shutil, "which", lambda name: None)
+    assert runcard.git_state() == {"commit": None, "dirty": None}
