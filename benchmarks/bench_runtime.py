@@ -79,8 +79,11 @@ def machine_words(m: dict) -> str:
 
 # ---------------------------------------------------------------------------------- inference
 def build_net(input_size: int, freeze_stages: int, channels_last: bool):
+    import torch
+
     from ranking_lib.models.model import EmbeddingNet
 
+    torch.manual_seed(0)  # the same (random) head in every layout
     return EmbeddingNet("efficientnet_lite0", embedding_dim=200, pretrained=True, input_size=input_size,
                         normalize=True, freeze_stages=freeze_stages, channels_last=channels_last).eval()
 

@@ -11,12 +11,13 @@ recomputes a run's metrics from its saved embeddings and compares them with its 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
 from ranking_lib.core.config import RunConfig, field_kind
 from ranking_lib.core.names import MODELS
-from ranking_lib.core.errors import RankingError
+from ranking_lib.core.errors import DiskFullError, RankingError
 from ranking_lib.core.settings import Settings, resolve
 
 
@@ -44,7 +45,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ranking_lib", description=__doc__,
+    p = _Parser(prog="python -m ranking_lib", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     helps = {
@@ -84,17 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_metrics(metrics: dict) -> None:
-    keys = list(dict.fromkeys(k for m in metrics.values() for k in m if k not in ("num_queries", "num_triplets")
-                              and not k.endswith(("_counted", "_k"))))
+    keys = list(dict.fromkeys(k for m in metrics.values() for k, v in m.items()
+                              if k not in ("num_queries", "num_triplets", "queries_without_match")
+                              and not k.endswith(("_counted", "_k"))
+                              and isinstance(v, (int, float)) and not isinstance(v, bool)))  # numbers only
     print("split  " + "  ".join(f"{k:>15}" for k in keys))
     for split, m in metrics.items():
         print(f"{split:<6} " + "  ".join(f"{m[k]:>15.2f}" if k in m else f"{'-':>15}" for k in keys))
+    for split, m in metrics.items():
+        if m.get("queries_without_match"):
+            print(f"note: {m['queries_without_match']} {split} queries have no image of their class in the "
+                  "database (no ranking can answer them right; they lower every metric)")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 done, 2 bad input / refused (one line on stderr), 1 an OS error (one line)."""
     from_command_line = argv is None
     args = build_parser().parse_args(argv)
+    settings = None
     try:
         if args.command == "verify-run":
             from ranking_lib.verify import main_verify
@@ -106,19 +114,65 @@ def main(argv: list[str] | None = None) -> int:
         from ranking_lib.core.settings import apply_env
 
         apply_env(settings.env, ["-m", "ranking_lib", *sys.argv[1:]] if from_command_line else None)
+        if settings.make_demo_data and args.command in ("prepare", "all"):  # the demo profile's data
+            from ranking_lib.data.demo import ensure_demo_dataset
+
+            ensure_demo_dataset(settings.config.data_dir)
         return run(args, settings.config, argv if argv is not None else sys.argv[1:])
+    except DiskFullError as e:  # the environment, not the input: exit 1 like any OS error
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except RankingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"error: {interrupted(args, settings.config if settings else None)}", file=sys.stderr)
+        return 130
     except OSError as e:  # the environment, not the input: disk, permissions, ...
         from ranking_lib.core.fileio import disk_full_error, is_disk_full
 
         if is_disk_full(e):
             print(f"error: {disk_full_error(e.filename or '.')}", file=sys.stderr)
-            return 2
+            return 1
         where = f": {e.filename}" if e.filename else ""
-        print(f"error: {e.strerror or type(e).__name__}{where}", file=sys.stderr)
+        hint = ("; that place cannot be written: pass a --run-dir (or --cache-dir) on a writable filesystem, "
+                "or make it writable") if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else ""
+        print(f"error: {e.strerror or type(e).__name__}{where}{hint}", file=sys.stderr)
         return 1
+
+
+def interrupted(args: argparse.Namespace, cfg: RunConfig | None) -> str:
+    """The line for a Ctrl-C: where the step stopped and, for training, where the next `train`
+    resumes (its last checkpoint; files are written whole or not at all)."""
+    cmd = args.command
+    if cfg is None or cmd not in ("train", "all"):
+        return f"interrupted: {cmd} stopped; every file is written whole or not at all, so run it again to finish"
+    from ranking_lib.training.checkpoint import read_checkpoint
+
+    run = Path(cfg.run_dir)
+    ckpt = run / "checkpoints" / "last.pt"
+    try:
+        resume_at = int(read_checkpoint(ckpt).get("step", 0)) if ckpt.is_file() else 0
+    except (RankingError, OSError, ValueError):
+        resume_at = 0
+    try:
+        rows = (run / "loss_log.csv").read_text().strip().splitlines()
+        logged = int(rows[-1].split(",")[0]) + 1 if len(rows) > 1 else None
+    except (OSError, ValueError, IndexError):
+        logged = None
+    where = f" after step {logged:,} of {cfg.steps:,} (the loss log's last row)" if logged else ""
+    nxt = (f"the next 'train' resumes from step {resume_at:,} ({ckpt}, saved every "
+           f"checkpoint_every={cfg.checkpoint_every} steps)" if resume_at else
+           f"no checkpoint was saved yet (one every checkpoint_every={cfg.checkpoint_every} steps): the next "
+           "'train' starts from step 0")
+    return f"interrupted: {cmd} stopped{where}; {nxt}"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are one ``error:`` line (and where to find help), not the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def run(args: argparse.Namespace, cfg: RunConfig, argv: list[str] | None = None) -> int:
@@ -142,7 +196,6 @@ def run(args: argparse.Namespace, cfg: RunConfig, argv: list[str] | None = None)
         command = " ".join(["python -m ranking_lib", *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
         print(f"run card written to {write_card(cfg.run_dir, command=command, phases=phases, config=cfg.to_dict())}")
         return rc
-
 
 
 def _run_distributed(args: argparse.Namespace, cfg: RunConfig, workflow) -> int:
@@ -190,6 +243,9 @@ def _run(args: argparse.Namespace, cfg: RunConfig, workflow, phases: dict[str, f
         caches = workflow.prepare(cfg, progress=progress)
         for s, c in caches.items():
             print(f"{s}: {len(c)} images, {len(set(c.labels.tolist()))} classes, {len(c.skipped)} skipped")
+        for line in getattr(caches, "checks", []):  # warnings went to stderr as log lines
+            if not line.startswith("warning: "):
+                print(line)
         lap("prepare")
     if cmd in ("sample", "all"):
         t = workflow.sample(cfg)

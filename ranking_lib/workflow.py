@@ -90,18 +90,88 @@ def load_dataset(cfg: RunConfig) -> TinyImageNet:
 
 def load_caches(cfg: RunConfig, progress: bool = True, splits: tuple[str, ...] = SPLITS) -> dict[str, ImageCache]:
     ds = load_dataset(cfg)
+    for s in splits:  # every split's index is checked before any cache is built
+        ds.items(s)
     return {s: load_or_build_cache(ds, s, cfg.cache_dir, skip_corrupt=cfg.skip_corrupt, progress=progress)
             for s in splits}
 
 
 # ---- steps ---------------------------------------------------------------------------
+class PreparedCaches(dict):
+    """`prepare`'s caches by split; ``checks`` holds what it found about them, one line each
+    (lines starting with ``warning:`` are also logged as warnings)."""
+
+    checks: list[str]
+
+
+def _prepare_checks(cfg: RunConfig, caches: dict[str, ImageCache]) -> list[str]:
+    """Split checks (`data.checks.check_splits`: a file in both splits is refused) and the stray
+    files beside the caches (`models.stage_cache.stray_files`, left alone)."""
+    from ranking_lib.data.checks import check_splits
+    from ranking_lib.models.stage_cache import stray_files
+
+    lines = check_splits(Path(cfg.data_dir).expanduser().resolve(), caches["train"], caches["val"]).lines()
+    cache_dir = caches["train"].cache_file.parent if caches["train"].cache_file is not None else None
+    stray = stray_files(cache_dir, caches) if cache_dir is not None else []
+    if stray:
+        mb = sum(p.stat().st_size for p in stray if p.exists()) / 2**20
+        lines.append(f"warning: {len(stray)} file(s) in {cache_dir} are not computed from the current caches "
+                     f"({mb:,.1f} MB; first: {stray[0].name}); left alone: delete them if no other dataset "
+                     "copy uses them")
+    return lines
+
+
 @writes_run_dir
-def prepare(cfg: RunConfig, progress: bool = True) -> dict[str, ImageCache]:
-    """Build (or verify) the decoded uint8 caches of train and val; save the run config."""
-    caches = load_caches(cfg, progress)
+def prepare(cfg: RunConfig, progress: bool = True) -> PreparedCaches:
+    """Build (or verify) the decoded uint8 caches of train and val; check the splits (see
+    `_prepare_checks`); save the run config."""
+    import logging
+
+    caches = PreparedCaches(load_caches(cfg, progress))
+    caches.checks = _prepare_checks(cfg, caches)
+    for line in caches.checks:
+        if line.startswith("warning: "):
+            logging.getLogger(__name__).warning(line[len("warning: "):])
     if not Path(cfg.run_dir, "checkpoints", "last.pt").is_file():  # else config.json is the trained run's
         cfg.save(run_path(cfg, "config.json"))
     return caches
+
+
+SAMPLING_MEMORY_FACTOR = 3  # peak memory of sampling n triplets: ~3x the n x 3 int64 array it returns
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_sample_size(cfg: RunConfig) -> None:
+    """Refuse, before any work, triplet counts whose files cannot fit the run directory's disk or
+    whose sampling cannot fit in memory (the sizes they would need, named in one line)."""
+    from ranking_lib.core.fileio import free_bytes
+
+    n = cfg.val_triplets * (2 if cfg.holdout_per_class else 1)
+    n += cfg.val_triplets if cfg.triplet_source == "online" else cfg.num_triplets
+    need = n * 3 * 8  # int64 (query, positive, negative)
+    biggest = max(cfg.num_triplets if cfg.triplet_source == "presampled" else 0, cfg.val_triplets) * 3 * 8
+    where = Path(cfg.run_dir)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free, mem = free_bytes(where), _available_memory()
+    mb = lambda b: f"{b / 2**20:,.1f} MB"  # noqa: E731
+    what = f"num_triplets={cfg.num_triplets:,} and val_triplets={cfg.val_triplets:,}"
+    if free is not None and need > free:
+        raise RankingError(f"{what} need {mb(need)} of triplet files in {cfg.run_dir}, but only {mb(free)} are free "
+                           "there: lower --num-triplets / --val-triplets or free some space")
+    if mem is not None and biggest * SAMPLING_MEMORY_FACTOR > mem:
+        raise RankingError(f"{what} need about {mb(biggest * SAMPLING_MEMORY_FACTOR)} of memory to sample "
+                           f"(a {mb(biggest)} array), but only {mb(mem)} are available: lower --num-triplets")
 
 
 @writes_run_dir
@@ -110,6 +180,7 @@ def sample(cfg: RunConfig) -> dict[str, np.ndarray]:
 
     With ``triplet_source=online`` training draws its triplets as it runs; the train file then
     holds `val_triplets` course triplets of the training images, to score the train split."""
+    check_sample_size(cfg)
     caches = load_caches(cfg, progress=False)
     train = caches["train"]
     kept, held = holdout_split(train.labels, cfg.holdout_per_class, cfg.seed, train.wnids)
@@ -250,7 +321,8 @@ def embed(cfg: RunConfig, model: str = "trained", progress: bool = True) -> dict
             if not ctx.is_main:
                 continue
             z = z.cpu().numpy()
-        EmbeddingIndex(z, c.labels, list(c.paths)).save(embeddings_path(cfg, model, split))
+        EmbeddingIndex(z, c.labels, list(c.paths)).save(embeddings_path(cfg, model, split),
+                                                        meta=embeddings_meta(model, c))
         out[split] = embeddings_path(cfg, model, split)
         if progress:
             print(f"embedded {len(c)} {split} images in {time.perf_counter() - t0:.1f} s")
@@ -264,11 +336,68 @@ def index_options(cfg: RunConfig) -> dict:
                 refine=cfg.index_refine, hnsw_m=cfg.index_hnsw_m, ef_search=cfg.index_ef_search)
 
 
+def embeddings_meta(model: str, cache: ImageCache) -> dict:
+    """What an embeddings file records about its source (checked by `check_embeddings`)."""
+    return {"model": model, "split": cache.split, "num_images": len(cache), "wnids": list(cache.wnids),
+            "image_cache": None if cache.cache_file is None else str(cache.cache_file),
+            "image_cache_crc32": cache.crc32}
+
+
+def check_index_size(cfg: RunConfig, cache: ImageCache) -> None:
+    """Refuse an `index_nlist` the database cannot train (FAISS wants 39 vectors per IVF list),
+    before the index is built; with a tuning split the database is the kept training images."""
+    from ranking_lib.retrieval.index import IVF_BACKENDS
+
+    if cfg.index_nlist is None or cfg.search_backend not in IVF_BACKENDS:
+        return
+    n = len(holdout_split(cache.labels, cfg.holdout_per_class, cfg.seed)[0])
+    most = max(1, n // 39)
+    if cfg.index_nlist > most:
+        raise RankingError(f"index_nlist={cfg.index_nlist} is more IVF lists than a database of {n} vectors can "
+                           f"train (FAISS needs 39 per list: at most {most} here); lower --index-nlist or omit it "
+                           "for the default (~4 sqrt(N))")
+
+
+def check_embeddings(cfg: RunConfig, index: EmbeddingIndex, split: str, cache: ImageCache | None = None,
+                     path: Path | None = None) -> None:
+    """Refuse (one line naming the embeddings file) embeddings that do not describe the `split`
+    of the dataset `cfg` runs on: other rows, paths or labels, another class list or image cache."""
+    cache = cache if cache is not None else load_caches(cfg, progress=False, splits=(split,))[split]
+    what = f"embedding file {path or 'in memory'}"
+    redo = "it was cut, edited or computed from other data; re-run 'embed'"
+    where = f"the {split} split of {cfg.data_dir}"
+    if len(index) != len(cache):
+        raise RankingError(f"{what} has {len(index)} rows but {where} has {len(cache)} images: {redo}")
+    if index.paths is not None and list(index.paths) != cache.paths:
+        i = next(i for i, (a, b) in enumerate(zip(index.paths, cache.paths)) if a != b)
+        raise RankingError(f"{what} row {i} is image {index.paths[i]!r} but image {i} of {where} is "
+                           f"{cache.paths[i]!r}: {redo}")
+    bad = np.flatnonzero(index.labels != cache.labels)
+    if len(bad):
+        i = int(bad[0])
+        raise RankingError(f"{what}: {len(bad)} label(s) differ from {where}'s (first: row {i} has label "
+                           f"{int(index.labels[i])}, the dataset says {int(cache.labels[i])}): {redo}")
+    meta = getattr(index, "meta", None) or {}
+    if meta.get("wnids") is not None and list(meta["wnids"]) != list(cache.wnids):
+        raise RankingError(f"{what} was computed with another class list ({len(meta['wnids'])} classes, "
+                           f"{where} has {len(cache.wnids)}): re-run 'embed'")
+    crc = meta.get("image_cache_crc32")
+    if crc is not None and cache.crc32 is not None and crc != cache.crc32:
+        raise RankingError(f"{what} was computed from other images (image cache checksum {crc:08x}, now "
+                           f"{cache.crc32:08x}): the images changed since 'embed'; re-run 'embed'")
+
+
 def load_index(cfg: RunConfig, model: str, split: str) -> EmbeddingIndex:
+    """The `split`'s embeddings of `model`, checked against the dataset (`check_embeddings`)."""
     path = embeddings_path(cfg, model, split)
     if not path.is_file():
         raise RankingError(f"embeddings not found: {path} (run the 'embed' step for model {model!r})")
-    return EmbeddingIndex.load(path, **index_options(cfg))
+    cache = load_caches(cfg, progress=False, splits=(split,))[split]
+    if split == "train":
+        check_index_size(cfg, cache)
+    index = EmbeddingIndex.load(path, **index_options(cfg))
+    check_embeddings(cfg, index, split, cache, path)
+    return index
 
 
 @writes_run_dir

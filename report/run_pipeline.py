@@ -6,9 +6,10 @@
 
 Settings come from one place: ``profiles/<profile>.yaml`` (RunConfig fields, plus the runner's
 keys ``make_demo_data`` and ``env``), overridden by ``--data-dir``, ``--run-dir`` and
-``--set key=value`` (values parsed as YAML: ``--set ks=[1,5] max_classes=null``). Each notebook
-receives the parameters its ``parameters`` cell declares; other RunConfig fields travel in its
-``extra`` dict. Executed notebooks go to ``<run-dir>/notebooks/``; the run stops at the first
+``--set key=value`` (values parsed as YAML: ``--set ks=[1,5] max_classes=null``). Every notebook
+receives two parameters, ``profile`` (the profile's file) and ``overrides`` (the command line's
+settings, paths absolute), and resolves them with ``settings.notebook_config``: the same resolver
+as here, so every notebook runs with the config validated here. Executed notebooks go to ``<run-dir>/notebooks/``; the run stops at the first
 failing notebook with one line naming it and the failing cell. Then ``05_report`` is converted
 to ``<run-dir>/report.html`` and ``<run-dir>/report.pdf`` (code hidden unless ``--show-code``).
 
@@ -23,7 +24,6 @@ import contextlib
 import copy
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 REPORT_NOTEBOOK = "05_report.ipynb"
-TEMPLATE = Path(__file__).resolve().parent / "templates" / "deep_ranking.tex.j2"
+TEMPLATE = ROOT / "ranking_lib" / "reporting" / "templates" / "deep_ranking.tex.j2"
 KERNEL = "python3"
 EXIT_DEAD_KERNEL = 4
 
@@ -71,7 +71,20 @@ def resolve_settings(args) -> tuple[dict, dict]:
     resolved = resolve(args.profile, overrides)  # RankingError -> exit 2
     cfg = resolved.config.to_dict()
     settings = {k: cfg[k] for k in sorted(resolved.explicit)}
-    return settings, {"env": resolved.env, "make_demo_data": resolved.make_demo_data}
+    return settings, {"env": resolved.env, "make_demo_data": resolved.make_demo_data,
+                      "notebook": notebook_parameters(args.profile, overrides, cfg)}
+
+
+def notebook_parameters(profile: str, overrides: dict, cfg: dict) -> dict:
+    """What papermill injects into every notebook: ``profile`` (a name, or a .yaml path made
+    absolute) and ``overrides`` (the command line's settings, their paths resolved here, since
+    the kernel runs in ``notebooks/``)."""
+    from ranking_lib.core.settings import PATH_KEYS, profile_path
+
+    if str(profile).endswith((".yaml", ".yml")):
+        profile = str(profile_path(profile).resolve())
+    return {"profile": str(profile),
+            "overrides": {k: cfg[k] if k in PATH_KEYS else v for k, v in overrides.items()}}
 
 
 def parameter_defaults(nb_path: Path) -> dict:
@@ -98,19 +111,11 @@ def parameter_defaults(nb_path: Path) -> dict:
 
 
 def declared_parameters(nb_path: Path) -> list[str]:
-    """Names the notebook's `parameters` cell assigns."""
-    return list(parameter_defaults(nb_path))
-
-
-def notebook_parameters(declared: list[str], settings: dict) -> dict:
-    """The settings a notebook declares; the rest in its `extra` dict (if it has one)."""
-    params = {k: v for k, v in settings.items() if k in declared}
-    rest = {k: v for k, v in settings.items() if k not in declared}
-    if rest:
-        if "extra" not in declared:
-            raise RunnerError(f"notebook declares neither {', '.join(sorted(rest))} nor `extra`")
-        params["extra"] = rest
-    return params
+    """Names the notebook's `parameters` cell assigns; it must take ``profile`` and ``overrides``."""
+    names = list(parameter_defaults(nb_path))
+    if not {"profile", "overrides"} <= set(names):
+        raise RunnerError(f"{nb_path.name}: the parameters cell must assign `profile` and `overrides`")
+    return names
 
 
 def select_notebooks(spec: str | None) -> list[Path]:
@@ -211,10 +216,10 @@ def stderr_to(log_path: Path | None):
             os.close(saved)
 
 
-def execute(nb_path: Path, out_path: Path, settings: dict, log_output: bool, timeout: int | None) -> float:
+def execute(nb_path: Path, out_path: Path, params: dict, log_output: bool, timeout: int | None) -> float:
     import papermill as pm
 
-    params = notebook_parameters(declared_parameters(nb_path), settings)
+    declared_parameters(nb_path)
     t0 = time.perf_counter()
     with stderr_to(None if log_output else out_path.parent / "kernels.log"):
         pm.execute_notebook(str(nb_path), str(out_path), parameters=params, kernel_name=KERNEL,
@@ -334,11 +339,9 @@ def run_notebooks(args, settings: dict, runner: dict, notebooks: list[Path],
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     if runner.get("make_demo_data"):
-        data_dir = Path(settings["data_dir"])
-        if not (data_dir / "wnids.txt").is_file():
-            print(f"generating the synthetic demo dataset in {data_dir} ...", flush=True)
-            subprocess.run([sys.executable, str(ROOT / "data_scripts" / "make_demo_dataset.py"), "--out",
-                            str(data_dir)], check=True, stdout=subprocess.DEVNULL)
+        from ranking_lib.data.demo import ensure_demo_dataset
+
+        ensure_demo_dataset(settings["data_dir"])
     kernel_env(runner.get("env"))
     ensure_kernel()
 
@@ -349,7 +352,7 @@ def run_notebooks(args, settings: dict, runner: dict, notebooks: list[Path],
         out = out_dir / nb.name
         print(f"running {nb.name} ...", end=" ", flush=True)
         try:
-            secs = execute(nb, out, settings, args.verbose, args.timeout)
+            secs = execute(nb, out, runner["notebook"], args.verbose, args.timeout)
         except pm.PapermillExecutionError as e:
             print("FAILED", flush=True)
             print(failure_line(nb, out, e), file=sys.stderr)

@@ -21,3 +21,18 @@ def test_failure_keeps_old_content_and_leaves_no_temp(tmp_path):
             raise RuntimeError("crash")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_read_json_one_line_errors(tmp_path):
+    from ranking_lib.core.errors import RankingError
+    from ranking_lib.core.fileio import read_json, write_json
+
+    write_json(tmp_path / "ok.json", {"a": [1, 2]})
+    assert read_json(tmp_path / "ok.json") == {"a": [1, 2]}
+    assert read_json(tmp_path / "none.json", missing_ok=True) is None
+    with pytest.raises(RankingError, match=r"^metrics .*none\.json not found \(run it\)$"):
+        read_json(tmp_path / "none.json", "metrics", " (run it)")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(RankingError, match=r"^config file .*bad\.json is not valid JSON \(.+\)$") as e:
+        read_json(tmp_path / "bad.json", "config file")
+    assert "\n" not in str(e.value)

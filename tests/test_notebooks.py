@@ -51,68 +51,78 @@ def test_committed_notebook_is_stripped_and_parameterised(name):
     assert "papermill" not in nb.metadata
 
 
+PROFILES = sorted(p.stem for p in (ROOT / "ranking_lib" / "profiles").glob("*.yaml"))
+
+
+def _notebook_config(name: str, params: dict):
+    """The config notebook `name` builds from injected `params`, its other parameters at their defaults."""
+    from ranking_lib.core import settings
+
+    values = {**_runner_module().parameter_defaults(NOTEBOOK_DIR / name), **params}
+    profile, overrides = values.pop("profile"), values.pop("overrides")
+    return settings.notebook_config(profile, overrides, cwd=NOTEBOOK_DIR, **values)
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_defaults_are_the_demo_profile(name):
-    """Opening a notebook and pressing Run All gives the demo run: every setting of the demo
-    profile equals the notebook's default (parameters cell, `extra`, then RunConfig defaults)."""
-    from ranking_lib.core.config import RunConfig
+def test_notebook_parameters_cell_is_the_short_contract(name):
+    """Every notebook: the same short parameters cell (profile, run_dir, data_dir, a few knobs,
+    overrides) and the same one-call setup; pressing Run All gives the demo profile's config."""
     from ranking_lib.core.settings import resolve
 
     params = _runner_module().parameter_defaults(NOTEBOOK_DIR / name)
-    values = dict(params)
-    extra = values.pop("extra", {})
-    for key in ("data_dir", "run_dir"):  # relative to the notebook's folder, where the kernel runs
-        values[key] = str((NOTEBOOK_DIR / values[key]).resolve())
-    from_notebook = RunConfig.from_dict({**values, **extra})
-    demo = resolve("demo")
-    for field in sorted(demo.explicit):
-        assert getattr(from_notebook, field) == getattr(demo.config, field), field
-    assert {"data_dir", "run_dir", "steps", "warmup_steps", "checkpoint_every", "log_every"} <= set(params)
+    assert params == {"profile": "demo", "run_dir": None, "data_dir": None, "steps": None, "lr": None, "overrides": {}}
+    assert _notebook_config(name, {}) == resolve("demo").config
+    nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    setup = [c for c in nb.cells if "setup" in c.metadata.get("tags", [])]
+    assert len(setup) == 1 and "settings.notebook_config(profile, overrides" in setup[0].source
+    assert len(setup[0].source.splitlines()) <= 6
 
 
-@pytest.mark.parametrize("profile", ["demo", "sample", "cpu", "gpu"])
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_runner_passes_each_setting_once(name, profile):
-    """A setting the parameters cell assigns is injected by name, never also in `extra` (the
-    notebook builds its config with ``dict(name=name, ..., **extra)``: a name in both fails).
-    Regression: papermill's reader skipped ``max_classes = None  # ...`` and the cpu and sample
-    profiles' runs stopped in their first cell."""
+@pytest.mark.parametrize("profile", PROFILES)
+def test_notebooks_cli_and_runner_resolve_every_profile_alike(profile, tmp_path, monkeypatch):
+    """For every profile (with and without overrides): the config each notebook builds from what
+    the runner injects equals the runner's validated config and the CLI's for the same settings.
+    (A profile that leaves a field out gets the RunConfig default everywhere.)"""
+    from ranking_lib import cli
+    from ranking_lib.core.config import RunConfig
+
+    monkeypatch.chdir(tmp_path)  # relative command-line paths are relative to the cwd, not notebooks/
     run = _runner_module()
-    settings = resolve_profile(profile)
-    declared = run.declared_parameters(NOTEBOOK_DIR / name)
-    params = run.notebook_parameters(declared, settings)
-    assert set(params.get("extra", {})).isdisjoint(set(declared) - {"extra"})
-    assert "max_classes" in declared
-    assert {**{k: v for k, v in params.items() if k != "extra"}, **params.get("extra", {})} == settings
+    for runner_args, cli_args in (([], []), (["--run-dir", "r", "--set", "lr=1e-3", "miner=batch_hard"],
+                                            ["--run-dir", "r", "--lr", "0.001", "--miner", "batch_hard"])):
+        settings, runner = run.resolve_settings(run.build_parser().parse_args(["--profile", profile, *runner_args]))
+        from_cli = cli.config_from_args(cli.build_parser().parse_args(["all", "--profile", profile, *cli_args]))
+        assert RunConfig.from_dict(settings) == from_cli
+        assert set(runner["notebook"]) == {"profile", "overrides"}
+        for name in NOTEBOOKS:
+            assert _notebook_config(name, runner["notebook"]) == from_cli, name
+    assert from_cli.run_dir == str(tmp_path / "r") and from_cli.lr == 0.001
 
 
-def resolve_profile(profile: str) -> dict:
-    from ranking_lib.core.settings import resolve
+def test_notebook_knobs_and_runner_parameters():
+    from ranking_lib.core import settings
+    from ranking_lib.core.errors import RankingError
 
-    r = resolve(profile)
-    cfg = r.config.to_dict()
-    return {k: cfg[k] for k in sorted(r.explicit)}
-
-
-def test_parameters_not_declared_travel_in_extra():
+    assert settings.notebook_config("demo", {"gap": 0.5}, steps=3, lr=None).steps == 3
+    assert settings.notebook_config("demo", {"gap": 0.5}).gap == 0.5
+    with pytest.raises(RankingError, match="steps set twice"):
+        settings.notebook_config("demo", {"steps": 4}, steps=3)
     run = _runner_module()
-    p = run.notebook_parameters(["data_dir", "gap", "extra"], {"data_dir": "/d", "gap": 0.5, "miner": "batch_hard"})
-    assert p == {"data_dir": "/d", "gap": 0.5, "extra": {"miner": "batch_hard"}}
-    with pytest.raises(run.RunnerError):
-        run.notebook_parameters(["data_dir"], {"data_dir": "/d", "gap": 0.5})
+    p = run.notebook_parameters("demo", {"run_dir": "rel", "gap": 0.5}, {"run_dir": "/abs/rel", "gap": 0.5})
+    assert p == {"profile": "demo", "overrides": {"run_dir": "/abs/rel", "gap": 0.5}}
     assert run.parse_set(["ks=[1,5]", "max_classes=null", "lr=3e-3", "device=cpu"]) == \
         {"ks": [1, 5], "max_classes": None, "lr": 0.003, "device": "cpu"}
 
 
-@pytest.mark.parametrize("profile", ["demo", "sample", "cpu", "gpu"])
+@pytest.mark.parametrize("profile", PROFILES)
 def test_profiles_are_valid_configs(profile):
-    from ranking_lib.core.settings import REPO_ROOT, load_profile, resolve
+    from ranking_lib.core.settings import base_dir, load_profile, resolve
 
     raw = load_profile(profile)
     s = resolve(profile)  # raises on unknown fields / invalid values
     assert "data_dir" in raw and "run_dir" in raw
     # profile paths are relative to the repository, whatever the current directory
-    assert s.config.run_dir == str((REPO_ROOT / raw["run_dir"]).resolve())
+    assert s.config.run_dir == str((base_dir() / raw["run_dir"]).resolve()) == str((ROOT / raw["run_dir"]).resolve())
     assert s.env == {k: str(v) for k, v in (raw.get("env") or {}).items()}
 
 
@@ -242,9 +252,11 @@ def test_demo_report_pdf(demo_run):
             pages_of.setdefault(n, []).append(i)
     # sample grid, triplets, loss, bars, 5 queries; then the measured full-data figures the repository
     # holds (recipes against minutes, the ablation's out-of-class curve)
+    from ranking_lib.core.settings import checkout_file
     from ranking_lib.reporting import ablation, report
 
-    n_figures = 9 + (report.measured_levers() is not None) + (ablation.load() is not None)
+    n_figures = (9 + (report.measured_levers(checkout_file("docs/figures/levers.json")) is not None)
+                 + (ablation.load(checkout_file("docs/figures/ablation.json")) is not None))
     assert sorted(pages_of) == list(range(1, n_figures + 1)), pages_of
     assert all(len(p) == 1 for p in pages_of.values()), pages_of
     # no page but the last is less than half used

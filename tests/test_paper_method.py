@@ -11,7 +11,7 @@ from ranking_lib.core.config import RunConfig
 from ranking_lib.core.errors import CheckpointError, RankingError
 from ranking_lib.models.inference import ModelInputs, embed_images
 from ranking_lib.models.model import EmbeddingNet
-from ranking_lib.triplets.online import OnlineTriplets, Reservoir, fill_buffers, reservoir_keys
+from ranking_lib.triplets.online import OnlineTriplets, fill_buffers, reservoir_keys
 from ranking_lib.triplets.relevance import RelevanceScores
 from ranking_lib.triplets.samplers import RelevanceTripletSampler
 
@@ -84,6 +84,25 @@ def test_in_class_negatives_fall_back_only_when_none_exists():
 
 
 # ---- online buffers ----------------------------------------------------------------------
+class Reservoir:
+    """One class buffer, filled one image at a time (A-Res: keep the `capacity` largest keys):
+    the reference the vectorised `fill_buffers` is checked against."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.items: list[int] = []
+        self.keys: list[float] = []
+
+    def offer(self, item: int, key: float) -> None:
+        if len(self.items) < self.capacity:
+            self.items.append(item)
+            self.keys.append(key)
+            return
+        low = int(np.argmin(self.keys))
+        if key > self.keys[low]:
+            self.items[low], self.keys[low] = item, key
+
+
 def test_reservoir_one_by_one_equals_the_vectorised_fill():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, size=400)

@@ -126,7 +126,7 @@ def _enospc(*a, **k):
 def test_cache_on_a_full_filesystem_is_one_line_and_leaves_no_temp(demo, small_fs, capsys, tmp_path):
     fs = small_fs(256)  # the train cache needs 80 x 64 x 64 x 3 = 983,040 bytes
     rc, err = _run_cli(["prepare"] + _flags(demo, tmp_path / "run", cache_dir=fs), capsys)
-    assert rc == 2 and len(err) == 1, err
+    assert rc == 1 and len(err) == 1, err
     assert err[0].startswith(f"error: no space left on the device to write {fs}/train_64px_images.npy (needs 0.9 MB")
     assert _temps(fs) == [] and list(fs.iterdir()) == []
 
@@ -145,7 +145,7 @@ def test_checkpoint_on_a_full_filesystem_keeps_the_last_good_one(demo, small_fs,
     with open(filler, "wb") as f:  # leave less than a checkpoint
         f.write(b"\0" * (free - len(good) // 2))
     rc, err = _run_cli(["train"] + _flags(demo, run, optimizer="sgd", steps=4), capsys)
-    assert rc == 2 and len(err) == 1, err
+    assert rc == 1 and len(err) == 1, err
     assert f"no space left on the device to write {ckpt} (needs " in err[0] and "MB free" in err[0]
     assert ckpt.read_bytes() == good and read_checkpoint(ckpt)["step"] == 2
     assert _temps(run, run / "checkpoints") == []
@@ -156,7 +156,8 @@ def test_checkpoint_on_a_full_filesystem_keeps_the_last_good_one(demo, small_fs,
 
 @pytest.mark.parametrize("step", ["prepare", "sample", "train", "embed", "evaluate"])
 def test_injected_enospc_at_each_write(demo, step, capsys, tmp_path, monkeypatch):
-    """Every kind of save reserves its bytes first: ENOSPC there is one line, nothing half-written."""
+    """Every kind of save reserves its bytes first: ENOSPC there is one line (exit 1, an OS error),
+    nothing half-written."""
     run = tmp_path / "run"
     cache = tmp_path / "cache"  # its own cache dir, so `prepare` really builds
     flags = _flags(demo, run, cache_dir=cache)
@@ -168,7 +169,7 @@ def test_injected_enospc_at_each_write(demo, step, capsys, tmp_path, monkeypatch
     if step == "embed":  # np.savez does not reserve: the write itself fails
         monkeypatch.setattr(np, "savez", lambda *a, **k: _enospc())
     rc, err = _run_cli([step] + flags, capsys)
-    assert rc == 2 and len(err) == 1 and err[0].startswith("error: no space left on the device to write "), err
+    assert rc == 1 and len(err) == 1 and err[0].startswith("error: no space left on the device to write "), err
     assert _temps(run, run / "checkpoints", cache) == []
     after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     for p, data in before.items():  # what was there is intact (train's fresh log aside)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -53,21 +53,46 @@ _TYPES = {"int": int, "float": float}
 
 @functools.cache
 def _field_types() -> dict[str, str]:
+    """Each field's declared type as written (``int | None``), for messages."""
     return {f.name: str(f.type).replace(" ", "") for f in fields(RunConfig)}
+
+
+@functools.cache
+def _field_specs() -> dict[str, tuple[str, bool]]:
+    """{field: (base kind, whether None is allowed)} from the evaluated annotations
+    (`typing.get_type_hints`): None only where the type says ``| None`` / ``Optional``."""
+    out = {}
+    for name, hint in typing.get_type_hints(RunConfig).items():
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), hint) if optional else hint
+        origin = typing.get_origin(base) or base
+        kind = {int: "int", float: "float", bool: "bool", str: "str", tuple: "tuple"}.get(origin)
+        if kind is None:  # pragma: no cover - a field of a type the CLI cannot express
+            raise TypeError(f"RunConfig.{name}: unsupported type {hint!r}")
+        out[name] = (kind, optional)
+    return out
 
 
 def field_kind(name: str) -> str:
     """The base type of a RunConfig field: ``int``, ``float``, ``bool``, ``str`` or ``tuple``
     (``int | None`` -> ``int``). The CLI builds its flags from it."""
-    base = _field_types()[name].split("|")[0]
-    return "tuple" if base.startswith("tuple") else base
+    return _field_specs()[name][0]
+
+
+def field_optional(name: str) -> bool:
+    """Whether the field's type allows None (``int | None``)."""
+    return _field_specs()[name][1]
 
 
 def _coerce(name: str, value: Any) -> Any:
-    """Values from YAML/CLI/JSON to the field's type ('1e-4' -> 1e-4); clear error otherwise."""
+    """Values from YAML/CLI/JSON to the field's type ('1e-4' -> 1e-4); clear error otherwise.
+    None (YAML/JSON ``null``) only where the field's type allows it."""
     t = _field_types()[name]
     if value is None:
-        return None
+        if field_optional(name):
+            return None
+        raise RankingError(f"config field {name} expects {t}, got null (only fields typed '| None' may be null)")
     base = field_kind(name)
     try:
         if base in _TYPES and not isinstance(value, bool):
@@ -367,13 +392,10 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
+        from ranking_lib.core.fileio import read_json
+
         path = Path(path)
-        if not path.is_file():
-            raise RankingError(f"config file not found: {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as e:
-            raise RankingError(f"config file {path} is not valid JSON ({str(e).splitlines()[0]})") from None
+        data = read_json(path, "config file")
         if not isinstance(data, dict):
             raise RankingError(f"config file {path} must hold a JSON object of settings, not {type(data).__name__}")
         try:

@@ -239,3 +239,20 @@ def write_json(path: str | Path, obj: Any) -> Path:
     except ValueError as e:
         raise RankingError(f"refusing to write {path}: {e}") from None
     return write_text(path, text)
+
+
+def read_json(path: str | Path, what: str = "file", hint: str = "", missing_ok: bool = False) -> Any:
+    """The JSON value in `path`. A missing file is ``None`` with `missing_ok`, else the one-line
+    ``RankingError`` "<what> <path> not found<hint>"; an unreadable or invalid one is
+    "<what> <path> is not valid JSON (<reason>)". `hint` says how to make the file, e.g.
+    ``" (run the 'evaluate' step)"``."""
+    path = Path(path)
+    if not path.is_file():
+        if missing_ok:
+            return None
+        raise RankingError(f"{what} {path} not found{hint}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise RankingError(f"{what} {path} is not valid JSON ({reason})") from None

@@ -1,10 +1,16 @@
 """Profiles and overrides -> one `RunConfig` (+ the process environment): the one resolver used by
 the CLI, the notebook runner and the benchmarks.
 
-Order: ``profiles/<name>.yaml`` < ``--config FILE`` (a saved ``config.json``) < explicit overrides.
-Relative paths (``data_dir``, ``run_dir``, ``cache_dir``) in a profile are relative to the
-repository root (where ``profiles/`` lives); those given on the command line or in a config file
-are relative to the current directory. All come out absolute.
+Order: ``profiles/<name>.yaml`` (shipped in the package: ``ranking_lib/profiles/``) <
+``--config FILE`` (a saved ``config.json``) < explicit overrides. Relative paths (``data_dir``,
+``run_dir``, ``cache_dir``) in a profile are relative to the source checkout the package runs
+from (:func:`checkout_root`), or to the current directory when the package is installed; those
+given on the command line or in a config file are relative to the current directory. All come
+out absolute.
+
+Notebooks resolve their parameters cell (``profile``, ``overrides`` and a few named knobs) with
+:func:`notebook_config`, through the same :func:`resolve`, so a notebook, the CLI and the
+runner give the same `RunConfig` for the same profile.
 
 A profile may also hold the runner's keys: ``env`` (environment variables of the processes that
 do the work, e.g. glibc allocator settings, which only act when set before a process starts:
@@ -23,8 +29,28 @@ from typing import Any
 from ranking_lib.core.config import RunConfig
 from ranking_lib.core.errors import RankingError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PROFILE_DIR = REPO_ROOT / "profiles"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+PROFILE_DIR = PACKAGE_DIR / "profiles"
+
+
+def checkout_root() -> Path | None:
+    """The source checkout the package runs from (``pyproject.toml`` and ``notebooks/`` beside
+    ``ranking_lib/``), or None for an installed package."""
+    root = PACKAGE_DIR.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
+
+
+def base_dir() -> Path:
+    """What relative paths in a profile are relative to: the checkout, else the current directory."""
+    return checkout_root() or Path.cwd()
+
+
+def checkout_file(relative: str) -> Path | None:
+    """A file of the checkout (e.g. ``docs/figures/ablation.json``), or None when there is no
+    checkout or no such file (measured results an installed package does not ship)."""
+    root = checkout_root()
+    path = None if root is None else root / relative
+    return path if path is not None and path.exists() else None
 RUNNER_KEYS = frozenset({"make_demo_data", "env"})  # profile keys that are not RunConfig fields
 PATH_KEYS = ("data_dir", "run_dir", "cache_dir")
 _SCI = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -118,7 +144,7 @@ def resolve(profile: str | Path | None = None, overrides: dict[str, Any] | None 
             if k in RUNNER_KEYS:
                 runner[k] = v
             else:
-                values[k] = _absolute(v, REPO_ROOT) if k in PATH_KEYS else v
+                values[k] = _absolute(v, base_dir()) if k in PATH_KEYS else v
     if config_file:
         values.update({k: _absolute(v, cwd) if k in PATH_KEYS else v
                        for k, v in RunConfig.load(config_file).to_dict().items()})
@@ -134,12 +160,25 @@ def resolve(profile: str | Path | None = None, overrides: dict[str, Any] | None 
         raise RankingError(f"unknown setting(s): {', '.join(unknown)} (not RunConfig fields)")
     if "run_dir" not in values:
         name = Path(str(profile)).stem if profile else "default"
-        values["run_dir"] = str((REPO_ROOT / "runs" / name).resolve())
+        values["run_dir"] = str((base_dir() / "runs" / name).resolve())
     env = runner.get("env") or {}
     if not isinstance(env, dict):
         raise RankingError("env must be a mapping of VARIABLE: value")
     return Settings(RunConfig.from_dict(values), {str(k): str(v) for k, v in env.items()},
                     bool(runner.get("make_demo_data", False)), frozenset(values))
+
+
+def notebook_config(profile: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                    cwd: str | Path | None = None, **knobs: Any) -> RunConfig:
+    """The `RunConfig` of a notebook's parameters cell: `profile` < `overrides` < the named
+    `knobs` that are not None (``run_dir=..., steps=...``), resolved by :func:`resolve` exactly
+    as the CLI resolves ``--profile P --<field> value`` (relative paths: relative to `cwd`, the
+    notebook's folder by default)."""
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    both = sorted(set(knobs) & set(overrides or {}))
+    if both:
+        raise RankingError(f"notebook parameter(s) {', '.join(both)} set twice (as a parameter and in overrides)")
+    return resolve(profile, {**(overrides or {}), **knobs}, cwd=cwd).config
 
 
 def apply_env(env: dict[str, str], reexec_argv: list[str] | None = None) -> None:

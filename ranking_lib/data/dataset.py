@@ -23,6 +23,22 @@ def _natural_key(name: str):
     return [(0, int(tok), "") if tok.isdigit() else (1, 0, tok) for tok in re.split(r"(\d+)", name)]
 
 
+def plain_name_problem(name: str) -> str | None:
+    """Why `name` is not a plain file or folder name (one that stays inside its folder), or None."""
+    if not name or name in (".", ".."):
+        return "is empty, '.' or '..'"
+    if "/" in name or "\\" in name:
+        return "contains a path separator"
+    if "\0" in name or any(ord(c) < 32 for c in name):
+        return "contains a control character"
+    return None
+
+
+def _inside(path: Path, folder_real: str) -> bool:
+    """True when `path`, symbolic links followed, lies inside the resolved folder `folder_real`."""
+    return os.path.realpath(path).startswith(folder_real + os.sep)
+
+
 def _read_lines(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -57,6 +73,10 @@ class TinyImageNet:
                 continue
             if wnid in seen:
                 raise DatasetError(f"{wnids_file} line {n} repeats class {wnid}")
+            bad = plain_name_problem(wnid)
+            if bad:
+                raise DatasetError(f"{wnids_file} line {n}: class {wnid!r} {bad} (a class is a folder name "
+                                   "under train/)")
             seen.add(wnid)
             all_wnids.append(wnid)
         if not all_wnids:
@@ -125,13 +145,21 @@ class TinyImageNet:
             img_dir = self.root / "train" / wnid / "images"
             if not img_dir.is_dir():
                 raise DatasetError(f"train class folder missing for class {wnid}: {img_dir}")
-            names = [
-                e.name
+            entries = [
+                e
                 for e in os.scandir(img_dir)
                 if not e.name.startswith(".")
                 and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
                 and e.is_file()
             ]
+            real_dir = None
+            for e in entries:  # a link may not lead out of its class folder (into val/, say)
+                if e.is_symlink():
+                    real_dir = real_dir or os.path.realpath(img_dir)
+                    if not _inside(Path(e.path), real_dir):
+                        raise DatasetError(f"train image {e.path} is a link to {os.path.realpath(e.path)}, "
+                                           f"outside {img_dir}: a split's images must lie in its own folder")
+            names = [e.name for e in entries]
             names.sort(key=_natural_key)
             items.extend((f"train/{wnid}/images/{name}", label) for name in names)
         # Classes beyond max_classes are not read at all, so nothing is counted as excluded.
@@ -156,6 +184,10 @@ class TinyImageNet:
             if len(fields) < 2:
                 raise DatasetError(f"{ann_file} line {n} is malformed: {line.strip()[:80]!r}")
             fname, wnid = fields[0].strip(), fields[1].strip()
+            bad = plain_name_problem(fname) or (None if not os.path.isabs(fname) else "is an absolute path")
+            if bad:
+                raise DatasetError(f"{ann_file} line {n}: file name {fname[:80]!r} {bad}; val annotations must "
+                                   "name files inside val/images/ (no folders, '..' or absolute paths)")
             if wnid not in known:
                 raise DatasetError(f"val annotation line {n} names unknown class {wnid} ({ann_file})")
             if fname in seen:
@@ -168,6 +200,12 @@ class TinyImageNet:
                 raise DatasetError(
                     f"val image missing: {img_dir / fname} (named on line {n} of {ann_file})"
                 )
+            if (img_dir / fname).is_symlink():
+                real_dir = os.path.realpath(img_dir)
+                if not _inside(img_dir / fname, real_dir):
+                    raise DatasetError(f"{ann_file} line {n}: {img_dir / fname} is a link to "
+                                       f"{os.path.realpath(img_dir / fname)}, outside val/images/: a split's "
+                                       "images must lie in its own folder")
             entries.append((label_of[wnid], fname))
         entries.sort(key=lambda e: (e[0], _natural_key(e[1])))
         return [(f"val/images/{fname}", label) for label, fname in entries], excluded

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,17 +11,31 @@ from PIL import Image
 
 from ranking_lib.core.errors import CorruptImageError, DatasetError
 
-__all__ = ["load_image_rgb"]
+__all__ = ["load_image_rgb", "MAX_PIXELS"]
+
+MAX_PIXELS = 50_000_000
+"""Images larger than this (width x height, read from the header before any pixel is decoded)
+are refused: decoding one would take gigabytes of memory for a 64-px thumbnail."""
 
 
 # ---------------------------------------------------------------------- decoding
 def load_image_rgb(path, size: int = 64) -> np.ndarray:
     """Decode ``path`` to a ``(size, size, 3)`` uint8 RGB array (bilinear resize if needed)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DatasetError(f"image file not found: {path}")
+    if not path.is_file():
+        raise DatasetError(f"image path {path} is not a regular file (a directory, device or pipe); "
+                           "pass an image file")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # the size is decided below, not by Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise DatasetError(f"image {path} is {w} x {h} pixels ({w * h / 1e6:.1f} megapixels), above the "
+                                   f"{MAX_PIXELS / 1e6:.0f} megapixels this library decodes; downscale it first")
             img.load()  # forces a full decode so truncated files are detected
             if img.mode != "RGB":
                 if img.mode in ("P", "PA") or "A" in img.getbands():

@@ -35,7 +35,8 @@ _POOL_MIN_IMAGES = 4000
 class ImageCache:
     """Decoded images of one split: ``images[i]`` is the uint8 RGB image of ``paths[i]``."""
 
-    def __init__(self, images, labels, paths, wnids, class_names, split, skipped=(), cache_file=None):
+    def __init__(self, images, labels, paths, wnids, class_names, split, skipped=(), cache_file=None,
+                 crc32: int | None = None):
         self.images: np.ndarray = images
         self.labels: np.ndarray = np.asarray(labels, dtype=np.int64)
         self.paths: list[str] = list(paths)
@@ -44,6 +45,8 @@ class ImageCache:
         self.split: str = split
         self.skipped: list[str] = list(skipped)
         self.cache_file: Path | None = Path(cache_file) if cache_file is not None else None
+        self.crc32: int | None = crc32
+        """CRC-32 of the pixels (as in the meta file): what files computed from the cache record."""
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -147,7 +150,8 @@ def _try_load(npy: Path, meta_file: Path, fingerprint: str, image_size: int):
     if damaged:
         return None, damaged
     return dict(images=images, labels=labels, paths=paths, wnids=meta.get("wnids", []),
-                class_names=meta.get("class_names", []), skipped=meta.get("skipped", [])), None
+                class_names=meta.get("class_names", []), skipped=meta.get("skipped", []),
+                crc32=meta.get("crc32")), None
 
 
 def _unlink_quiet(path) -> None:
@@ -171,9 +175,44 @@ def _decoded(jobs, workers: int):
         yield from pool.imap(decode.decode_job, jobs, chunksize=256)
 
 
+# Files computed from a split's cache live beside it under these prefixes (`models.stage_cache`:
+# ``stage_<split>_*.npy`` with a ``.json`` sidecar naming its source, ``golden_<split>_*.npy``).
+DERIVED_PREFIXES = ("stage_", "golden_")
+
+
+def derived_files(cache_dir: Path, split: str, npy: Path) -> list[Path]:
+    """The files in `cache_dir` computed from `split`'s cache `npy` (any earlier version of it).
+
+    A stage file's sidecar names its source; a golden file (no sidecar) is counted when `npy` is
+    the only image cache of its split in the folder."""
+    only = [p.name for p in cache_dir.glob(f"{split}_*px_images.npy")] in ([], [npy.name])
+    out = []
+    for prefix in DERIVED_PREFIXES:
+        for p in sorted(cache_dir.glob(f"{prefix}{split}_*.npy")):
+            try:
+                source = json.loads(p.with_suffix(".json").read_text()).get("source")
+            except (OSError, ValueError, AttributeError):
+                source = None
+            if source == str(npy) or (source is None and only):
+                out.append(p)
+    return out
+
+
+def _remove_derived(cache_dir: Path, split: str, npy: Path) -> None:
+    """A rebuilt cache makes what was computed from the old one stale: remove it (logged)."""
+    gone = derived_files(cache_dir, split, npy)
+    for p in gone:
+        _unlink_quiet(p.with_suffix(".json"))
+        _unlink_quiet(p)
+    if gone:
+        logger.warning("removed %d file(s) computed from the old %s cache (first: %s)", len(gone), split,
+                       gone[0].name)
+
+
 def _build(dataset, split, items, npy, meta_file, fingerprint, skip_corrupt, image_size, progress, workers):
     # Drop the old meta first: whatever happens below, no stale meta can vouch for new data.
     _unlink_quiet(meta_file)
+    _remove_derived(npy.parent, split, npy)
     root = str(dataset.root)
     jobs = [(os.path.join(root, rel), image_size) for rel, _ in items]
     kept_idx: list[int] = []
@@ -230,7 +269,7 @@ def _build(dataset, split, items, npy, meta_file, fingerprint, skip_corrupt, ima
     write_text(meta_file, json.dumps(meta))
     if skipped:
         logger.warning("skipped %d corrupt images (first: %s)", len(skipped), skipped[0])
-    return paths, labels, skipped
+    return paths, labels, skipped, crc
 
 
 def load_or_build_cache(
@@ -279,8 +318,8 @@ def load_or_build_cache(
         ncpu = os.cpu_count() or 1
         # With few cores the pickling overhead of a pool outweighs the parallel decode.
         workers = min(ncpu, 8) if ncpu >= 4 else 1
-    paths, labels, skipped = _build(dataset, split, items, npy, meta_file, fingerprint,
-                                    skip_corrupt, image_size, progress, workers)
+    paths, labels, skipped, crc = _build(dataset, split, items, npy, meta_file, fingerprint,
+                                         skip_corrupt, image_size, progress, workers)
     images = np.load(npy, mmap_mode="r")
     return ImageCache(images, labels, paths, dataset.wnids, dataset.class_names, split,
-                      skipped=skipped, cache_file=npy)
+                      skipped=skipped, cache_file=npy, crc32=crc)

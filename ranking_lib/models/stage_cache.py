@@ -15,8 +15,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -161,3 +163,31 @@ def model_inputs(cfg: RunConfig, net: EmbeddingNet, cache: ImageCache, progress:
         return ModelInputs(cache.images)
     staged = stage_inputs(cfg, net, cache, progress)
     return ModelInputs(staged.array, staged.kind, cache.images) if net.multiscale else staged
+
+
+_DERIVED_RE = re.compile(r"^(stage|golden)_(?P<split>[a-z]+)_(?P<backbone>.+)_(?P<size>\d+)px_k(?P<k>\d+)"
+                         r"_(?P<key>[0-9a-f]{16})\.(npy|json)$")
+_CACHE_RE = re.compile(r"^[a-z]+_\d+px_(images\.npy|meta\.json)$")
+
+
+def stray_files(cache_dir: str | Path, caches: dict[str, ImageCache]) -> list[Path]:
+    """Files in `cache_dir` that are neither an image cache nor computed from the current ones
+    (stage or golden features of an earlier cache, anything else): `prepare` names them and
+    leaves them alone. Temp files of running writers (dot files) are not counted."""
+    cache_dir = Path(cache_dir)
+    try:
+        names = sorted(e.name for e in os.scandir(cache_dir) if e.is_file(follow_symlinks=False))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        if name.startswith(".") or _CACHE_RE.match(name):
+            continue
+        m = _DERIVED_RE.match(name)
+        cache = caches.get(m["split"]) if m else None
+        if cache is not None and cache.cache_file is not None and Path(cache.cache_file).parent == cache_dir:
+            net = SimpleNamespace(backbone_name=m["backbone"], input_size=int(m["size"]), freeze_stages=int(m["k"]))
+            if any(_key(net, cache, p, b) == m["key"] for p in (True, False) for b in (False, True)):
+                continue
+        out.append(cache_dir / name)
+    return out

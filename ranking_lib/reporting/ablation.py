@@ -20,12 +20,12 @@ val once each.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ranking_lib.core.errors import RankingError
+from ranking_lib.core.fileio import read_json
 
 # name -> (overrides on the base recipe, what the row is)
 ROWS: dict[str, tuple[dict, str]] = {
@@ -47,20 +47,15 @@ SEMANTIC = COLUMNS[7:]
 
 # rows measured without a training run of their own (`bench_ablation.py --frozen`)
 EXTRA_ROWS = {"frozen": "the frozen pretrained backbone, untrained (`--model baseline` of the profile's run)"}
-_REPO = Path(__file__).resolve().parents[2]
-RESULTS_PATH = _REPO / "benchmarks" / "results" / "ablation.json"   # what bench_ablation.py writes
-MEASURED_PATH = _REPO / "docs" / "figures" / "ablation.json"        # the measured copy the report reads
+RESULTS_FILE = "ablation.json"  # bench_ablation.py writes benchmarks/results/<this>; docs/figures/<this> is kept
 
 
-def load(path: str | Path = MEASURED_PATH) -> dict | None:
-    """The ablation results, or None when none were measured (no file)."""
-    path = Path(path)
-    if not path.is_file():
+def load(path: str | Path | None) -> dict | None:
+    """The ablation results in `path` (the measured copy: ``docs/figures/ablation.json`` in a
+    checkout), or None when none were measured (no path, no file)."""
+    data = None if path is None else read_json(path, "ablation results", missing_ok=True)
+    if data is None:
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise RankingError(f"ablation results {path} are not valid JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
         raise RankingError(f"ablation results {path} have no 'rows' list")
     return data
@@ -177,10 +172,10 @@ def out_of_class_curve(results: dict) -> list[tuple[float, float]]:
 
 def plot_out_of_class(results: dict, path=None):
     """Precision@30 against the share of out-of-class negatives (the paper's Fig. 6, redone)."""
-    from ranking_lib.reporting.plots import _finish, _new_figure
+    from ranking_lib.reporting.plots import finish, new_figure
 
     pts = out_of_class_curve(results)
-    fig = _new_figure((5.0, 3.2))
+    fig = new_figure((5.0, 3.2))
     ax = fig.add_subplot(111)
     if pts:
         x, y = zip(*pts)
@@ -193,7 +188,7 @@ def plot_out_of_class(results: dict, path=None):
     ax.set_ylabel(f"{results.get('split', 'tune')} precision@30 (%)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def findings(results: dict) -> str:

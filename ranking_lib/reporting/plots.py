@@ -30,7 +30,8 @@ DEFAULT_DPI = 120
 
 # metric key -> column title of the precision table (all values are percentages)
 # ---- helpers ---------------------------------------------------------------------------
-def _finish(fig: Figure, path, dpi: int = DEFAULT_DPI) -> Figure:
+def finish(fig: Figure, path, dpi: int = DEFAULT_DPI) -> Figure:
+    """Save `fig` to `path` atomically (format from the suffix; nothing when `path` is None)."""
     if path is not None:
         path = Path(path)
         with atomic_path(path) as tmp:
@@ -38,7 +39,8 @@ def _finish(fig: Figure, path, dpi: int = DEFAULT_DPI) -> Figure:
     return fig
 
 
-def _new_figure(figsize) -> Figure:
+def new_figure(figsize) -> Figure:
+    """A white figure not registered with pyplot (no global state, nothing left open)."""
     return Figure(figsize=figsize, facecolor="white")
 
 
@@ -147,7 +149,7 @@ def plot_loss_curve(steps: Sequence[float], losses: Sequence[float], smooth: flo
     if steps.shape != losses.shape:
         raise ValueError(f"steps and losses differ in length ({len(steps)} vs {len(losses)})")
     if ax is None:
-        fig = _new_figure((7.5, 3.6))
+        fig = new_figure((7.5, 3.6))
         ax = fig.add_subplot(1, 1, 1)
     else:
         fig = ax.figure
@@ -169,7 +171,7 @@ def plot_loss_curve(steps: Sequence[float], losses: Sequence[float], smooth: flo
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 # ---- data ------------------------------------------------------------------------------
@@ -179,7 +181,7 @@ def plot_class_counts(class_names: Sequence[str], train_counts: Sequence[int], v
     train_counts = np.asarray(train_counts)
     n = len(train_counts)
     x = np.arange(n)
-    fig = _new_figure((max(6.0, min(12.0, 0.3 * n + 2)), 3.4))
+    fig = new_figure((max(6.0, min(12.0, 0.3 * n + 2)), 3.4))
     ax = fig.add_subplot(1, 1, 1)
     w = 0.4 if val_counts is not None else 0.8
     ax.bar(x - (w / 2 if val_counts is not None else 0), train_counts, width=w, label="train", color="tab:blue")
@@ -194,7 +196,7 @@ def plot_class_counts(class_names: Sequence[str], train_counts: Sequence[int], v
     ax.set_title(f"Images per class ({n} classes)", fontsize=11)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def plot_sample_grid(images, labels, class_names: Sequence[str], per_class: int = 8,
@@ -204,7 +206,7 @@ def plot_sample_grid(images, labels, class_names: Sequence[str], per_class: int 
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)[:max_classes]
-    fig = _new_figure((1.0 * per_class + 1.8, 1.0 * len(classes) + 0.4))
+    fig = new_figure((1.0 * per_class + 1.8, 1.0 * len(classes) + 0.4))
     gs = GridSpec(max(len(classes), 1), per_class, figure=fig, wspace=0.05, hspace=0.08)
     for r, c in enumerate(classes):
         idx = np.flatnonzero(labels == c)
@@ -219,7 +221,7 @@ def plot_sample_grid(images, labels, class_names: Sequence[str], per_class: int 
                 ax.set_ylabel(short_name(class_names[int(c)], 18), rotation=0, ha="right", va="center",
                               fontsize=8)
     fig.suptitle(f"Random training images, {len(classes)} classes", fontsize=11, y=1.0)
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def plot_triplets(images_q, images_p, images_n, captions: Sequence | None = None, path=None) -> Figure:
@@ -232,7 +234,7 @@ def plot_triplets(images_q, images_p, images_n, captions: Sequence | None = None
     if not len(q) == len(p) == len(n):
         raise ValueError("images_q, images_p and images_n must have the same length")
     rows = len(q)
-    fig = _new_figure((5.4, 1.75 * rows + 0.3))
+    fig = new_figure((5.4, 1.75 * rows + 0.3))
     gs = GridSpec(max(rows, 1), 3, figure=fig, wspace=0.08, hspace=0.35)
     heads = ("query", "positive (same class)", "negative (other class)")
     colors = (None, SAME_COLOR, OTHER_COLOR)
@@ -245,7 +247,7 @@ def plot_triplets(images_q, images_p, images_n, captions: Sequence | None = None
                   caption=short_name(tile_cap, 22) if tile_cap else None)
             if j == 0 and isinstance(cap, str):
                 ax.set_ylabel(cap, fontsize=8, rotation=0, ha="right", va="center")
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 # ---- queries ---------------------------------------------------------------------------
@@ -271,7 +273,7 @@ def plot_query_result(query_image, query_caption: str, top_images, top_distances
     tile = 0.9  # inches per result tile
     fs = 10.0
     cap_h = 0.2 if (top_captions is not None or bottom_captions is not None) else 0.0
-    fig = _new_figure((tile * 1.12 * (ncols + 2.6) + 0.2, 2 * nr * (tile + 0.32 + cap_h) + 0.3 * (nr > 1) + 0.55))
+    fig = new_figure((tile * 1.12 * (ncols + 2.6) + 0.2, 2 * nr * (tile + 0.32 + cap_h) + 0.3 * (nr > 1) + 0.55))
     gs = GridSpec(2 * nr, ncols + 2, figure=fig, width_ratios=[1.5, 1.1] + [1] * ncols, wspace=0.12,
                   hspace=0.35 + 1.2 * cap_h, left=0.01, right=0.99, bottom=0.04, top=1 - 0.5 / fig.get_figheight())
     axq = fig.add_subplot(gs[:, 0])
@@ -296,7 +298,7 @@ def plot_query_result(query_image, query_caption: str, top_images, top_distances
                   caption=short_name(caps[j], 12) if caps is not None else None, fontsize=fs)
     fig.suptitle(title or f"Query: {query_caption}  (green frame = same class, red = other class)",
                  fontsize=fs + 1.5, y=1 - 0.12 / fig.get_figheight())
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def plot_query(result, query_image, database, title: str | None = None, ncols: int = 5, path=None) -> Figure:
@@ -320,7 +322,7 @@ def plot_precision_bars(table, columns: Sequence[str] | None = None, path=None) 
     """Grouped bars: one group per metric column, one bar per row of `table` (a metrics_table)."""
     columns = list(columns or [c for c in table.columns if c in METRIC_COLUMNS.values()])
     labels = [" / ".join(map(str, i)) if isinstance(i, tuple) else str(i) for i in table.index]
-    fig = _new_figure((7.5, 3.4))
+    fig = new_figure((7.5, 3.4))
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(columns))
     w = 0.8 / max(len(labels), 1)
@@ -334,7 +336,7 @@ def plot_precision_bars(table, columns: Sequence[str] | None = None, path=None) 
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     ax.set_title("Similarity precision", fontsize=11)
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 
@@ -344,7 +346,7 @@ def plot_precision_vs_minutes(points: Sequence[dict], path=None, target: float =
     dicts with ``minutes``, ``precision@30``, ``split`` (``tune`` or ``val``) and ``label``; a
     point with ``kind`` (``stitched`` from two runs, or ``estimated``) is drawn hollow and its
     label says so."""
-    fig = _new_figure((6.4, 3.8))
+    fig = new_figure((6.4, 3.8))
     ax = fig.add_subplot(1, 1, 1)
     styles = {"tune": dict(marker="o", color="tab:blue"), "val": dict(marker="s", color="tab:red")}
     for split, style in styles.items():
@@ -367,4 +369,4 @@ def plot_precision_vs_minutes(points: Sequence[dict], path=None, target: float =
     ax.set_ylabel("precision@30 (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
-    return _finish(fig, path)
+    return finish(fig, path)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ranking_lib.core import fileio
 from ranking_lib.core.config import RunConfig
 from ranking_lib.core.names import MODELS
 from ranking_lib.core.errors import RankingError
@@ -37,10 +38,7 @@ class RunRecord:
         run = Path(run_dir)
 
         def read_json(name):
-            path = run / name
-            if not path.is_file():
-                raise RankingError(f"{path} not found (run the notebooks 01-04 first)")
-            return json.loads(path.read_text())
+            return fileio.read_json(run / name, "run file", " (run the notebooks 01-04 first)")
 
         cfg = RunConfig.from_dict(read_json("config.json"))
         metrics = {m: read_json(f"metrics_{m}.json") for m in MODELS}

@@ -32,6 +32,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path} (run the 'train' step first)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes: a copy or transfer was cut short); put the "
+                              "whole file back, or start over with --no-resume")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -43,7 +46,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         detail = next((ln for ln in lines if ln.startswith("Unsupported")), lines[-1] if lines else "")
         raise CheckpointError(f"cannot read checkpoint {path}: not a checkpoint file, or damaged ({detail})") from None
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0]) from e
+        detail = f"{type(e).__name__}: {e}" if str(e) else f"{type(e).__name__}, the file ends early"
+        raise CheckpointError(f"cannot read checkpoint {path}: not a checkpoint file, or damaged "
+                              f"({detail})".splitlines()[0]) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a ranking_lib checkpoint")
     return ckpt

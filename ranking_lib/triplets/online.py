@@ -6,7 +6,7 @@ The stream is a seeded permutation of the training images, epoch after epoch. Ev
 each image j gets the key u_j^(1/r_j) (u uniform in (0, 1), r_j its total relevance, 1 without
 relevance) and each class keeps the `buffer_size` largest keys among its streamed images, which
 is what inserting the images one by one into a reservoir that evicts its smallest key gives
-(`Reservoir`, tested equal). Each step then draws its batch from the buffers: queries with
+(tested equal against such a one-by-one reservoir). Each step then draws its batch from the buffers: queries with
 probability proportional to r_i, positives and negatives as in `RelevanceTripletSampler`
 (`samplers.draw_triplets`), out-of-class negatives uniform over the other classes' buffers.
 
@@ -25,24 +25,6 @@ import numpy as np
 from ranking_lib.core.errors import RankingError
 from ranking_lib.triplets.relevance import RelevanceScores
 from ranking_lib.triplets.samplers import TripletSampler, draw_triplets
-
-
-class Reservoir:
-    """One class buffer, filled one image at a time (A-Res: keep the `capacity` largest keys)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.items: list[int] = []
-        self.keys: list[float] = []
-
-    def offer(self, item: int, key: float) -> None:
-        if len(self.items) < self.capacity:
-            self.items.append(item)
-            self.keys.append(key)
-            return
-        low = int(np.argmin(self.keys))
-        if key > self.keys[low]:
-            self.items[low], self.keys[low] = item, key
 
 
 def reservoir_keys(u: np.ndarray, weights: np.ndarray) -> np.ndarray:

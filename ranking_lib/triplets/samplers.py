@@ -57,7 +57,6 @@ class TripletSampler:
                 f"no positive can be drawn for it{more}"
             )
         self._order = order  # image indices grouped by class
-        self._classes = classes
         self._starts = starts
         self._counts = counts
         # position of each image's class in `classes`
@@ -249,7 +248,10 @@ def load_triplets(path: str | Path, num_images: int | None = None) -> np.ndarray
         side = None
     if not isinstance(side, dict):
         raise RankingError(f"triplet file {path} has no readable sidecar {path.with_suffix('.json').name}; re-run 'sample'")
-    if "sha256" in side and side["sha256"] != _digest(t):
+    if not isinstance(side.get("sha256"), str):
+        raise RankingError(f"triplet file {path}: its sidecar {path.with_suffix('.json').name} has no sha256, so its "
+                           "content cannot be checked (edited?); re-run 'sample'")
+    if side["sha256"] != _digest(t):
         raise RankingError(f"triplet file {path} is damaged or was modified (its checksum differs from "
                            f"{path.with_suffix('.json').name}); re-run 'sample'")
     if num_images is not None and (t.min() < 0 or t.max() >= num_images):
