@@ -226,7 +226,7 @@ class QueryExplorer:
     def summary(self, result: workflow.QueryResult) -> str:
         """One line: nearest and farthest distance, and same-class counts when the class is known."""
         line = (f"{Path(result.query_path).name}: nearest d={float(result.top_distances[0]):.3f}, "
-                f"farthest d={float(result.bottom_distances[-1]):.3f}")
+                f"farthest d={float(np.max(result.bottom_distances)):.3f}")  # bottom-k: farthest first
         if result.query_label is not None:
             top = int((result.top_labels == result.query_label).sum())
             bottom = int((result.bottom_labels == result.query_label).sum())
@@ -238,8 +238,8 @@ class QueryExplorer:
         """The query tile and, per model, its top-k and bottom-k rows: each tile with its distance,
         class and a same-class mark (green frame and a check mark; red and a cross otherwise).
         `results` maps a model to its result, or to a one-line reason it has none."""
-        head = (f'<div class="rx-query" style="display:flex;align-items:center;gap:12px;margin:4px 0 8px">'
-                f'{_img_tag(query_image, 128, "rx-query-img")}<div>{html.escape(caption)}</div></div>')
+        head = (f'<div class="rx-query" style="display:flex;align-items:center;justify-content:flex-start;gap:12px;margin:4px 0 8px">'
+                f'{_img_tag(query_image, 128, "rx-query-img", "margin:0")}<div>{html.escape(caption)}</div></div>')
         panels = []
         for model, r in results.items():
             title = f'<div style="font-weight:bold;margin-bottom:4px">{html.escape(MODEL_TITLES[model])}</div>'
@@ -249,9 +249,9 @@ class QueryExplorer:
                 body = (f'<div class="rx-summary" style="font-size:90%;margin-bottom:4px">'
                         f'{html.escape(self.summary(r))}</div>'
                         + self._row_html(r, "top", "nearest") + self._row_html(r, "bottom", "farthest"))
-            panels.append(f'<div class="rx-panel" data-model="{model}" style="flex:1 1 0;min-width:420px">'
+            panels.append(f'<div class="rx-panel" data-model="{model}" style="flex:0 1 auto;min-width:420px">'
                           f'{title}{body}</div>')
-        return (f'<div class="rx-result">{head}<div style="display:flex;gap:24px;flex-wrap:wrap">'
+        return (f'<div class="rx-result">{head}<div style="display:flex;gap:48px;flex-wrap:wrap">'
                 f'{"".join(panels)}</div></div>')
 
     def _row_html(self, r: workflow.QueryResult, which: str, word: str) -> str:
@@ -272,7 +272,7 @@ class QueryExplorer:
         n_same = int(np.sum(labels == r.query_label)) if r.query_label is not None else None
         count = f", {n_same}/{len(ids)} same class" if n_same is not None else ""
         return (f'<div class="rx-row" data-which="{which}"><div style="font-size:90%">{which}-{len(ids)} ({word}'
-                f'{count})</div><div style="display:flex;flex-wrap:wrap;gap:4px;margin-bottom:6px">'
+                f'{count})</div><div style="display:grid;grid-template-columns:repeat(5,76px);gap:4px;margin-bottom:6px">'
                 f'{"".join(tiles)}</div></div>')
 
 
@@ -284,7 +284,7 @@ def _img_tag(img: np.ndarray, px: int, cls: str, style: str = "") -> str:
     Image.fromarray(np.asarray(img, dtype=np.uint8)).save(buf, format="JPEG", quality=90)
     src = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
     return (f'<img class="{cls}" src="{src}" width="{px}" height="{px}" '
-            f'style="image-rendering:pixelated;display:block;margin:auto;{style}">')
+            f'style="image-rendering:pixelated;display:block;margin:0 auto;{style}">')
 
 
 def one_line(e: BaseException) -> str:

@@ -164,7 +164,20 @@ def upload(page, path: Path) -> None:
     chooser.value.set_files(str(path))
 
 
-def screenshot(run_dir: Path, out: Path, find: str | None = None, timeout: float = 120) -> Path:
+def _small_png(png: bytes, colors: int) -> bytes:
+    """A screenshot as a palette PNG of `colors` colours (a third of the size; 0 keeps it as is)."""
+    if not colors:
+        return png
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").quantize(colors).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def screenshot(run_dir: Path, out: Path, find: str | None = None, timeout: float = 120, colors: int = 128) -> Path:
     """The Voila page on `run_dir` (after typing `find` into the class search) as a PNG."""
     work = Path(tempfile.mkdtemp(prefix="explore-shot-"))
     server = Server("voila", NOTEBOOK, work / "voila", {"RANKING_EXPLORE_RUN": str(Path(run_dir).resolve())},
@@ -179,7 +192,7 @@ def screenshot(run_dir: Path, out: Path, find: str | None = None, timeout: float
                 wait_pick(page, before, timeout)
             from ranking_lib.core.fileio import write_bytes
 
-            write_bytes(out, page.locator(".rx-app").screenshot())
+            write_bytes(out, _small_png(page.locator(".rx-app").screenshot(), colors))
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -191,12 +204,13 @@ def main(argv=None) -> int:
     ap.add_argument("--run-dir", required=True, type=Path)
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "figures" / "explorer.png")
     ap.add_argument("--find", default=None, help="text typed into the class search before the screenshot")
+    ap.add_argument("--colors", type=int, default=128, help="palette size of the PNG (0: full colour)")
     args = ap.parse_args(argv)
     why = missing()
     if why:
         print(f"error: {why}", file=sys.stderr)
         return 2
-    print(screenshot(args.run_dir, args.out, args.find))
+    print(screenshot(args.run_dir, args.out, args.find, colors=args.colors))
     return 0
 
 

@@ -20,9 +20,10 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("explore")
     data = make_demo_dataset(root / "data", num_classes=4, train_per_class=15, val_per_class=4, seed=1)
     run = root / "run"
-    assert cli.main(["all", "--data-dir", str(data), "--run-dir", str(run), "--input-size", "32",
-                     "--embedding-dim", "8", "--steps", "2", "--batch-size", "4", "--num-triplets", "16",
-                     "--val-triplets", "8", "--train-eval-queries", "10", "--quiet"]) == 0
+    flags = ["--data-dir", str(data), "--run-dir", str(run), "--input-size", "32", "--embedding-dim", "8",
+             "--steps", "2", "--batch-size", "4", "--num-triplets", "16", "--val-triplets", "8", "--quiet"]
+    for step in (["prepare"], ["sample"], ["train"], ["embed", "--model", "trained"], ["embed", "--model", "baseline"]):
+        assert cli.main([*step, *flags]) == 0, step  # the explorer needs embeddings only
     return run
 
 
@@ -35,6 +36,8 @@ def test_val_query_matches_the_workflow_and_the_picker(run):
     np.testing.assert_array_equal(r.top_indices, ref.top_indices)
     np.testing.assert_allclose(r.bottom_distances, ref.bottom_distances)
     assert np.all(np.diff(r.top_distances) >= 0) and r.top_distances[0] <= r.bottom_distances[-1]
+    assert np.all(np.diff(r.bottom_distances) <= 0)  # farthest first
+    assert f"farthest d={float(r.bottom_distances[0]):.3f}" in ex.summary(r)
     top = int((r.top_labels == r.query_label).sum())
     assert ex.summary(r).endswith(f"{top} of the top-5 and {int((r.bottom_labels == r.query_label).sum())} "
                                   "of the bottom-5 share its class")
