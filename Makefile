@@ -4,6 +4,7 @@
 #   make report PROFILE=sample RUN=runs/sample-1 DATA=../shared/tiny-imagenet-sample
 #   make test
 #   make bench DATA=data/tiny-imagenet-200
+#   make explore RUN=runs/sample-1      # the explorer page (Voila)
 
 PYTHON   ?= python3
 VENV     ?= .venv
@@ -71,6 +72,14 @@ bench-search-scale: $(VENV)/.installed
 # levers.png / ablation_out_of_class.png, from the kept cards (docs/runs/) and docs/figures/*.json:
 results: $(VENV)/.installed
 	$(PY) -m ranking_lib.reporting.results
+
+# The explorer (notebooks/explore.ipynb) as a standalone page served by Voila, on a finished run:
+#   make explore RUN=runs/x [PORT=8866]      -> http://127.0.0.1:8866 (another run can be opened there)
+PORT ?= 8866
+.PHONY: explore
+explore: $(VENV)/.installed
+	@test -f $(RUN)/config.json || { echo "error: no run at $(RUN) ($(RUN)/config.json not found; make explore RUN=<run dir>)"; exit 2; }
+	RANKING_EXPLORE_RUN=$(abspath $(RUN)) $(PY) -m voila notebooks/explore.ipynb --port=$(PORT) --Voila.ip=127.0.0.1
 
 demo-data:
 	$(PY) data_scripts/make_demo_dataset.py --out runs/demo-data
