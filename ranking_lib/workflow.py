@@ -42,6 +42,7 @@ from ranking_lib.models.model import (
 from ranking_lib.models.stage_cache import model_inputs, stage_inputs  # noqa: F401 - stage_inputs re-exported
 from ranking_lib.retrieval.index import EmbeddingIndex
 from ranking_lib.retrieval.protocol import evaluate_embeddings
+from ranking_lib.retrieval.rerank import Reranker
 from ranking_lib.retrieval.query import (
     QueryResult,
     pick_query_examples,
@@ -421,7 +422,8 @@ def evaluate(cfg: RunConfig, model: str = "trained") -> dict[str, dict]:
         triplets["val"] = load_run_triplets(cfg, "val", len(val))
     metrics = evaluate_embeddings(db, triplets, kept=kept, held=held, ks=cfg.ks,
                                   train_eval_queries=cfg.train_eval_queries, seed=cfg.seed, val=val,
-                                  index_options=index_options(cfg))
+                                  index_options=index_options(cfg),
+                                  rerank=Reranker(cfg.rerank, cfg.rerank_k, cfg.rerank_alpha))
     semantic = semantic_metrics(cfg, model, db, kept, held, val, metrics) if cfg.semantic_metrics else None
     write_json(run_path(cfg, f"metrics_{model}.json"), {"model": model, "config": cfg.to_dict(), **metrics,
                                                         **({"semantic": semantic} if semantic else {})})

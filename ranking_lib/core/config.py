@@ -270,7 +270,8 @@ class RunConfig:
     """HNSW search breadth (faiss-hnsw)."""
     rerank: str = "none"
     """Label-free re-ranking of tune/val queries (`retrieval.rerank`): ``none``, ``aqe`` (query
-    expansion), ``dba`` (database-side augmentation) or ``dba+aqe``."""
+    expansion), ``dba`` (database-side augmentation), ``dba+aqe``, or ``auto`` (each candidate
+    tried on the tuning split, the best kept for val; needs ``holdout_per_class``)."""
     rerank_k: int = 10
     """Neighbours averaged by the re-ranking."""
     rerank_alpha: float = 0.0
@@ -330,7 +331,7 @@ class RunConfig:
         from ranking_lib.retrieval.index import BACKENDS  # noqa: PLC0415
 
         need(self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)} (got {self.backbone!r})")
-        from ranking_lib.retrieval.rerank import METHODS as RERANK  # noqa: PLC0415
+        from ranking_lib.retrieval.rerank import CHOICES as RERANK  # noqa: PLC0415
 
         need(self.rerank in RERANK, f"rerank must be one of {', '.join(RERANK)} (got {self.rerank!r})")
         need(self.search_backend in BACKENDS,
