@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from ranking_lib.core.errors import RankingError
-from ranking_lib.core.fileio import write_text
+from ranking_lib.core.fileio import read_json, write_text
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS = REPO / "docs" / "runs"
@@ -36,23 +36,11 @@ DASH = "–"
 
 # ---- inputs --------------------------------------------------------------------------------
 def card(name: str, runs: Path = RUNS) -> dict:
-    path = runs / name / "card.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError:
-        raise RankingError(f"kept run card not found: {path}") from None
-    except ValueError as e:
-        raise RankingError(f"kept run card {path} is not valid JSON ({e})") from None
+    return read_json(runs / name / "card.json", "kept run card")
 
 
 def figure_json(name: str, figures: Path = FIGURES) -> dict:
-    path = figures / name
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError:
-        raise RankingError(f"results file not found: {path}") from None
-    except ValueError as e:
-        raise RankingError(f"results file {path} is not valid JSON ({e})") from None
+    return read_json(figures / name, "results file")
 
 
 def metrics(c: dict, model: str, split: str) -> dict:
