@@ -206,8 +206,9 @@ class EmbeddingIndex:
         (a new array each time), else read again from the file the index was loaded from."""
         if self._vectors is not None:
             return self._vectors
-        if self._exact_storage:
-            return self._cpu_index.reconstruct_n(0, self._n)
+        if self._exact_storage:  # a torch tensor once faiss.contrib.torch_utils is imported (by other packages)
+            v = self._cpu_index.reconstruct_n(0, self._n)
+            return v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v, dtype=np.float32)
         if self._source is not None:
             emb = _read_npz(self._source)[0].astype(np.float32)
             if emb.shape != (self._n, self._d):
