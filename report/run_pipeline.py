@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
 import logging
 import os
 import sys
@@ -72,7 +73,7 @@ def resolve_settings(args) -> tuple[dict, dict]:
     cfg = resolved.config.to_dict()
     settings = {k: cfg[k] for k in sorted(resolved.explicit)}
     return settings, {"env": resolved.env, "make_demo_data": resolved.make_demo_data,
-                      "notebook": notebook_parameters(args.profile, overrides, cfg)}
+                      "notebook": notebook_parameters(args.profile, overrides, cfg), "config": resolved.config}
 
 
 def notebook_parameters(profile: str, overrides: dict, cfg: dict) -> dict:
@@ -331,6 +332,18 @@ def write_run_card(settings: dict, phases: dict[str, float], argv: list[str] | N
     print(f"wrote {path}")
 
 
+def budget_line(run_dir: Path) -> None:
+    """After training: the steps a time budget chose and the rate it measured (train_summary.json)."""
+    try:
+        summary = json.loads((run_dir / "train_summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    b = summary.get("budget") if isinstance(summary, dict) else None
+    if isinstance(b, dict) and b.get("steps"):
+        print(f"  budget {b.get('train_minutes'):g} min -> {b['steps']:,} steps at "
+              f"{b.get('steps_per_s', float('nan')):.2f} steps/s (measured when training started)", flush=True)
+
+
 def run_notebooks(args, settings: dict, runner: dict, notebooks: list[Path],
                   phases: dict[str, float] | None = None) -> int:
     """Execute `notebooks`, then build the report; `phases` collects each one's wall time (s)."""
@@ -344,6 +357,11 @@ def run_notebooks(args, settings: dict, runner: dict, notebooks: list[Path],
         ensure_demo_dataset(settings["data_dir"])
     kernel_env(runner.get("env"))
     ensure_kernel()
+    if runner.get("config") is not None:
+        from ranking_lib.core.plan import describe_plan
+
+        for line in describe_plan(runner["config"]):
+            print(line, flush=True)
 
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
@@ -370,6 +388,8 @@ def run_notebooks(args, settings: dict, runner: dict, notebooks: list[Path],
             return 1
         print(f"done in {secs:.0f} s", flush=True)
         phases[nb.stem] = secs
+        if nb.stem.startswith("02"):
+            budget_line(run_dir)
 
     if args.no_report:
         return 0

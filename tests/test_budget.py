@@ -146,3 +146,10 @@ def test_calibration_leaves_the_run_as_it_was(demo, tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "measure_step_rate", lambda self, **k: (20.0, 4, 1.5))
     plan = t.apply_budget(progress=False)
     assert plan.measured and plan.steps == int((6 - 1.5) * 20) == t.cfg.steps == t.steps_history[0][1]
+
+
+def test_a_profile_with_its_own_steps_drops_the_inherited_budget():
+    # sample extends cpu (train_minutes) and sets steps: its steps are the run's length
+    cfg = settings.resolve("sample").config
+    assert settings.resolve("cpu").config.train_minutes is not None
+    assert cfg.train_minutes is None and cfg.steps == 600

@@ -111,6 +111,8 @@ def load_profile(name: str | Path, _seen: tuple = ()) -> dict[str, Any]:
     base = load_profile(parent, _seen + (str(name),))
     merged_env = {**(base.get("env") or {}), **env}
     out = {**base, **data}
+    if "steps" in data and "train_minutes" not in data:  # a profile's own steps win over an inherited budget
+        out.pop("train_minutes", None)
     if merged_env:
         out["env"] = merged_env
     return out

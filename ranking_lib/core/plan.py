@@ -1,0 +1,107 @@
+"""`describe_plan`: what a pipeline run will do and about how long it will take, said first.
+
+The estimate composes the run's work (images, input size, steps or time budget) with rates
+*measured* on 2-core machines of each class of CPU and kept in run cards (`RATES`, each with
+the card it came from). It is an estimate and says so; a budgeted run's own plan (rate
+measured, steps fixed) is printed again when training starts and saved in
+``train_summary.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ranking_lib.core.config import RunConfig
+from ranking_lib.core.devices import cpu_has_bf16
+
+__all__ = ["ClassRates", "RATES", "cpu_class", "count_images", "describe_plan", "estimate_seconds"]
+
+
+@dataclass(frozen=True)
+class ClassRates:
+    """Measured on 2 cores, the `cpu` profile's recipe (192 px, 7 frozen stages, batch 64)."""
+    decode_s_per_1k: float    # decode JPEGs + sample triplets, per 1,000 images
+    frozen_img_s: float       # frozen-stage pass, images/s at 192 px
+    steps_per_s: float        # training steps/s from the stage cache
+    eval_s: float             # 03-05 notebooks + PDF on the full data (seconds)
+    source: str
+
+
+RATES = {
+    "native bf16": ClassRates(0.40, 217.0, 4.5, 420.0,
+                              "docs/runs/cpu-192-bf16-12k (EPYC, AVX-512 BF16); evaluation from cpu-budget35-cut5k"),
+    "AVX2 only": ClassRates(0.76, 54.0, 1.4, 900.0,
+                            "RESULTS.md, 'Ninety minutes' (EPYC Zen 3, AVX2, fp32); evaluation scaled by the pass rate"),
+}
+
+
+def cpu_class(bf16_cpu: bool = True) -> str:
+    """The rates that apply: native bf16 where the CPU has it and the run uses it, else fp32."""
+    return "native bf16" if bf16_cpu and cpu_has_bf16() else "AVX2 only"
+
+
+def count_images(data_dir: str | Path, max_classes: int | None) -> int | None:
+    """Training images in a Tiny ImageNet layout (``train/<wnid>/images/*``), None if unreadable."""
+    root = Path(data_dir, "train")
+    try:
+        wnids = sorted(p.name for p in os.scandir(root) if p.is_dir())
+    except OSError:
+        return None
+    if max_classes:
+        wnids = wnids[:max_classes]
+    total = 0
+    for w in wnids:
+        try:
+            total += sum(1 for _ in os.scandir(root / w / "images"))
+        except OSError:
+            pass
+    return total
+
+
+def estimate_seconds(cfg: RunConfig, n_train: int, klass: str) -> dict[str, float]:
+    """Seconds per phase for `n_train` training images on a CPU of class `klass` (an estimate)."""
+    r = RATES[klass]
+    n_all = n_train * 1.1  # + the val split (10 % of the training set in Tiny ImageNet)
+    scale = (cfg.input_size / 192) ** 2
+    frozen = n_train * scale / r.frozen_img_s if cfg.cache_stage_features else 0.0
+    train = cfg.train_minutes * 60 if cfg.train_minutes is not None else cfg.steps / r.steps_per_s * scale
+    size = n_train / 100_000
+    return {"decode": n_all / 1000 * r.decode_s_per_1k, "frozen-stage pass": frozen, "training": train,
+            "evaluation + report": r.eval_s * size * scale}
+
+
+def _m(s: float) -> str:
+    return f"{s / 60:.0f} min" if s >= 60 else f"{s:.0f} s"
+
+
+def describe_plan(cfg: RunConfig) -> list[str]:
+    """A few lines: the work, the budget or steps, the estimate per phase on this CPU class."""
+    if cfg.device not in ("cpu", "auto") or (cfg.device == "auto" and _has_cuda()):
+        return [f"plan: {cfg.steps:,} steps on {cfg.device} (no CPU estimate)"
+                if cfg.train_minutes is None else f"plan: training budget {cfg.train_minutes:g} min on {cfg.device}"]
+    n = count_images(cfg.data_dir, cfg.max_classes)
+    klass = cpu_class(cfg.bf16_cpu)
+    lines = []
+    if cfg.train_minutes is not None:
+        lines.append(f"plan: training budget {cfg.train_minutes:g} min -> the steps are fixed from the step "
+                     f"rate measured when training starts (printed then, saved in train_summary.json)")
+    else:
+        lines.append(f"plan: {cfg.steps:,} steps (no time budget)")
+    if not n:
+        return lines + [f"plan: no estimate ({cfg.data_dir}/train not readable yet)"]
+    est = estimate_seconds(cfg, n, klass)
+    r = RATES[klass]
+    parts = ", ".join(f"{k} ~{_m(v)}" for k, v in est.items() if v)
+    lines.append(f"plan: {n:,} training images at {cfg.input_size} px, "
+                 f"{'bf16 on a CPU with native bf16' if klass == 'native bf16' else 'fp32 (AVX2-only rates)'}: {parts} "
+                 f"-> about {_m(sum(est.values()))} end to end (estimate from measured rates: "
+                 f"{r.frozen_img_s:g} img/s frozen pass, {r.steps_per_s:g} steps/s; {r.source})")
+    return lines
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,43 @@
+"""The plan a pipeline run prints first: the work counted from the data, the estimate composed
+from the measured per-class rates."""
+
+from ranking_lib.core import plan
+from ranking_lib.core.config import RunConfig
+
+
+def _layout(root, classes=3, per_class=4):
+    for c in range(classes):
+        d = root / "train" / f"n{c:08d}" / "images"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            (d / f"{i}.JPEG").write_bytes(b"")
+    return root
+
+
+def test_count_images_follows_max_classes(tmp_path):
+    root = _layout(tmp_path / "data")
+    assert plan.count_images(root, None) == 12
+    assert plan.count_images(root, 2) == 8
+    assert plan.count_images(tmp_path / "missing", None) is None
+
+
+def test_estimate_composes_the_class_rates(tmp_path):
+    cfg = RunConfig(data_dir=str(tmp_path), input_size=192, steps=9000, freeze_stages=7, cache_stage_features=True)
+    for klass, r in plan.RATES.items():
+        est = plan.estimate_seconds(cfg, 100_000, klass)
+        assert abs(est["frozen-stage pass"] - 100_000 / r.frozen_img_s) < 1e-6
+        assert abs(est["training"] - 9000 / r.steps_per_s) < 1e-6
+    budget = cfg.replace(train_minutes=30)
+    assert plan.estimate_seconds(budget, 100_000, "AVX2 only")["training"] == 30 * 60
+    # the AVX2 class is slower in every phase
+    fast, slow = (plan.estimate_seconds(cfg, 100_000, k) for k in ("native bf16", "AVX2 only"))
+    assert all(slow[k] > fast[k] for k in fast)
+
+
+def test_describe_plan_says_budget_images_and_total(tmp_path):
+    root = _layout(tmp_path / "data", classes=2, per_class=5)
+    lines = plan.describe_plan(RunConfig(data_dir=str(root), device="cpu", train_minutes=12))
+    assert lines[0].startswith("plan: training budget 12 min")
+    assert "10 training images" in lines[1] and "end to end" in lines[1] and "estimate" in lines[1]
+    lines = plan.describe_plan(RunConfig(data_dir=str(tmp_path / "nothing"), device="cpu", steps=300))
+    assert lines[0] == "plan: 300 steps (no time budget)" and "no estimate" in lines[1]
