@@ -22,7 +22,7 @@ import torch
 from ranking_lib.core.config import RunConfig
 from ranking_lib.core.devices import resolve_device
 from ranking_lib.core.errors import RankingError
-from ranking_lib.core.fileio import ensure_dir, write_json
+from ranking_lib.core.fileio import ensure_dir, read_json, write_json
 from ranking_lib.core.names import METRIC_SPLITS, MODELS  # noqa: F401 - re-exported for notebooks
 from ranking_lib.core.runlock import RunDirLock
 from ranking_lib.data import (
@@ -422,12 +422,25 @@ def evaluate(cfg: RunConfig, model: str = "trained") -> dict[str, dict]:
         triplets["val"] = load_run_triplets(cfg, "val", len(val))
     metrics = evaluate_embeddings(db, triplets, kept=kept, held=held, ks=cfg.ks,
                                   train_eval_queries=cfg.train_eval_queries, seed=cfg.seed, val=val,
-                                  index_options=index_options(cfg),
-                                  rerank=Reranker(cfg.rerank, cfg.rerank_k, cfg.rerank_alpha))
+                                  index_options=index_options(cfg), rerank=run_reranker(cfg, model))
     semantic = semantic_metrics(cfg, model, db, kept, held, val, metrics) if cfg.semantic_metrics else None
     write_json(run_path(cfg, f"metrics_{model}.json"), {"model": model, "config": cfg.to_dict(), **metrics,
                                                         **({"semantic": semantic} if semantic else {})})
     return metrics
+
+
+def run_reranker(cfg: RunConfig, model: str) -> Reranker:
+    """The query-time re-ranking `evaluate` applies. With ``rerank: auto`` the trained network
+    chooses on the tuning split; the untrained baseline then gets the trained network's choice
+    (read from ``metrics_trained.json``), so both are searched the same way and the baseline's
+    1280-d features are not run through every candidate (minutes on the full data); a baseline
+    evaluated before the trained network chooses for itself."""
+    if cfg.rerank == "auto" and model == "baseline":
+        saved = read_json(run_path(cfg, "metrics_trained.json"), "metrics", missing_ok=True)
+        chosen = ((saved or {}).get("tune") or {}).get("rerank") if isinstance(saved, dict) else None
+        if isinstance(chosen, str) and (saved.get("config") or {}).get("rerank") == "auto":
+            return Reranker.from_name(chosen)
+    return Reranker(cfg.rerank, cfg.rerank_k, cfg.rerank_alpha)
 
 
 def semantic_metrics(cfg: RunConfig, model: str, db: EmbeddingIndex, kept: np.ndarray, held: np.ndarray,

@@ -326,6 +326,11 @@ def write_run_card(settings: dict, phases: dict[str, float], argv: list[str] | N
 
     from ranking_lib.core.runcard import write_card
 
+    from ranking_lib.core.settings import planned_steps
+
+    if settings.get("train_minutes") is not None:  # the steps the budget chose during this run
+        chosen = planned_steps(settings["run_dir"], settings["train_minutes"])
+        settings = settings if chosen is None else {**settings, "steps": chosen}
     args = sys.argv[1:] if argv is None else argv
     command = " ".join(["python report/run_pipeline.py", *map(shlex.quote, args)])
     path = write_card(settings["run_dir"], command=command, phases=phases, config=settings)

@@ -153,3 +153,15 @@ def test_a_profile_with_its_own_steps_drops_the_inherited_budget():
     cfg = settings.resolve("sample").config
     assert settings.resolve("cpu").config.train_minutes is not None
     assert cfg.train_minutes is None and cfg.steps == 600
+
+
+def test_after_training_the_profile_resolves_to_the_steps_its_budget_chose(tmp_path):
+    run = tmp_path / "run"
+    before = settings.resolve("cpu", {"run_dir": str(run)}).config
+    run.mkdir()
+    before.replace(steps=4321).save(run / "config.json")  # what `train` saves after planning
+    after = settings.resolve("cpu", {"run_dir": str(run)}).config
+    assert before.steps != 4321 and after.steps == 4321  # embed / evaluate / the report say 4,321
+    assert settings.resolve("cpu", {"run_dir": str(run), "steps": 50}).config.steps == 50
+    other = settings.resolve("cpu", {"run_dir": str(run), "train_minutes": 7}).config
+    assert other.steps == before.steps  # another budget: not this run's plan

@@ -88,3 +88,54 @@ def test_auto_needs_a_tuning_split():
                             rerank=Reranker("auto"))
     with pytest.raises(RankingError, match="tuning split"):
         Reranker("auto").queries(DB, np.zeros((1, 2), np.float32))
+
+
+def test_auto_shares_searches_but_scores_every_candidate_as_alone():
+    # choose_rerank searches the queries once for all AQE candidates and builds each DBA database
+    # once; every candidate's score must equal the candidate searched on its own
+    from ranking_lib.retrieval.metrics import retrieval_metrics
+    from ranking_lib.retrieval.protocol import choose_rerank
+    from ranking_lib.retrieval.rerank import AUTO_CANDIDATES
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, 8))
+    labels = np.repeat(np.arange(6), 40)
+    x = centres[labels] + 0.9 * rng.normal(size=(len(labels), 8))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    db = EmbeddingIndex(x[::2], labels[::2])
+    q, ql = x[1::2], labels[1::2]
+    best, scores = choose_rerank(db, q, ql, ks=(1, 10), index_options={})
+    assert len(scores) == len(AUTO_CANDIDATES)
+    for method, k, alpha in AUTO_CANDIDATES:
+        r = Reranker(method, k, alpha)
+        alone = r.database(db)
+        want = retrieval_metrics(alone, r.queries(alone, q), ql, ks=(10,))["precision@10"]
+        assert scores[r.name] == pytest.approx(want, abs=1e-9), r.name
+    assert scores[best.name] == max(scores.values())
+    assert len(set(scores.values())) > 1  # the candidates really differ on this data
+
+
+def test_names_round_trip_and_bad_names_are_one_line_errors():
+    from ranking_lib.retrieval.rerank import AUTO_CANDIDATES
+
+    for method, k, alpha in AUTO_CANDIDATES:
+        r = Reranker(method, k, alpha)
+        assert Reranker.from_name(r.name).name == r.name
+    for bad in ("", "pqe k=3", "aqe k=x", "aqe q=3"):
+        with pytest.raises(RankingError, match="not a re-ranking name"):
+            Reranker.from_name(bad)
+
+
+def test_the_baseline_is_searched_with_the_trained_networks_choice(tmp_path):
+    import json
+
+    from ranking_lib import workflow
+
+    cfg = RunConfig(run_dir=str(tmp_path), rerank="auto", holdout_per_class=5)
+    assert workflow.run_reranker(cfg, "baseline").method == "auto"  # nothing chosen yet: its own choice
+    (tmp_path / "metrics_trained.json").write_text(json.dumps({"config": {"rerank": "auto"},
+                                                               "tune": {"rerank": "aqe k=20 alpha=3"}}))
+    r = workflow.run_reranker(cfg, "baseline")
+    assert (r.method, r.k, r.alpha) == ("aqe", 20, 3.0)
+    assert workflow.run_reranker(cfg, "trained").method == "auto"
+    assert workflow.run_reranker(cfg.replace(rerank="none"), "baseline").method == "none"

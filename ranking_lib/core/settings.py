@@ -28,6 +28,7 @@ from typing import Any
 
 from ranking_lib.core.config import RunConfig
 from ranking_lib.core.errors import RankingError
+from ranking_lib.core.fileio import read_json
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PROFILE_DIR = PACKAGE_DIR / "profiles"
@@ -166,8 +167,24 @@ def resolve(profile: str | Path | None = None, overrides: dict[str, Any] | None 
     env = runner.get("env") or {}
     if not isinstance(env, dict):
         raise RankingError("env must be a mapping of VARIABLE: value")
+    if values.get("train_minutes") is not None and "steps" not in (overrides or {}):
+        chosen = planned_steps(values["run_dir"], values["train_minutes"])
+        if chosen is not None:  # after training: the steps this run's budget chose, not the profile's
+            values["steps"] = chosen
     return Settings(RunConfig.from_dict(values), {str(k): str(v) for k, v in env.items()},
                     bool(runner.get("make_demo_data", False)), frozenset(values))
+
+
+def planned_steps(run_dir: str | Path, train_minutes: float) -> int | None:
+    """The steps a time budget of `train_minutes` chose for the run in `run_dir` (its
+    ``config.json``, written when training started), or None when it has not been planned."""
+    saved = read_json(Path(run_dir) / "config.json", "run config", missing_ok=True)
+    if not isinstance(saved, dict) or saved.get("train_minutes") is None:
+        return None
+    steps = saved.get("steps")
+    if float(saved["train_minutes"]) != float(train_minutes) or isinstance(steps, bool) or not isinstance(steps, int):
+        return None
+    return steps
 
 
 def notebook_config(profile: str | Path | None = None, overrides: dict[str, Any] | None = None,

@@ -50,10 +50,23 @@ def choose_rerank(kept_db: EmbeddingIndex, queries: np.ndarray, labels: np.ndarr
     earlier, i.e. simpler, candidate), and every candidate's score."""
     k = max(ks)
     scores, best, best_score = {}, Reranker(), -1.0
+    queries = np.asarray(queries, np.float32)
+    # the query neighbours of every AQE candidate come from one search (the longest list's head),
+    # the augmented database of the DBA candidates with the same (k, alpha) is built once
+    aqe_k = max((n for m, n, _ in candidates if m == "aqe"), default=0)
+    found = Reranker("aqe", aqe_k).neighbours(kept_db, queries) if aqe_k else None
+    augmented: dict[tuple[int, float], EmbeddingIndex] = {}
     for method, n, alpha in candidates:
         r = Reranker(method, n, alpha)
-        db = r.database(kept_db, **index_options)
-        p = retrieval_metrics(db, r.queries(db, queries), labels, ks=(k,))[f"precision@{k}"]
+        if method.startswith("dba"):
+            key = (n, alpha)
+            if key not in augmented:
+                augmented[key] = r.database(kept_db, **index_options)
+            db = augmented[key]
+        else:
+            db = kept_db
+        q = r.expand(db, queries, found) if method == "aqe" else r.queries(db, queries)
+        p = retrieval_metrics(db, q, labels, ks=(k,))[f"precision@{k}"]
         scores[r.name] = p
         if p > best_score:
             best, best_score = r, p

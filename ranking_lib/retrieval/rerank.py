@@ -82,22 +82,51 @@ class Reranker:
             return self.method
         return f"{self.method} k={self.k}" + (f" alpha={self.alpha:g}" if self.alpha else "")
 
+    @classmethod
+    def from_name(cls, name: str) -> "Reranker":
+        """The inverse of `name`: ``none``, ``aqe k=20``, ``dba k=5 alpha=3`` ..."""
+        bad = RankingError(f"not a re-ranking name: {name!r} (e.g. 'none', 'aqe k=20', 'dba k=5 alpha=3')")
+        method, *rest = str(name).split() or [""]
+        try:
+            opts = dict(part.split("=", 1) for part in rest)
+            k, alpha = int(opts.pop("k", 10)), float(opts.pop("alpha", 0.0))
+        except ValueError:
+            raise bad from None
+        if opts or method not in METHODS:
+            raise bad
+        return cls(method, k, alpha)
+
     def _check_resolved(self) -> None:
         if self.method == "auto":
             raise RankingError("rerank 'auto' is chosen on the tuning split by the evaluation protocol; "
                                "pass a method (none, aqe, dba, dba+aqe) to search directly")
 
-    def _neighbour_mean(self, db: EmbeddingIndex, q: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
-        k = min(self.k, len(db) - (1 if exclude is not None else 0))
+    def neighbours(self, db: EmbeddingIndex, q: np.ndarray, exclude: np.ndarray | None = None,
+                   k: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(indices, distances) of the `k` (default ``self.k``) nearest database items of each
+        query, in chunks; None when the database has none to give."""
+        k = min(self.k if k is None else k, len(db) - (1 if exclude is not None else 0))
         if k < 1:
+            return None
+        parts = [db.topk(q[s:s + self.chunk_size], k, exclude=None if exclude is None else exclude[s:s + self.chunk_size])
+                 for s in range(0, len(q), self.chunk_size)]
+        return np.concatenate([i for i, _ in parts]), np.concatenate([d for _, d in parts])
+
+    def expand(self, db: EmbeddingIndex, q: np.ndarray, found: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+        """`q` averaged with its first ``k`` neighbours of `found` (`neighbours` with k >= ``self.k``:
+        results are sorted, ties by index, so a longer list's head is the shorter list)."""
+        if found is None:
             return q.astype(np.float32)
+        idx, dist = found[0][:, :self.k], found[1][:, :self.k]
         unit = _unit(db.embeddings)
         out = np.empty((len(q), q.shape[1]), np.float32)
         for s in range(0, len(q), self.chunk_size):
             part = slice(s, s + self.chunk_size)
-            idx, dist = db.topk(q[part], k, exclude=None if exclude is None else exclude[part])
-            out[part] = _expand(q[part], db.embeddings[idx], dist, self.alpha, unit)
+            out[part] = _expand(q[part], db.embeddings[idx[part]], dist[part], self.alpha, unit)
         return out
+
+    def _neighbour_mean(self, db: EmbeddingIndex, q: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
+        return self.expand(db, q, self.neighbours(db, q, exclude))
 
     def database(self, db: EmbeddingIndex, **index_options) -> EmbeddingIndex:
         """The database to search: `db` itself, or its augmented copy (``dba``, ``dba+aqe``)."""
