@@ -30,10 +30,10 @@ class ClassRates:
 
 
 RATES = {
-    "native bf16": ClassRates(0.40, 217.0, 4.5, 420.0,
-                              "docs/runs/cpu-192-bf16-12k (EPYC, AVX-512 BF16); evaluation from cpu-budget35-cut5k"),
-    "AVX2 only": ClassRates(0.76, 54.0, 1.4, 900.0,
-                            "RESULTS.md, 'Ninety minutes' (EPYC Zen 3, AVX2, fp32); evaluation scaled by the pass rate"),
+    "native bf16": ClassRates(0.59, 200.0, 4.58, 620.0,
+                              "docs/runs/cpu-budget40-clean (EPYC, AVX-512 BF16; 03 re-measured after b5fe6a6)"),
+    "AVX2 only": ClassRates(0.76, 54.0, 1.4, 1200.0,
+                            "RESULTS.md, 'Ninety minutes' (EPYC Zen 3, AVX2, fp32); evaluation an estimate"),
 }
 
 
