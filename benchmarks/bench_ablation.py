@@ -71,10 +71,11 @@ def run(cmd: list[str], log) -> None:
 
 def tune_flags(args) -> list[str]:
     """The flags every reduced-budget row shares: the profile at ``args.input_size`` px and
-    ``args.steps`` steps, trained without the held-out images, val not evaluated."""
+    ``args.steps`` steps, trained without the held-out images, val not evaluated, exact search
+    (no query-time re-ranking: the rows compare what training learns)."""
     base = ["--profile", args.profile, "--data-dir", str(Path(args.data_dir).resolve()),
             "--holdout-per-class", str(args.holdout_per_class), "--no-evaluate-val",
-            "--input-size", str(args.input_size), "--steps", str(args.steps), "--quiet"]
+            "--input-size", str(args.input_size), "--steps", str(args.steps), "--rerank", "none", "--quiet"]
     if args.cache_dir:
         base += ["--cache-dir", str(Path(args.cache_dir).resolve())]
     return base

@@ -19,22 +19,6 @@ if [ ${#missing[@]} -eq 0 ] && command -v xelatex >/dev/null && command -v pando
   exit 0
 fi
 
-if ! command -v apt-get >/dev/null; then
-  echo "error: no apt-get; install by hand: ${missing[*]} (or use --no-pdf for an HTML report)" >&2
-  exit 1
-fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || { echo "error: run as root or install sudo" >&2; exit 1; }
-  SUDO="sudo"
-fi
-
-echo "installing: ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-# refresh the package lists only when they are missing or older than a day
-if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mtime -1 2>/dev/null | head -1)" ]; then
-  $SUDO apt-get update -qq
-fi
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+"$(dirname "$0")/apt_install.sh" "install by hand: ${missing[*]} (or use --no-pdf for an HTML report)" "${missing[@]}"
 xelatex --version | head -1
 pandoc --version | head -1

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_scripts.make_demo_dataset import make_demo_dataset
-from ranking_lib import cli
 from scripts import explore_browser as eb
+from tiny_runs import embedded_run
 
 pytestmark = pytest.mark.slow
 WHY = eb.missing()
@@ -28,12 +27,7 @@ K = 10
 def run(tmp_path_factory):
     """A tiny finished run (trained and baseline embeddings) and a run dir without embeddings."""
     root = tmp_path_factory.mktemp("browser")
-    data = make_demo_dataset(root / "data", num_classes=4, train_per_class=15, val_per_class=4, seed=1)
-    run = root / "run"
-    flags = ["--data-dir", str(data), "--run-dir", str(run), "--input-size", "32", "--embedding-dim", "8",
-             "--steps", "1", "--batch-size", "4", "--num-triplets", "16", "--val-triplets", "8", "--quiet"]
-    for step in (["prepare"], ["sample"], ["train"], ["embed", "--model", "trained"], ["embed", "--model", "baseline"]):
-        assert cli.main([*step, *flags]) == 0, step  # no evaluate: the page needs embeddings only
+    run = embedded_run(root, steps=1)
     empty = root / "no-embeddings"
     empty.mkdir()
     shutil.copy(run / "config.json", empty / "config.json")

@@ -9,22 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_scripts.make_demo_dataset import make_demo_dataset
-from ranking_lib import cli, workflow
+from ranking_lib import workflow
 from ranking_lib.core.errors import RankingError
 from ranking_lib.explore import ExplorerApp, QueryExplorer
+from tiny_runs import embedded_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("explore")
-    data = make_demo_dataset(root / "data", num_classes=4, train_per_class=15, val_per_class=4, seed=1)
-    run = root / "run"
-    flags = ["--data-dir", str(data), "--run-dir", str(run), "--input-size", "32", "--embedding-dim", "8",
-             "--steps", "2", "--batch-size", "4", "--num-triplets", "16", "--val-triplets", "8", "--quiet"]
-    for step in (["prepare"], ["sample"], ["train"], ["embed", "--model", "trained"], ["embed", "--model", "baseline"]):
-        assert cli.main([*step, *flags]) == 0, step  # the explorer needs embeddings only
-    return run
+    return embedded_run(tmp_path_factory.mktemp("explore"), steps=2)
 
 
 def test_val_query_matches_the_workflow_and_the_picker(run):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_runs import tiny_flags
 import torch
 
 from data_scripts.make_demo_dataset import make_demo_dataset
@@ -44,15 +45,7 @@ def demo(tmp_path_factory) -> dict:
 
 
 def _flags(demo, run_dir, **over) -> list[str]:
-    s = dict(data_dir=demo["data"], cache_dir=demo["cache"], run_dir=run_dir, input_size=32, embedding_dim=16,
-             batch_size=4, steps=4, num_triplets=64, val_triplets=20, checkpoint_every=2, log_every=1,
-             train_eval_queries=20, embed_batch_size=32, lr=0.01)
-    s.update(over)
-    out = ["--quiet"]
-    for k, v in s.items():
-        flag = k.replace("_", "-")
-        out += [f"--{flag}" if v else f"--no-{flag}"] if isinstance(v, bool) else [f"--{flag}", str(v)]
-    return out
+    return tiny_flags(demo["data"], run_dir, demo["cache"], **over)
 
 
 def _cfg(demo, run_dir, **over) -> RunConfig:

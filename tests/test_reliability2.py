@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_runs import tiny_flags
 
 from data_scripts.make_demo_dataset import make_demo_dataset
 from ranking_lib import cli, workflow
@@ -49,15 +50,7 @@ def data(demo, tmp_path) -> Path:
 
 
 def _flags(data, run_dir, cache_dir, **over) -> list[str]:
-    s = dict(data_dir=data, cache_dir=cache_dir, run_dir=run_dir, input_size=32, embedding_dim=16, batch_size=4,
-             steps=4, num_triplets=64, val_triplets=20, checkpoint_every=2, log_every=1, train_eval_queries=20,
-             embed_batch_size=64, lr=0.01)
-    s.update(over)
-    out = ["--quiet"]
-    for k, v in s.items():
-        flag = k.replace("_", "-")
-        out += [f"--{flag}" if v else f"--no-{flag}"] if isinstance(v, bool) else [f"--{flag}", str(v)]
-    return out
+    return tiny_flags(data, run_dir, cache_dir, **{"embed_batch_size": 64, **over})
 
 
 def _run_cli(args, capsys) -> tuple[int, list[str], str]:
