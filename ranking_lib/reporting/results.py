@@ -140,6 +140,20 @@ def t_cpu_budget() -> str:
     return table(header, ["---"] * len(header), rows)
 
 
+def t_semantic_budget() -> str:
+    """Every axis of the budgeted `cpu` run: class-level P@30 and the similarity beyond the label."""
+    c = card(BUDGET_CARD)
+    cols = [("precision@30", "P@30"), ("wup@30", "WuP@30"), ("mistake_wup@30", "mistake WuP@30"),
+            ("mistake_wup_chance", "chance"), ("semantic_triplet_acc", "WordNet triplet acc"),
+            ("near_dup_recall@1", "near-dup R@1"), ("near_dup_recall@10", "near-dup R@10")]
+    rows = []
+    for label, model in (("ranking-trained (cpu profile)", "trained"), ("frozen pretrained backbone", "baseline")):
+        for split in ("tune", "val"):
+            m = metrics(c, model, split)
+            rows.append([label, split, m.get("rerank") or "exact", *(f2(m.get(k)) for k, _ in cols)])
+    return table(["model", "split", "P@30 search", *(t for _, t in cols)], ["---", "---", "---"] + ["---:"] * len(cols), rows)
+
+
 def t_cpu_earlier() -> str:
     return split_table(card("cpu-128-fp32-20k"), "ranking-trained (20,000 steps)",
                        "frozen pretrained backbone (1280-d pooled)", with_score=False)
@@ -288,6 +302,19 @@ def t_ablation() -> str:
     return table(header, ["---", "---", *["---:"] * 9], rows)
 
 
+def t_ablation_semantic() -> str:
+    """The ablation rows measured with the similarity beyond the label (`ablation.SEMANTIC`)."""
+    from ranking_lib.reporting.ablation import SEMANTIC
+
+    d = figure_json("ablation.json")
+    titles = {"wup@30": "WuP@30", "mistake_wup@30": "mistake WuP@30", "semantic_triplet_acc": "WordNet triplet acc",
+              "near_dup_recall@1": "near-dup R@1", "near_dup_recall@10": "near-dup R@10"}
+    rows = [[r["name"] + _ablation_hw(r, d.get("hardware")), f"**{f2(r['metrics']['precision@30'])}**",
+             *(f2(r["metrics"].get(k)) for k in SEMANTIC)]
+            for r in d["rows"] if any(k in r["metrics"] for k in SEMANTIC)]
+    return table(["row", "**tune P@30**", *(titles[k] for k in SEMANTIC)], ["---", *["---:"] * (1 + len(SEMANTIC))], rows)
+
+
 def t_ablation_val() -> str:
     from ranking_lib.reporting.ablation import machine
 
@@ -333,8 +360,8 @@ def t_search_scale() -> str:
 
 
 TABLES: dict[str, Callable[[], str]] = {
-    "headline": t_headline, "cpu-budget": t_cpu_budget, "cpu-final": t_cpu_final, "cpu-earlier": t_cpu_earlier, "steps": t_steps,
-    "recipe-search": t_recipe_search, "tuning": t_tuning, "quality-time": t_quality_time, "ablation": t_ablation,
+    "headline": t_headline, "cpu-budget": t_cpu_budget, "semantic-budget": t_semantic_budget, "cpu-final": t_cpu_final, "cpu-earlier": t_cpu_earlier, "steps": t_steps,
+    "recipe-search": t_recipe_search, "tuning": t_tuning, "quality-time": t_quality_time, "ablation": t_ablation, "ablation-semantic": t_ablation_semantic,
     "ablation-val": t_ablation_val, "step-cost": t_step_cost, "search-scale": t_search_scale,
 }
 
