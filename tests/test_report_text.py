@@ -301,3 +301,12 @@ def test_ablation_gains_the_semantic_columns_and_says_who_wins_each_axis():
     assert "**frozen** (the frozen pretrained backbone" in text
     assert "WuP@30: **relevance-0.2** (74.50 %)" in text and "dup R@1: **frozen** (98.50 %)" in text
     assert "**frozen** `--model baseline`" in ablation.commands(res)
+
+
+def test_method_names_the_query_time_reranking():
+    from ranking_lib.core.config import RunConfig
+    from ranking_lib.reporting.report import method
+
+    assert "re-ranked" not in method(RunConfig())
+    assert "chosen on the tuning split" in method(RunConfig(rerank="auto", holdout_per_class=5))
+    assert "(aqe, k = 20)" in method(RunConfig(rerank="aqe", rerank_k=20))

@@ -208,7 +208,19 @@ least $g$.{mined} {_budget_text(cfg)}
 
 **Inference.** Every training image is embedded once; this is the search database. A query
 image is embedded with the same network and the training images are ranked {_search_text(cfg)}:
-the top-{cfg.top_k_show} are the most similar images, the bottom-{cfg.top_k_show} the least similar."""
+the top-{cfg.top_k_show} are the most similar images, the bottom-{cfg.top_k_show} the least similar.{_rerank_text(cfg)}"""
+
+
+def _rerank_text(cfg: RunConfig) -> str:
+    """The query-time re-ranking behind the tune and val precision (``rerank``), if any."""
+    if cfg.rerank == "none":
+        return ""
+    if cfg.rerank == "auto":
+        return (" For the tune and val precision the queries are re-ranked: query expansion (AQE) or "
+                "database-side augmentation (DBA) and its k are chosen on the tuning split, then applied to val "
+                "once (the choice is named in the metrics, `rerank`); the query examples use plain search.")
+    return (f" For the tune and val precision the queries are re-ranked ({cfg.rerank}, k = {cfg.rerank_k}); "
+            "the query examples use plain search.")
 
 
 def training(r: RunRecord) -> str:
