@@ -9,10 +9,10 @@ TINY = dict(input_size=32, embedding_dim=16, batch_size=4, steps=4, num_triplets
             checkpoint_every=2, log_every=1, train_eval_queries=20, embed_batch_size=32, lr=0.01)
 
 
-def tiny_flags(data_dir, run_dir, cache_dir, **over) -> list[str]:
+def tiny_flags(data, run, cache, /, **over) -> list[str]:
     """``--quiet`` and ``--<field> value`` (``--<field>`` / ``--no-<field>`` for booleans) for a
     tiny run: `TINY` < `over`."""
-    s = dict(data_dir=data_dir, cache_dir=cache_dir, run_dir=run_dir, **TINY)
+    s = dict(data_dir=data, cache_dir=cache, run_dir=run, **TINY)
     s.update(over)
     out = ["--quiet"]
     for k, v in s.items():
