@@ -23,6 +23,7 @@ from ranking_lib.core.config import RunConfig
 from ranking_lib.core.devices import resolve_device
 from ranking_lib.core.errors import RankingError
 from ranking_lib.core.fileio import ensure_dir, read_json, write_json
+from ranking_lib.core.plan import evaluation_seconds, pipeline_started
 from ranking_lib.core.names import METRIC_SPLITS, MODELS  # noqa: F401 - re-exported for notebooks
 from ranking_lib.core.runlock import RunDirLock
 from ranking_lib.data import (
@@ -254,7 +255,9 @@ def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: i
     Resumes from ``checkpoints/last.pt`` when it exists (see `Trainer.resume` for what is
     refused); ``resume=False`` first removes everything an earlier training run wrote. With
     ``train_minutes`` the steps are chosen from the step rate (measured, or `steps_per_s`) and
-    saved in config.json; a resumed run keeps them."""
+    saved in config.json; a resumed run keeps them. With ``budget_minutes`` the time spent
+    counts from the pipeline's start (`core.plan.pipeline_started`), else from this call."""
+    started = pipeline_started(time.time())
     setup_torch(cfg)
     ctx = distributed.context()
     if not resume and ctx.is_main:
@@ -268,7 +271,9 @@ def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: i
     trainer = Trainer(cfg, model, inputs, caches["train"].labels, triplets, cfg.run_dir)
     if resume:
         trainer.resume()  # refuses changed settings before config.json is rewritten
-    trainer.apply_budget(steps_per_s, progress)  # the budget's steps (a resumed run: its checkpoint's)
+    evaluation_s = evaluation_seconds(cfg, len(caches["train"])) if cfg.budget_minutes is not None else 0.0
+    # the budget's steps (a resumed run: its checkpoint's)
+    trainer.apply_budget(steps_per_s, progress, spent_s=time.time() - started, evaluation_s=evaluation_s)
     cfg = trainer.cfg
     if ctx.is_main:
         cfg.save(run_path(cfg, "config.json"))

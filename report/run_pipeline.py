@@ -328,8 +328,9 @@ def write_run_card(settings: dict, phases: dict[str, float], argv: list[str] | N
 
     from ranking_lib.core.settings import planned_steps
 
-    if settings.get("train_minutes") is not None:  # the steps the budget chose during this run
-        chosen = planned_steps(settings["run_dir"], settings["train_minutes"])
+    if settings.get("train_minutes") is not None or settings.get("budget_minutes") is not None:
+        # the steps the budget chose during this run
+        chosen = planned_steps(settings["run_dir"], settings.get("train_minutes"), settings.get("budget_minutes"))
         settings = settings if chosen is None else {**settings, "steps": chosen}
     args = sys.argv[1:] if argv is None else argv
     command = " ".join(["python report/run_pipeline.py", *map(shlex.quote, args)])
@@ -345,7 +346,10 @@ def budget_line(run_dir: Path) -> None:
         return
     b = summary.get("budget") if isinstance(summary, dict) else None
     if isinstance(b, dict) and b.get("steps"):
-        print(f"  budget {b.get('train_minutes'):g} min -> {b['steps']:,} steps at "
+        whole = (f"budget {b['budget_minutes']:g} min end to end, {b.get('spent_s', 0) / 60:.0f} min spent before "
+                 f"training, evaluation ~{b.get('evaluation_s', 0) / 60:.0f} min (estimate): training "
+                 if b.get("budget_minutes") is not None else "budget ")
+        print(f"  {whole}{b.get('train_minutes'):.1f} min -> {b['steps']:,} steps at "
               f"{b.get('steps_per_s', float('nan')):.2f} steps/s (measured when training started)", flush=True)
 
 
@@ -353,6 +357,9 @@ def run_notebooks(args, settings: dict, runner: dict, notebooks: list[Path],
                   phases: dict[str, float] | None = None) -> int:
     """Execute `notebooks`, then build the report; `phases` collects each one's wall time (s)."""
     phases = {} if phases is None else phases
+    from ranking_lib.core.plan import PIPELINE_STARTED
+
+    os.environ[PIPELINE_STARTED] = repr(time.time())  # a whole-pipeline budget counts from here
     run_dir = Path(settings["run_dir"])
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -165,3 +165,71 @@ def test_after_training_the_profile_resolves_to_the_steps_its_budget_chose(tmp_p
     assert settings.resolve("cpu", {"run_dir": str(run), "steps": 50}).config.steps == 50
     other = settings.resolve("cpu", {"run_dir": str(run), "train_minutes": 7}).config
     assert other.steps == before.steps  # another budget: not this run's plan
+
+
+# ---------------------------------------------------------------------------- the whole pipeline's budget
+def test_whole_budget_caps_the_training_minutes():
+    cfg = RunConfig(train_minutes=40, budget_minutes=85)
+    assert trainer_mod.training_minutes(cfg, spent_s=600, evaluation_s=600) == 40  # a fast CPU: the cap is loose
+    assert trainer_mod.training_minutes(cfg, spent_s=1900, evaluation_s=1500) == pytest.approx((5100 - 3400) / 60)
+    alone = RunConfig(budget_minutes=10)
+    assert trainer_mod.training_minutes(alone, spent_s=60, evaluation_s=120) == pytest.approx(7.0)
+    with pytest.raises(RankingError) as e:
+        trainer_mod.training_minutes(alone, spent_s=400, evaluation_s=200)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("budget_minutes=10 leaves no time to train") and "--steps" in msg
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_bad_whole_budget_is_one_line(value, capsys, tmp_path, monkeypatch):
+    with pytest.raises(RankingError, match=r"^budget_minutes must be > 0"):
+        RunConfig(budget_minutes=float(value))
+    rc = cli.main(["sample", "--run-dir", str(tmp_path), "--budget-minutes", value])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1 and "budget_minutes must be > 0" in err[0], err
+    from ranking_lib.core import plan
+    monkeypatch.setenv(plan.PIPELINE_STARTED, "yesterday")
+    with pytest.raises(RankingError, match="is not a Unix time"):
+        plan.pipeline_started(0.0)
+
+
+def test_steps_turn_the_whole_budget_off_and_the_cpu_profile_has_one():
+    assert settings.resolve("cpu").config.budget_minutes is not None
+    cfg = settings.resolve("cpu", {"steps": 70}).config
+    assert cfg.steps == 70 and cfg.budget_minutes is None and cfg.train_minutes is None
+    assert settings.resolve("sample").config.budget_minutes is None  # its own steps
+
+
+def test_whole_budget_counts_from_the_pipeline_start_records_and_resumes(demo, tmp_path, monkeypatch, capsys):
+    import time
+
+    from ranking_lib.core import plan
+
+    monkeypatch.setattr(workflow, "evaluation_seconds", lambda cfg, n: 30.0)
+    monkeypatch.setenv(plan.PIPELINE_STARTED, repr(time.time() - 60))  # the pipeline began a minute ago
+    # 2 min in all: ~60 s spent, 30 s of evaluation kept free -> ~30 s at 2 steps/s, ~60 steps
+    a = _cfg(demo, tmp_path / "a", train_minutes=None, budget_minutes=2.0)
+    r = workflow.train(a, progress=True, steps_per_s=2.0, stop_at=5)
+    out = capsys.readouterr().out
+    assert "budget 2 min end to end" in out and "evaluation ~30 s (estimate)" in out, out
+    assert 50 <= r.budget["steps"] <= 60 and r.budget["spent_s"] >= 60 and r.budget["evaluation_s"] == 30.0
+    planned = r.budget["steps"]
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["steps"] == planned and saved["budget_minutes"] == 2.0 and saved["train_minutes"] is None
+    # resumed later (more time spent since): the checkpoint's plan, never re-measured or re-planned
+    monkeypatch.setenv(plan.PIPELINE_STARTED, repr(time.time() - 100))
+    _no_measuring(monkeypatch)
+    rb = workflow.train(a.replace(steps=1000), progress=False, stop_at=7)
+    assert rb.budget["steps"] == planned and rb.resumed_from == 5 and rb.steps == 7
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["steps"] == planned
+    assert settings.planned_steps(tmp_path / "a", None, 2.0) == planned
+    assert settings.planned_steps(tmp_path / "a", None, 3.0) is None  # another budget: not this run's plan
+    with pytest.raises(CheckpointError, match="planned with budget_minutes=2.0") as e:
+        workflow.train(a.replace(budget_minutes=3.0), progress=False)
+    assert "\n" not in str(e.value)
+    # too little left: one line, before any step
+    monkeypatch.setenv(plan.PIPELINE_STARTED, repr(time.time() - 200))
+    with pytest.raises(RankingError, match="budget_minutes=2 leaves no time to train"):
+        workflow.train(_cfg(demo, tmp_path / "late", train_minutes=None, budget_minutes=2.0), progress=False,
+                       steps_per_s=2.0)
+    assert not (tmp_path / "late" / "checkpoints" / "last.pt").exists()

@@ -41,3 +41,21 @@ def test_describe_plan_says_budget_images_and_total(tmp_path):
     assert "10 training images" in lines[1] and "end to end" in lines[1] and "estimate" in lines[1]
     lines = plan.describe_plan(RunConfig(data_dir=str(tmp_path / "nothing"), device="cpu", steps=300))
     assert lines[0] == "plan: 300 steps (no time budget)" and "no estimate" in lines[1]
+
+
+def test_whole_budget_gives_training_what_is_left(tmp_path):
+    cfg = RunConfig(data_dir=str(tmp_path), input_size=192, freeze_stages=7, cache_stage_features=True,
+                    train_minutes=40, budget_minutes=85)
+    for klass in plan.RATES:
+        est = plan.estimate_seconds(cfg, 100_000, klass)
+        others = est["decode"] + est["frozen-stage pass"] + est["evaluation + report"]
+        assert abs(est["training"] - min(40 * 60, 85 * 60 - others)) < 1e-6
+        assert sum(est.values()) <= 85 * 60 + 1e-6
+    assert plan.estimate_seconds(cfg.replace(budget_minutes=1), 100_000, "AVX2 only")["training"] == 0
+    gpu = cfg.replace(device="cuda")
+    assert plan.evaluation_seconds(gpu, 100_000) == 0.0
+    assert plan.evaluation_seconds(cfg.replace(device="cpu", bf16_cpu=False), 100_000) == \
+        plan.estimate_seconds(cfg, 100_000, "AVX2 only")["evaluation + report"]
+    root = _layout(tmp_path / "data", classes=2, per_class=5)
+    lines = plan.describe_plan(RunConfig(data_dir=str(root), device="cpu", train_minutes=12, budget_minutes=30))
+    assert lines[0].startswith("plan: budget 30 min end to end") and "at most 12 min" in lines[0]

@@ -26,7 +26,7 @@ RESUME_FREE_FIELDS = frozenset({
     "checkpoint_every", "log_every", "ks", "train_eval_queries", "embed_batch_size",
     "search_backend", "num_query_examples", "query_seed", "top_k_show", "channels_last", "steps",
     "evaluate_val", "flip_tta", "index_nlist", "index_nprobe", "index_pq_m", "index_refine", "index_hnsw_m",
-    "index_ef_search", "train_minutes", "semantic_metrics", "near_dup_queries", "wordnet_dir", "rerank", "rerank_k", "rerank_alpha",
+    "index_ef_search", "train_minutes", "budget_minutes", "semantic_metrics", "near_dup_queries", "wordnet_dir", "rerank", "rerank_k", "rerank_alpha",
 })
 
 
@@ -219,6 +219,13 @@ class RunConfig:
     rate on a throwaway copy of the network, then fixes ``steps`` so that the schedule ends on
     time. The steps chosen are saved in config.json and the checkpoint (a resumed run keeps
     them, never re-measures); ``--steps`` given explicitly turns the budget off."""
+    budget_minutes: float | None = None
+    """Whole-pipeline budget in minutes (None = off): when training starts, its minutes are
+    capped at budget_minutes minus the time the pipeline has run so far (decode, frozen-stage
+    pass; counted from ``report/run_pipeline.py``'s start, else from the ``train`` call) minus
+    the evaluation's estimated cost on this class of CPU (`core.plan`). With ``train_minutes``
+    the smaller of the two wins; alone, training gets all that is left. Recorded and kept on
+    resume like ``train_minutes``; ``--steps`` given explicitly turns it off."""
     lr: float = 0.01
     backbone_lr_scale: float = 0.1
     """The backbone learns at lr * backbone_lr_scale (the new head at lr)."""
@@ -322,6 +329,8 @@ class RunConfig:
         need(self.lr > 0, f"lr must be > 0 (got {self.lr})")
         need(self.train_minutes is None or self.train_minutes > 0,
              f"train_minutes must be > 0 (got {self.train_minutes}; omit it for a fixed number of steps)")
+        need(self.budget_minutes is None or self.budget_minutes > 0,
+             f"budget_minutes must be > 0 (got {self.budget_minutes}; omit it for no whole-pipeline budget)")
         need(self.momentum < 1, f"momentum must be < 1 (got {self.momentum})")
         need(self.input_size <= 1024, f"input_size must be <= 1024 (got {self.input_size})")
         for name in ("data_dir", "run_dir"):
@@ -361,6 +370,11 @@ class RunConfig:
         need(self.relevance_tp > 0, f"relevance_tp must be > 0 (got {self.relevance_tp})")
         need(self.triplet_source in ("presampled", "online"),
              f"triplet_source must be presampled or online (got {self.triplet_source!r})")
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether the steps are fixed from a time budget (``train_minutes`` or ``budget_minutes``)."""
+        return self.train_minutes is not None or self.budget_minutes is not None
 
     @property
     def uses_relevance(self) -> bool:

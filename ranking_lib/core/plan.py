@@ -16,7 +16,12 @@ from pathlib import Path
 from ranking_lib.core.config import RunConfig
 from ranking_lib.core.devices import cpu_has_bf16
 
-__all__ = ["ClassRates", "RATES", "cpu_class", "count_images", "describe_plan", "estimate_seconds"]
+__all__ = ["ClassRates", "PIPELINE_STARTED", "RATES", "cpu_class", "count_images", "describe_plan",
+           "estimate_seconds", "evaluation_seconds", "pipeline_started"]
+
+PIPELINE_STARTED = "RANKING_PIPELINE_STARTED"
+"""Environment variable: the Unix time the pipeline runner started (its notebooks' kernels
+inherit it); a whole-pipeline budget (``budget_minutes``) counts from it."""
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,37 @@ def estimate_seconds(cfg: RunConfig, n_train: int, klass: str) -> dict[str, floa
     frozen = n_train * scale / r.frozen_img_s if cfg.cache_stage_features else 0.0
     train = cfg.train_minutes * 60 if cfg.train_minutes is not None else cfg.steps / r.steps_per_s * scale
     size = n_train / 100_000
-    return {"decode": n_all / 1000 * r.decode_s_per_1k, "frozen-stage pass": frozen, "training": train,
-            "evaluation + report": r.eval_s * size * scale}
+    decode, evaluation = n_all / 1000 * r.decode_s_per_1k, r.eval_s * size * scale
+    if cfg.budget_minutes is not None:  # training gets what the whole budget leaves
+        left = cfg.budget_minutes * 60 - decode - frozen - evaluation
+        train = max(0.0, left if cfg.train_minutes is None else min(train, left))
+    return {"decode": decode, "frozen-stage pass": frozen, "training": train, "evaluation + report": evaluation}
+
+
+def evaluation_seconds(cfg: RunConfig, n_train: int) -> float:
+    """The evaluation's estimated seconds (notebooks 03-05 and the PDF) for `n_train` training
+    images on this CPU's class, what a whole-pipeline budget keeps free after training; 0 on a
+    GPU (no measured rate)."""
+    if cfg.device not in ("cpu", "auto") or (cfg.device == "auto" and _has_cuda()):
+        return 0.0
+    return estimate_seconds(cfg, n_train, cpu_class(cfg.bf16_cpu))["evaluation + report"]
+
+
+def pipeline_started(default: float) -> float:
+    """When the pipeline began (`PIPELINE_STARTED`, set by ``report/run_pipeline.py``), else
+    `default` (a command run on its own counts from its own start)."""
+    from ranking_lib.core.errors import RankingError
+
+    raw = os.environ.get(PIPELINE_STARTED)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RankingError(f"{PIPELINE_STARTED}={raw!r} is not a Unix time in seconds") from None
+    if not value <= default + 60:
+        raise RankingError(f"{PIPELINE_STARTED}={raw!r} lies in the future")
+    return value
 
 
 def _m(s: float) -> str:
@@ -79,12 +113,19 @@ def _m(s: float) -> str:
 def describe_plan(cfg: RunConfig) -> list[str]:
     """A few lines: the work, the budget or steps, the estimate per phase on this CPU class."""
     if cfg.device not in ("cpu", "auto") or (cfg.device == "auto" and _has_cuda()):
-        return [f"plan: {cfg.steps:,} steps on {cfg.device} (no CPU estimate)"
-                if cfg.train_minutes is None else f"plan: training budget {cfg.train_minutes:g} min on {cfg.device}"]
+        return [f"plan: {cfg.steps:,} steps on {cfg.device} (no CPU estimate)" if not cfg.budgeted else
+                f"plan: budget {cfg.budget_minutes or cfg.train_minutes:g} min on {cfg.device} "
+                f"({'whole pipeline' if cfg.budget_minutes else 'training'}; no evaluation estimate off the CPU)"]
     n = count_images(cfg.data_dir, cfg.max_classes)
     klass = cpu_class(cfg.bf16_cpu)
     lines = []
-    if cfg.train_minutes is not None:
+    if cfg.budget_minutes is not None:
+        lines.append(f"plan: budget {cfg.budget_minutes:g} min end to end -> training gets what is left after the "
+                     f"decode and the frozen-stage pass (measured) and the evaluation (estimated)"
+                     + (f", at most {cfg.train_minutes:g} min" if cfg.train_minutes is not None else "")
+                     + "; the steps are fixed from the step rate measured when training starts (printed then, "
+                       "saved in train_summary.json)")
+    elif cfg.train_minutes is not None:
         lines.append(f"plan: training budget {cfg.train_minutes:g} min -> the steps are fixed from the step "
                      f"rate measured when training starts (printed then, saved in train_summary.json)")
     else:

@@ -54,6 +54,7 @@ def checkout_file(relative: str) -> Path | None:
     return path if path is not None and path.exists() else None
 RUNNER_KEYS = frozenset({"make_demo_data", "env"})  # profile keys that are not RunConfig fields
 PATH_KEYS = ("data_dir", "run_dir", "cache_dir")
+BUDGET_KEYS = ("train_minutes", "budget_minutes")  # the time budget; explicit steps turn both off
 _SCI = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 _ENV_APPLIED = "RANKING_PROFILE_ENV_APPLIED"
 
@@ -112,8 +113,9 @@ def load_profile(name: str | Path, _seen: tuple = ()) -> dict[str, Any]:
     base = load_profile(parent, _seen + (str(name),))
     merged_env = {**(base.get("env") or {}), **env}
     out = {**base, **data}
-    if "steps" in data and "train_minutes" not in data:  # a profile's own steps win over an inherited budget
-        out.pop("train_minutes", None)
+    if "steps" in data and not {"train_minutes", "budget_minutes"} & set(data):
+        for key in BUDGET_KEYS:  # a profile's own steps win over an inherited budget
+            out.pop(key, None)
     if merged_env:
         out["env"] = merged_env
     return out
@@ -157,7 +159,7 @@ def resolve(profile: str | Path | None = None, overrides: dict[str, Any] | None 
         else:
             values[k] = _absolute(v, cwd) if k in PATH_KEYS else v
     if "steps" in (overrides or {}):  # steps given explicitly win over a time budget
-        values["train_minutes"] = None
+        values.update(dict.fromkeys(BUDGET_KEYS))
     unknown = sorted(set(values) - set(RunConfig.field_names()))
     if unknown:
         raise RankingError(f"unknown setting(s): {', '.join(unknown)} (not RunConfig fields)")
@@ -167,24 +169,33 @@ def resolve(profile: str | Path | None = None, overrides: dict[str, Any] | None 
     env = runner.get("env") or {}
     if not isinstance(env, dict):
         raise RankingError("env must be a mapping of VARIABLE: value")
-    if values.get("train_minutes") is not None and "steps" not in (overrides or {}):
-        chosen = planned_steps(values["run_dir"], values["train_minutes"])
+    if any(values.get(k) is not None for k in BUDGET_KEYS) and "steps" not in (overrides or {}):
+        chosen = planned_steps(values["run_dir"], values.get("train_minutes"), values.get("budget_minutes"))
         if chosen is not None:  # after training: the steps this run's budget chose, not the profile's
             values["steps"] = chosen
     return Settings(RunConfig.from_dict(values), {str(k): str(v) for k, v in env.items()},
                     bool(runner.get("make_demo_data", False)), frozenset(values))
 
 
-def planned_steps(run_dir: str | Path, train_minutes: float) -> int | None:
-    """The steps a time budget of `train_minutes` chose for the run in `run_dir` (its
-    ``config.json``, written when training started), or None when it has not been planned."""
+def planned_steps(run_dir: str | Path, train_minutes: float | None, budget_minutes: float | None = None) -> int | None:
+    """The steps the time budget (`train_minutes`, `budget_minutes`) chose for the run in
+    `run_dir` (its ``config.json``, written when training started), or None when it has not been
+    planned with that budget."""
     saved = read_json(Path(run_dir) / "config.json", "run config", missing_ok=True)
-    if not isinstance(saved, dict) or saved.get("train_minutes") is None:
+    if not isinstance(saved, dict) or all(saved.get(k) is None for k in BUDGET_KEYS):
         return None
     steps = saved.get("steps")
-    if float(saved["train_minutes"]) != float(train_minutes) or isinstance(steps, bool) or not isinstance(steps, int):
+    if not same_budget(saved, {"train_minutes": train_minutes, "budget_minutes": budget_minutes}) \
+            or isinstance(steps, bool) or not isinstance(steps, int):
         return None
     return steps
+
+
+def same_budget(a: dict, b: dict) -> bool:
+    """Whether two configs (as dicts) have the same time budget (`BUDGET_KEYS`)."""
+    def minutes(v):
+        return None if v is None else float(v)
+    return all(minutes(a.get(k)) == minutes(b.get(k)) for k in BUDGET_KEYS)
 
 
 def notebook_config(profile: str | Path | None = None, overrides: dict[str, Any] | None = None,

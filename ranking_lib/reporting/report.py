@@ -151,9 +151,17 @@ def _precision_text(cfg: RunConfig) -> str:
 
 def _budget_text(cfg: RunConfig) -> str:
     minutes = getattr(cfg, "train_minutes", None)
-    steps = (f"Training ran {cfg.steps} steps" if minutes is None else
-             f"Training had a budget of {minutes:g} minutes: the trainer measured its step rate and fixed the "
-             f"schedule at {cfg.steps} steps to end on time; it ran them")
+    whole = getattr(cfg, "budget_minutes", None)
+    if whole is not None:
+        cap = f" (at most {minutes:g})" if minutes is not None else ""
+        steps = (f"The whole run had a budget of {whole:g} minutes: training got the minutes{cap} left after "
+                 f"decoding and the frozen-stage pass, less the evaluation's estimated cost; the trainer measured "
+                 f"its step rate and fixed the schedule at {cfg.steps} steps to end on time; it ran them")
+    elif minutes is not None:
+        steps = (f"Training had a budget of {minutes:g} minutes: the trainer measured its step rate and fixed the "
+                 f"schedule at {cfg.steps} steps to end on time; it ran them")
+    else:
+        steps = f"Training ran {cfg.steps} steps"
     return (f"{steps} with {cfg.optimizer.upper()} (learning rate {cfg.lr:g}, {cfg.lr_schedule} schedule, weight "
             f"decay {cfg.weight_decay:g}).")
 

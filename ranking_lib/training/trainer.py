@@ -7,7 +7,9 @@ network (the three networks share weights), and minimises the ranking hinge loss
 Everything random in a step (triplet order, augmentation) is derived from (seed, step), so a
 run resumed from a checkpoint reproduces the uninterrupted run.
 
-A time budget (``train_minutes``) is turned into a number of steps before the run starts: the
+A time budget (``train_minutes``, and/or the whole pipeline's ``budget_minutes``, which caps the
+training minutes at what is left after the time already spent and the evaluation's estimated
+cost: `training_minutes`) is turned into a number of steps before the run starts: the
 step rate is measured on throwaway copies of the network and optimiser (`measure_step_rate`),
 then ``steps`` is fixed (`budget_steps`) and the run is a plain run of that many steps (its
 learning-rate schedule depends on the final step count only). The steps chosen are saved with
@@ -39,6 +41,7 @@ from ranking_lib.training.checkpoint import load_model_state, read_checkpoint, s
 from ranking_lib.core.config import RunConfig, resume_differences
 from ranking_lib.core.devices import autocast, resolve_device, setup_device, to_device
 from ranking_lib.core.errors import CheckpointError, RankingError
+from ranking_lib.core.settings import BUDGET_KEYS, same_budget
 from ranking_lib.core.fileio import disk_full_error, is_disk_full, write_text
 from ranking_lib.models.inference import ModelInputs, embed_batch
 from ranking_lib.training.losses import RankingLoss
@@ -83,12 +86,42 @@ class BudgetPlan:
     """Wall time of the calibration, subtracted from the budget."""
     measured: bool = True
     """False when the rate was given (tests) or the plan came from the checkpoint (resume)."""
+    budget_minutes: float | None = None
+    """The whole pipeline's budget that capped `train_minutes` (None: no such budget)."""
+    spent_s: float = 0.0
+    """With `budget_minutes`: seconds the pipeline had run when training started."""
+    evaluation_s: float = 0.0
+    """With `budget_minutes`: the evaluation's estimated seconds, kept free at the end."""
 
     def describe(self) -> str:
         how = (f"measured over {self.calibration_steps} steps on a copy of the network in "
                f"{self.calibration_s:.0f} s" if self.measured else "from the checkpoint or given")
-        return (f"budget {format_minutes(self.train_minutes * 60)} -> {self.steps:,} steps at "
+        head = ""
+        if self.budget_minutes is not None:
+            head = (f"budget {format_minutes(self.budget_minutes * 60)} end to end: {format_minutes(self.spent_s)} "
+                    f"spent, evaluation ~{format_minutes(self.evaluation_s)} (estimate) -> training ")
+        else:
+            head = "budget "
+        return (f"{head}{format_minutes(self.train_minutes * 60)} -> {self.steps:,} steps at "
                 f"{self.steps_per_s:.2f} steps/s ({how})")
+
+
+def training_minutes(cfg: RunConfig, spent_s: float = 0.0, evaluation_s: float = 0.0) -> float:
+    """The training loop's minutes: ``train_minutes``, capped by ``budget_minutes`` less the
+    `spent_s` seconds already run and the `evaluation_s` seconds the evaluation will take;
+    one-line RankingError when the whole budget leaves no time to train."""
+    limits = [] if cfg.train_minutes is None else [float(cfg.train_minutes)]
+    if cfg.budget_minutes is not None:
+        left = (cfg.budget_minutes * 60 - spent_s - evaluation_s) / 60
+        if left <= 0:
+            raise RankingError(
+                f"budget_minutes={cfg.budget_minutes:g} leaves no time to train: {format_minutes(spent_s)} spent "
+                f"before training, the evaluation needs ~{format_minutes(evaluation_s)} (estimate); "
+                f"give a larger budget, or --steps")
+        limits.append(left)
+    if not limits:
+        raise RankingError("no time budget: set train_minutes or budget_minutes (or give --steps)")
+    return min(limits)
 
 
 def format_minutes(seconds: float) -> str:
@@ -99,9 +132,11 @@ def format_minutes(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
 
 
-def budget_steps(train_minutes: float, steps_per_s: float, warmup_steps: int = 0, spent_s: float = 0.0) -> int:
+def budget_steps(train_minutes: float, steps_per_s: float, warmup_steps: int = 0, spent_s: float = 0.0,
+                 what: str | None = None) -> int:
     """Steps that fit into `train_minutes` at `steps_per_s`, `spent_s` (the calibration) already
-    spent; one-line RankingError when that is not more than the warm-up."""
+    spent; one-line RankingError (naming the budget as `what`, by default ``train_minutes=M``)
+    when that is not more than the warm-up."""
     if not (train_minutes is not None and math.isfinite(train_minutes) and train_minutes > 0):
         raise RankingError(f"train_minutes must be > 0 (got {train_minutes})")
     if not (math.isfinite(steps_per_s) and steps_per_s > 0):
@@ -110,7 +145,7 @@ def budget_steps(train_minutes: float, steps_per_s: float, warmup_steps: int = 0
     if steps <= warmup_steps:
         least = (warmup_steps + 1) / steps_per_s + spent_s
         raise RankingError(
-            f"train_minutes={train_minutes:g} leaves {max(steps, 0)} steps at {steps_per_s:.2f} steps/s, not more "
+            f"{what or f'train_minutes={train_minutes:g}'} leaves {max(steps, 0)} steps at {steps_per_s:.2f} steps/s, not more "
             f"than warmup_steps={warmup_steps}: give at least {math.ceil(least / 6) / 10:g} minutes, or --steps")
     return steps
 
@@ -263,7 +298,7 @@ class Trainer:
         if ckpt.get("triplets_sha256", self.triplets_sha256) != self.triplets_sha256:
             raise CheckpointError(f"checkpoint {path} (step {step}) was trained on other triplets than "
                                   f"{self.run_dir / 'triplets_train.npy'} (re-sampled since?); {start_over}")
-        if self.cfg.train_minutes is not None:  # the budget's steps were chosen when the run began
+        if self.cfg.budgeted:  # the budget's steps were chosen when the run began
             self._keep_planned_steps(ckpt, path, step, start_over)
         if step > self.cfg.steps:
             raise CheckpointError(f"checkpoint {path} is at step {step}, past steps={self.cfg.steps}; pass "
@@ -285,18 +320,23 @@ class Trainer:
     def _keep_planned_steps(self, ckpt: dict, path: Path, step: int, start_over: str) -> None:
         """A budgeted run resumes with the steps its budget chose (never re-measured)."""
         saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-        planned = saved.get("train_minutes")
-        if planned is None:
+        if all(saved.get(k) is None for k in BUDGET_KEYS):
             raise CheckpointError(f"checkpoint {path} (step {step}) was trained for steps={saved.get('steps')} "
                                   f"without a time budget; go on with --steps N, or {start_over}")
-        if float(planned) != float(self.cfg.train_minutes):
-            raise CheckpointError(f"checkpoint {path} (step {step}) was planned with train_minutes={planned:g} "
-                                  f"({saved.get('steps')} steps, now train_minutes={self.cfg.train_minutes:g}); "
+        now = self.cfg.to_dict()
+        if not same_budget(saved, now):
+            def said(d):
+                return ", ".join(f"{k}={d.get(k)}" for k in BUDGET_KEYS if d.get(k) is not None) or "no budget"
+            raise CheckpointError(f"checkpoint {path} (step {step}) was planned with {said(saved)} "
+                                  f"({saved.get('steps')} steps, now {said(now)}); "
                                   f"pass --steps N to change its length, or {start_over}")
         self.cfg = self.cfg.replace(steps=int(saved["steps"]))
         b = ckpt.get("budget") or {}
-        self.budget = BudgetPlan(float(planned), int(saved["steps"]), float(b.get("steps_per_s", float("nan"))),
-                                 int(b.get("calibration_steps", 0)), float(b.get("calibration_s", 0.0)), measured=False)
+        self.budget = BudgetPlan(float(b.get("train_minutes", saved.get("train_minutes") or float("nan"))),
+                                 int(saved["steps"]), float(b.get("steps_per_s", float("nan"))),
+                                 int(b.get("calibration_steps", 0)), float(b.get("calibration_s", 0.0)), measured=False,
+                                 budget_minutes=saved.get("budget_minutes"), spent_s=float(b.get("spent_s", 0.0)),
+                                 evaluation_s=float(b.get("evaluation_s", 0.0)))
 
     # ---- the time budget -------------------------------------------------------------
     def measure_step_rate(self, warmup: int = CALIBRATION_WARMUP, steps: int = CALIBRATION_STEPS,
@@ -327,19 +367,28 @@ class Trainer:
             rate = float(t)
         return rate, warmup + n, time.perf_counter() - t_all
 
-    def apply_budget(self, steps_per_s: float | None = None, progress: bool = True) -> BudgetPlan | None:
-        """With ``train_minutes``: fix ``cfg.steps`` from the step rate (measured unless
-        `steps_per_s` is given; a resumed run keeps its checkpoint's plan). Prints the plan."""
-        if self.cfg.train_minutes is None:
+    def apply_budget(self, steps_per_s: float | None = None, progress: bool = True, spent_s: float = 0.0,
+                     evaluation_s: float = 0.0) -> BudgetPlan | None:
+        """With ``train_minutes`` or ``budget_minutes``: fix ``cfg.steps`` from the step rate
+        (measured unless `steps_per_s` is given; a resumed run keeps its checkpoint's plan) and
+        the training minutes (`training_minutes`: `spent_s` already run, `evaluation_s` to keep
+        free for the evaluation). Prints the plan."""
+        if not self.cfg.budgeted:
             return None
         if self.budget is None:
+            minutes = training_minutes(self.cfg, spent_s, evaluation_s)
             if steps_per_s is None:
-                budget_s = self.cfg.train_minutes * 60
-                rate, n, spent = self.measure_step_rate(max_s=min(CALIBRATION_MAX_S, budget_s / 10))
+                rate, n, spent = self.measure_step_rate(max_s=min(CALIBRATION_MAX_S, minutes * 60 / 10))
             else:
                 rate, n, spent = float(steps_per_s), 0, 0.0
-            steps = budget_steps(self.cfg.train_minutes, rate, self.cfg.warmup_steps, spent)
-            self.budget = BudgetPlan(self.cfg.train_minutes, steps, rate, n, spent, measured=steps_per_s is None)
+            capped = self.cfg.train_minutes is None or minutes < self.cfg.train_minutes
+            what = (f"budget_minutes={self.cfg.budget_minutes:g} ({minutes:.1f} min of training left)"
+                    if capped else None)
+            steps = budget_steps(minutes, rate, self.cfg.warmup_steps, spent, what)
+            self.budget = BudgetPlan(minutes, steps, rate, n, spent, measured=steps_per_s is None,
+                                     budget_minutes=self.cfg.budget_minutes,
+                                     spent_s=spent_s if self.cfg.budget_minutes is not None else 0.0,
+                                     evaluation_s=evaluation_s if self.cfg.budget_minutes is not None else 0.0)
             self.cfg = self.cfg.replace(steps=steps)
             if self.resumed_from is None:
                 self.steps_history = [[0, steps]]
@@ -438,7 +487,7 @@ class Trainer:
         resumed = resume and (self.resumed_from is not None or self.resume())
         if not resumed:
             self._truncate_log(0)  # a fresh start: no rows of an earlier attempt survive
-        if self.cfg.train_minutes is not None and self.budget is None:
+        if self.cfg.budgeted and self.budget is None:
             self.apply_budget(progress=progress)
         end = self.cfg.steps if stop_at is None else min(stop_at, self.cfg.steps)
         log = open(self.loss_log_path if self.dist.is_main else os.devnull, "a", newline="")
