@@ -346,10 +346,12 @@ def budget_line(run_dir: Path) -> None:
         return
     b = summary.get("budget") if isinstance(summary, dict) else None
     if isinstance(b, dict) and b.get("steps"):
-        whole = (f"budget {b['budget_minutes']:g} min end to end, {b.get('spent_s', 0) / 60:.0f} min spent before "
-                 f"training, evaluation ~{b.get('evaluation_s', 0) / 60:.0f} min (estimate): training "
+        from ranking_lib.training.trainer import format_minutes
+
+        whole = (f"budget {b['budget_minutes']:g} min end to end, {format_minutes(b.get('spent_s', 0))} spent "
+                 f"before training, evaluation ~{format_minutes(b.get('evaluation_s', 0))} (estimate): training "
                  if b.get("budget_minutes") is not None else "budget ")
-        print(f"  {whole}{b.get('train_minutes'):.1f} min -> {b['steps']:,} steps at "
+        print(f"  {whole}{format_minutes(b.get('train_minutes', 0) * 60)} -> {b['steps']:,} steps at "
               f"{b.get('steps_per_s', float('nan')):.2f} steps/s (measured when training started)", flush=True)
 
 
