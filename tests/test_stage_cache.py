@@ -78,3 +78,41 @@ def test_input_kind_is_stated_not_guessed():
         ModelInputs(np.zeros((2, 64, 64, 3), dtype=np.float32))
     with pytest.raises(RankingError, match="stage features must be float16"):
         ModelInputs(np.zeros((2, 64, 64, 3), dtype=np.uint8), "stage_features")
+
+
+def test_openvino_frozen_pass_equals_torch_and_has_its_own_file(sample_dir, sample_cache_dir, tmp_path):
+    import pytest
+
+    from ranking_lib.core.errors import RankingError
+    from ranking_lib.models import runtimes
+    from ranking_lib.models.stage_cache import stage_features_file
+
+    cfg = _cfg(sample_dir, sample_cache_dir, "unused", input_size=96)
+    with pytest.raises(RankingError, match="^frozen_runtime must be one of"):
+        cfg.replace(frozen_runtime="onnx")
+    assert runtimes.resolve_runtime("torch", "cpu", False) == "torch"
+    assert runtimes.resolve_runtime("auto", "cpu", True) == "torch"  # bf16: the measured torch numerics
+    if not runtimes.openvino_available():
+        assert runtimes.resolve_runtime("auto", "cpu", False) == "torch"
+        with pytest.raises(RankingError, match="needs the openvino and onnx packages"):
+            runtimes.resolve_runtime("openvino", "cpu", False)
+        pytest.skip("OpenVINO or onnx not installed (pip install 'ranking-lib[fast]'): torch fallback checked")
+    assert runtimes.resolve_runtime("auto", "cpu", False) == "openvino"
+    caches = workflow.load_caches(cfg, progress=False)
+    net = build_model(cfg).eval()
+    images = caches["val"].images[:24]
+    ref = compute_stage_features(net, images, batch_size=10, progress=False)
+    fast = compute_stage_features(net, images, batch_size=10, progress=False, runtime="openvino")
+    a, b = ref.reshape(len(ref), -1).astype(np.float64), fast.reshape(len(fast), -1).astype(np.float64)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.9999, cos.min()
+    assert np.abs(a - b).max() < 0.05 * np.abs(a).max()  # float16 storage of both
+    # the embeddings from either map agree
+    with torch.no_grad():
+        za = net.embed_features(net.features_from_stage(torch.from_numpy(ref.astype(np.float32))))
+        zb = net.embed_features(net.features_from_stage(torch.from_numpy(fast.astype(np.float32))))
+    assert torch.nn.functional.cosine_similarity(za, zb).min() > 0.9999
+    # another runtime, another cache file (the torch key unchanged)
+    c = caches["val"]
+    assert stage_features_file(c, net, True) != stage_features_file(c, net, True, runtime="openvino")
+    assert stage_features_file(c, net, True) == stage_features_file(c, net, True, runtime="torch")

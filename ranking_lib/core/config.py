@@ -17,6 +17,7 @@ from typing import Any
 
 from ranking_lib.core.errors import RankingError
 from ranking_lib.core.fileio import write_json
+from ranking_lib.core.names import FROZEN_RUNTIMES
 
 # Fields a resumed run may change: where files live, how often it logs, how it is evaluated.
 # Every other field shapes the training run, so a checkpoint made with another value is not
@@ -200,6 +201,9 @@ class RunConfig:
     """Compute the frozen stages' outputs once (float16, beside the image cache) and train and
     embed from them; needs freeze_stages >= 1. Augmentation is then a feature-map flip."""
     channels_last: bool = True
+    frozen_runtime: str = "torch"
+    """Runtime of the frozen-stage pass (`models.runtimes`): ``torch``; ``openvino`` (CPU, the
+    ``fast`` extra); ``auto`` = OpenVINO where installed and the pass runs in fp32, else torch."""
 
     # --- ranking loss -----------------------------------------------------------------
     gap: float = 1.0
@@ -368,6 +372,8 @@ class RunConfig:
              "sampler=uniform draws out-of-class negatives only: in-class negatives "
              f"(out_of_class_fraction={self.out_of_class_fraction}) need sampler=relevance or auto")
         need(self.relevance_tp > 0, f"relevance_tp must be > 0 (got {self.relevance_tp})")
+        need(self.frozen_runtime in FROZEN_RUNTIMES,
+             f"frozen_runtime must be one of {', '.join(FROZEN_RUNTIMES)} (got {self.frozen_runtime!r})")
         need(self.triplet_source in ("presampled", "online"),
              f"triplet_source must be presampled or online (got {self.triplet_source!r})")
 

@@ -33,14 +33,16 @@ class ClassRates:
     eval_s: float             # 03-05 notebooks + PDF on the full data (seconds)
     source: str
     eval_fixed_s: float = 60.0  # of that, what does not grow with the data: 3 kernels, the query figures, the PDF
+    frozen_img_s_openvino: float | None = None  # the frozen-stage pass on OpenVINO (fp32 classes)
 
 
 RATES = {
     "native bf16": ClassRates(0.59, 200.0, 4.58, 620.0,
                               "docs/runs/cpu-budget40-clean (EPYC, AVX-512 BF16; 03 re-measured after b5fe6a6)"),
-    "AVX2 only": ClassRates(0.76, 54.0, 1.4, 1300.0,
-                            "RESULTS.md, 'Ninety minutes' (EPYC Zen 3, AVX2, fp32); evaluation an estimate: "
-                            "03's network passes at the bench's AVX2 rates plus the search at 1.3x"),
+    "AVX2 only": ClassRates(0.76, 89.4, 2.25, 1300.0,
+                            "docs/figures/runtime_zen3.json (EPYC Zen 3, AVX2, fp32, alone; decode from RESULTS.md); "
+                            "evaluation an estimate: 03's network passes at those rates plus the search at 1.3x",
+                            frozen_img_s_openvino=209.5),
 }
 
 
@@ -67,12 +69,22 @@ def count_images(data_dir: str | Path, max_classes: int | None) -> int | None:
     return total
 
 
+def frozen_rate(cfg: RunConfig, r: ClassRates) -> float:
+    """The frozen-stage pass's img/s: OpenVINO's where the run uses it (``frozen_runtime``
+    openvino, or auto with OpenVINO installed, in a class that has an OpenVINO rate), else torch's."""
+    import importlib.util
+
+    installed = all(importlib.util.find_spec(m) is not None for m in ("openvino", "onnx"))
+    use = cfg.frozen_runtime == "openvino" or (cfg.frozen_runtime == "auto" and installed)
+    return r.frozen_img_s_openvino if use and r.frozen_img_s_openvino else r.frozen_img_s
+
+
 def estimate_seconds(cfg: RunConfig, n_train: int, klass: str) -> dict[str, float]:
     """Seconds per phase for `n_train` training images on a CPU of class `klass` (an estimate)."""
     r = RATES[klass]
     n_all = n_train * 1.1  # + the val split (10 % of the training set in Tiny ImageNet)
     scale = (cfg.input_size / 192) ** 2
-    frozen = n_train * scale / r.frozen_img_s if cfg.cache_stage_features else 0.0
+    frozen = n_train * scale / frozen_rate(cfg, r) if cfg.cache_stage_features else 0.0
     train = cfg.train_minutes * 60 if cfg.train_minutes is not None else cfg.steps / r.steps_per_s * scale
     size = n_train / 100_000
     decode = n_all / 1000 * r.decode_s_per_1k
@@ -141,7 +153,7 @@ def describe_plan(cfg: RunConfig) -> list[str]:
     lines.append(f"plan: {n:,} training images at {cfg.input_size} px, "
                  f"{'bf16 on a CPU with native bf16' if klass == 'native bf16' else 'fp32 (AVX2-only rates)'}: {parts} "
                  f"-> about {_m(sum(est.values()))} end to end (estimate from measured rates: "
-                 f"{r.frozen_img_s:g} img/s frozen pass, {r.steps_per_s:g} steps/s; {r.source})")
+                 f"{frozen_rate(cfg, r):g} img/s frozen pass, {r.steps_per_s:g} steps/s; {r.source})")
     return lines
 
 

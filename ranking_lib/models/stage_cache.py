@@ -36,22 +36,25 @@ FORMAT = 1
 logger = logging.getLogger(__name__)
 
 
-def _key(net: EmbeddingNet, cache: ImageCache, pretrained: bool, bf16: bool = False) -> str:
+def _key(net: EmbeddingNet, cache: ImageCache, pretrained: bool, bf16: bool = False, runtime: str = "torch") -> str:
     src = cache.cache_file
     st = os.stat(src) if src is not None and Path(src).exists() else None
     parts = [FORMAT, net.backbone_name, pretrained, net.input_size, net.freeze_stages, str(src),
              st.st_size if st else None, st.st_mtime_ns if st else None, len(cache)]
     if bf16:  # other numerics, another file (fp32 keys stay as they were)
         parts.append("bf16")
+    if runtime != "torch":  # another runtime's rounding: another file (torch keys stay as they were)
+        parts.append(runtime)
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-def stage_features_file(cache: ImageCache, net: EmbeddingNet, pretrained: bool, bf16: bool = False) -> Path:
+def stage_features_file(cache: ImageCache, net: EmbeddingNet, pretrained: bool, bf16: bool = False,
+                        runtime: str = "torch") -> Path:
     if cache.cache_file is None:
         raise RankingError("stage features need an on-disk image cache")
     d = Path(cache.cache_file).parent
     name = (f"stage_{cache.split}_{net.backbone_name}_{net.input_size}px_k{net.freeze_stages}"
-            f"_{_key(net, cache, pretrained, bf16)}.npy")
+            f"_{_key(net, cache, pretrained, bf16, runtime)}.npy")
     return d / name
 
 
@@ -76,23 +79,35 @@ def stage_features_shape(net: EmbeddingNet, images: np.ndarray, device: torch.de
 @torch.inference_mode()
 def compute_stage_features(net: EmbeddingNet, images: np.ndarray, out: np.ndarray | None = None,
                            batch_size: int = 256, device: torch.device | str = "cpu", progress: bool = True,
-                           desc: str = "stage features", bf16_cpu: bool = False) -> np.ndarray:
+                           desc: str = "stage features", bf16_cpu: bool = False,
+                           runtime: str = "torch") -> np.ndarray:
     """Stages [0, freeze_stages) of `net` on `images`, as float16 (N, C, H, W): written into
-    `out` when given (e.g. a memory map), else into a new in-memory array. Returns it."""
+    `out` when given (e.g. a memory map), else into a new in-memory array; computed by
+    `runtime` (``torch``, or ``openvino`` on the CPU: `models.runtimes`). Returns it."""
     if out is None:
         out = np.empty(stage_features_shape(net, images, device), dtype=np.float16)
     net = net.to(device).eval()
     k = net.freeze_stages
+    fast = None
+    if runtime == "openvino":
+        from ranking_lib.models.runtimes import openvino_frozen_pass
+
+        fast = openvino_frozen_pass(net, images[:2], bf16=uses_cpu_bf16(device, bf16_cpu))
+    elif runtime != "torch":
+        raise RankingError(f"unknown frozen-stage runtime {runtime!r} (torch or openvino)")
     for i in progress_bar(range(0, len(images), batch_size), desc=desc, enabled=progress, unit="batch"):
-        x = to_device(torch.from_numpy(np.array(images[i:i + batch_size])), device)
-        with autocast(device, True, bf16_cpu):
-            f = net.backbone.forward_stages(net.preprocess(x), 0, k)
-        f = f.float().cpu().numpy().astype(np.float16)
+        if fast is not None:
+            f = fast(np.asarray(images[i:i + batch_size])).astype(np.float16)
+        else:
+            x = to_device(torch.from_numpy(np.array(images[i:i + batch_size])), device)
+            with autocast(device, True, bf16_cpu):
+                f = net.backbone.forward_stages(net.preprocess(x), 0, k)
+            f = f.float().cpu().numpy().astype(np.float16)
         bad = ~np.isfinite(f).reshape(len(f), -1).all(axis=1)
         if bad.any():
             raise RankingError(f"frozen stages gave non-finite values for image {i + int(np.argmax(bad))} "
                                f"({desc}); the input images or the backbone weights are damaged")
-        out[i:i + len(x)] = f
+        out[i:i + len(f)] = f
     return out
 
 
@@ -117,16 +132,20 @@ def _load_checked(path: Path, n: int) -> tuple[np.ndarray | None, str]:
 
 def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, pretrained: bool, batch_size: int = 256,
                                  device: torch.device | str = "cpu", progress: bool = True,
-                                 bf16_cpu: bool = False) -> np.ndarray:
+                                 bf16_cpu: bool = False, runtime: str = "torch") -> np.ndarray:
     """Memory-mapped float16 outputs of the frozen stages for every image of `cache`.
 
     Built once (atomically: temp file, then rename) and keyed by the image cache file, the
-    backbone, its weights, the input size and the number of frozen stages.
+    backbone, its weights, the input size, the number of frozen stages, bf16 and the runtime
+    (``torch``, ``openvino`` or ``auto``: `models.runtimes.resolve_runtime`).
     """
+    from ranking_lib.models.runtimes import resolve_runtime
+
     if net.freeze_stages < 1:
         raise RankingError("stage features need freeze_stages >= 1")
     bf16 = uses_cpu_bf16(device, bf16_cpu)
-    path = stage_features_file(cache, net, pretrained, bf16)
+    runtime = resolve_runtime(runtime, device, bf16)
+    path = stage_features_file(cache, net, pretrained, bf16, runtime)
     arr, reason = _load_checked(path, len(cache))
     if arr is not None:
         return arr
@@ -139,21 +158,22 @@ def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, pretraine
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
         reserve(tmp, target=path)  # a full disk: one line now, not a SIGBUS in the memory map
         compute_stage_features(net, cache.images, out, batch_size, device, progress,
-                               desc=f"frozen stages ({cache.split})", bf16_cpu=bf16_cpu)
+                               desc=f"frozen stages ({cache.split}, {runtime})", bf16_cpu=bf16_cpu, runtime=runtime)
         out.flush()
         crc = content_crc32(out)
         del out
     write_json(sidecar(path), {"shape": list(shape), "crc32": crc, "source": str(cache.cache_file)})
     if progress:
         print(f"computed frozen-stage features of {len(cache)} {cache.split} images "
-              f"{shape[1:]} in {time.perf_counter() - t0:.1f} s -> {path.name}")
+              f"{shape[1:]} in {time.perf_counter() - t0:.1f} s ({runtime}) -> {path.name}")
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def stage_inputs(cfg: RunConfig, net: EmbeddingNet, cache: ImageCache, progress: bool = True) -> ModelInputs:
     """Cached outputs of the frozen stages of the *pretrained* network for one split."""
     return ModelInputs(load_or_build_stage_features(net, cache, cfg.pretrained, cfg.embed_batch_size,
-                                                    resolve_device(cfg.device), progress, cfg.bf16_cpu),
+                                                    resolve_device(cfg.device), progress, cfg.bf16_cpu,
+                                                    cfg.frozen_runtime),
                        "stage_features")
 
 
