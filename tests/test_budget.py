@@ -68,7 +68,7 @@ def test_bad_budget_is_one_line(value, capsys, tmp_path):
 
 def test_explicit_steps_win_over_the_profile_budget():
     profile = settings.resolve("cpu").config
-    assert profile.train_minutes is not None  # the cpu profile runs on a budget
+    assert profile.budgeted  # the cpu profile runs on a budget
     assert settings.resolve("cpu", {"train_minutes": 5}).config.train_minutes == 5
     cfg = settings.resolve("cpu", {"steps": 700}).config
     assert cfg.steps == 700 and cfg.train_minutes is None
@@ -149,10 +149,10 @@ def test_calibration_leaves_the_run_as_it_was(demo, tmp_path, monkeypatch):
 
 
 def test_a_profile_with_its_own_steps_drops_the_inherited_budget():
-    # sample extends cpu (train_minutes) and sets steps: its steps are the run's length
+    # sample extends cpu (budget_minutes) and sets steps: its steps are the run's length
     cfg = settings.resolve("sample").config
-    assert settings.resolve("cpu").config.train_minutes is not None
-    assert cfg.train_minutes is None and cfg.steps == 600
+    assert settings.resolve("cpu").config.budgeted
+    assert cfg.train_minutes is None and cfg.budget_minutes is None and cfg.steps == 600
 
 
 def test_after_training_the_profile_resolves_to_the_steps_its_budget_chose(tmp_path):

@@ -209,6 +209,8 @@ def _section(cfg, name):
     ({"amp": True, "bf16_cpu": False}, "Network", ["bf16 autocast on a CUDA GPU, in float32 on the CPU"], []),
     ({"steps": 321}, "Ranking layer", ["Training ran 321 steps"], ["budget"]),
     ({"steps": 321, "train_minutes": 7.5}, "Ranking layer", ["budget of 7.5 minutes", "at 321 steps"], []),
+    ({"steps": 321, "budget_minutes": 85.0}, "Ranking layer",
+     ["whole run had a budget of 85 minutes", "estimated cost", "at 321 steps"], ["at most"]),
     ({}, "Inference", ["(exact search)"], ["approximate"]),
     ({"search_backend": "faiss-ivf", "index_nlist": 64, "index_nprobe": 8}, "Inference",
      ["approximate search", "IVF-Flat) of 64 lists, 8 of them searched"], ["(exact search)"]),
@@ -230,7 +232,7 @@ def test_method_describes_each_option_of_the_run(over, section, present, absent)
 def test_method_differs_per_option():
     options = [{"sampler": "relevance"}, {"out_of_class_fraction": 0.5}, {"triplet_source": "online"},
                {"architecture": "multiscale"}, {"search_backend": "faiss-hnsw"}, {"bf16_cpu": True},
-               {"train_minutes": 3.0}]
+               {"train_minutes": 3.0}, {"budget_minutes": 80.0}]
     texts = {report.method(RunConfig(**o)) for o in options} | {report.method(RunConfig())}
     assert len(texts) == len(options) + 1
 
