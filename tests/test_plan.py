@@ -59,3 +59,4 @@ def test_whole_budget_gives_training_what_is_left(tmp_path):
     root = _layout(tmp_path / "data", classes=2, per_class=5)
     lines = plan.describe_plan(RunConfig(data_dir=str(root), device="cpu", train_minutes=12, budget_minutes=30))
     assert lines[0].startswith("plan: budget 30 min end to end") and "at most 12 min" in lines[0]
+    assert "steps)" in lines[1]  # the training phase says about how many steps the budget buys

@@ -121,6 +121,11 @@ def pipeline_started(default: float) -> float:
     return value
 
 
+def est_steps(cfg: RunConfig, train_s: float, r: ClassRates) -> int:
+    """About how many steps `train_s` seconds of training are at the class's rate (an estimate)."""
+    return int(round(train_s * r.steps_per_s / (cfg.input_size / 192) ** 2, -2))
+
+
 def _m(s: float) -> str:
     return f"{s / 60:.0f} min" if s >= 60 else f"{s:.0f} s"
 
@@ -149,7 +154,8 @@ def describe_plan(cfg: RunConfig) -> list[str]:
         return lines + [f"plan: no estimate ({cfg.data_dir}/train not readable yet)"]
     est = estimate_seconds(cfg, n, klass)
     r = RATES[klass]
-    parts = ", ".join(f"{k} ~{_m(v)}" for k, v in est.items() if v)
+    parts = ", ".join(f"{k} ~{_m(v)}" + (f" (~{est_steps(cfg, v, r):,} steps)" if k == "training" and cfg.budgeted else "")
+                      for k, v in est.items() if v)
     lines.append(f"plan: {n:,} training images at {cfg.input_size} px, "
                  f"{'bf16 on a CPU with native bf16' if klass == 'native bf16' else 'fp32 (AVX2-only rates)'}: {parts} "
                  f"-> about {_m(sum(est.values()))} end to end (estimate from measured rates: "
