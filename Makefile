@@ -41,7 +41,7 @@ html: $(VENV)/.installed
 	$(PY) report/run_pipeline.py $(RUN_ARGS) --no-pdf
 
 test: setup
-	$(PY) -m pytest -n 2 --dist loadfile --durations=25
+	$(PY) -m pytest --durations=25
 	$(MAKE) test-notebooks
 
 # nbval runs the committed notebooks as they are: their parameters cell says `profile = 'demo'`, so

@@ -29,9 +29,9 @@ def test_estimate_composes_the_class_rates(tmp_path):
         assert abs(est["training"] - 9000 / r.steps_per_s) < 1e-6
     budget = cfg.replace(train_minutes=30)
     assert plan.estimate_seconds(budget, 100_000, "AVX2 only")["training"] == 30 * 60
-    # the AVX2 class is slower in every phase
+    # the AVX2 class is slower in every network phase (decoding JPEGs was measured faster there)
     fast, slow = (plan.estimate_seconds(cfg, 100_000, k) for k in ("native bf16", "AVX2 only"))
-    assert all(slow[k] > fast[k] for k in fast)
+    assert all(slow[k] > fast[k] for k in ("frozen-stage pass", "training", "evaluation + report"))
 
 
 def test_describe_plan_says_budget_images_and_total(tmp_path):

@@ -39,10 +39,10 @@ class ClassRates:
 RATES = {
     "native bf16": ClassRates(0.59, 200.0, 4.58, 620.0,
                               "docs/runs/cpu-budget40-clean (EPYC, AVX-512 BF16; 03 re-measured after b5fe6a6)"),
-    "AVX2 only": ClassRates(0.76, 89.4, 2.25, 1300.0,
-                            "docs/figures/runtime_zen3.json (EPYC Zen 3, AVX2, fp32, alone; decode from RESULTS.md); "
-                            "evaluation an estimate: 03's network passes at those rates plus the search at 1.3x",
-                            frozen_img_s_openvino=209.5),
+    "AVX2 only": ClassRates(0.49, 89.4, 2.0, 923.0,
+                            "docs/runs/cpu-budget85-zen3 (EPYC Zen 3, AVX2 only, fp32; the torch frozen rate from "
+                            "docs/figures/runtime_zen3.json)",
+                            frozen_img_s_openvino=168.0),
 }
 
 
