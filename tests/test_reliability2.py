@@ -332,7 +332,7 @@ def test_huge_num_triplets_is_refused_before_any_work(demo, tmp_path, capsys):
 
 def test_ctrl_c_during_train_is_one_line_and_the_next_train_resumes_where_it_says(demo, tmp_path, capsys):
     run, cache = tmp_path / "run", tmp_path / "cache"
-    flags = _flags(demo, run, cache, steps=400, checkpoint_every=3)
+    flags = _flags(demo, run, cache, steps=4000, checkpoint_every=3)  # long enough that SIGINT lands mid-run
     for s in ("prepare", "sample"):
         assert _run_cli([s] + flags, capsys)[0] == 0
     proc = subprocess.Popen([sys.executable, "-m", "ranking_lib", "train", *map(str, flags)], cwd=REPO,
