@@ -332,12 +332,15 @@ def test_huge_num_triplets_is_refused_before_any_work(demo, tmp_path, capsys):
 
 def test_ctrl_c_during_train_is_one_line_and_the_next_train_resumes_where_it_says(demo, tmp_path, capsys):
     run, cache = tmp_path / "run", tmp_path / "cache"
-    flags = _flags(demo, run, cache, steps=4000, checkpoint_every=3)  # long enough that SIGINT lands mid-run
+    flags = _flags(demo, run, cache, steps=400, checkpoint_every=3)
     for s in ("prepare", "sample"):
         assert _run_cli([s] + flags, capsys)[0] == 0
+    # as from a terminal: a suite started in the background (nohup, `&`) has SIGINT ignored, and
+    # the child would inherit that
     proc = subprocess.Popen([sys.executable, "-m", "ranking_lib", "train", *map(str, flags)], cwd=REPO,
                             env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log, t0 = run / "loss_log.csv", time.time()
     try:
         while not (log.is_file() and len(log.read_text().splitlines()) > 8):
