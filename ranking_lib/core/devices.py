@@ -43,6 +43,13 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def openvino_available() -> bool:
+    """Whether OpenVINO and the ONNX exporter's ``onnx`` package are installed (the ``fast`` extra)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("openvino", "onnx"))
+
+
 def uses_bf16(device: torch.device | str, amp: bool = True, bf16_cpu: bool = False) -> bool:
     """Whether `autocast` runs bf16 on `device` with these settings."""
     kind = torch.device(device).type

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ranking_lib.core.config import RunConfig
-from ranking_lib.core.devices import cpu_has_bf16
+from ranking_lib.core.devices import cpu_has_bf16, openvino_available
 
 __all__ = ["ClassRates", "PIPELINE_STARTED", "RATES", "cpu_class", "count_images", "describe_plan",
            "estimate_seconds", "evaluation_seconds", "pipeline_started"]
@@ -72,10 +72,7 @@ def count_images(data_dir: str | Path, max_classes: int | None) -> int | None:
 def frozen_rate(cfg: RunConfig, r: ClassRates) -> float:
     """The frozen-stage pass's img/s: OpenVINO's where the run uses it (``frozen_runtime``
     openvino, or auto with OpenVINO installed, in a class that has an OpenVINO rate), else torch's."""
-    import importlib.util
-
-    installed = all(importlib.util.find_spec(m) is not None for m in ("openvino", "onnx"))
-    use = cfg.frozen_runtime == "openvino" or (cfg.frozen_runtime == "auto" and installed)
+    use = cfg.frozen_runtime == "openvino" or (cfg.frozen_runtime == "auto" and openvino_available())
     return r.frozen_img_s_openvino if use and r.frozen_img_s_openvino else r.frozen_img_s
 
 

@@ -16,7 +16,6 @@ the measured recipe's numerics). `resolve_runtime` says which one a run uses.
 
 from __future__ import annotations
 
-import importlib.util
 import tempfile
 import warnings
 from pathlib import Path
@@ -25,15 +24,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ranking_lib.core.devices import openvino_available
 from ranking_lib.core.errors import RankingError
 from ranking_lib.core.names import FROZEN_RUNTIMES
 
 __all__ = ["openvino_available", "openvino_frozen_pass", "resolve_runtime"]
-
-
-def openvino_available() -> bool:
-    """Whether OpenVINO and the ONNX exporter's ``onnx`` package are installed."""
-    return all(importlib.util.find_spec(m) is not None for m in ("openvino", "onnx"))
 
 
 def resolve_runtime(name: str, device: torch.device | str, bf16: bool) -> str:
