@@ -25,6 +25,10 @@ row's run dir, embedded and evaluated (no training). Rows record the class-level
 similarity beyond the label (`ablation.SEMANTIC`: WordNet-graded neighbours, WordNet triplets,
 near-duplicate recall), which ``evaluate`` computes by default.
 
+Val once for the reduced-budget rows: ``--val-tuned frozen profile multiscale`` re-embeds each
+measured row's run dir and evaluates it with val on (``embed|evaluate --config RUN/config.json
+--evaluate-val``), recorded under ``tuned_val_rows``.
+
 Full budget, val once: ``--val course profile`` runs ``python -m ranking_lib all`` with the
 profile as it is (its own steps and input size, val evaluated) plus the row's overrides, and
 records the val metrics under ``val_rows``; ``--val-from profile=RUN_DIR`` records a run made
@@ -108,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="full-budget runs of these rows, evaluated on val once")
     p.add_argument("--val-from", nargs="+", default=[], metavar="ROW=RUN_DIR",
                    help="record finished full-budget runs as val rows (config checked)")
+    p.add_argument("--val-tuned", nargs="+", default=[], choices=[*ablation.EXTRA_ROWS, *ablation.ROWS],
+                   metavar="ROW", help="the measured reduced-budget rows (and 'frozen') re-embedded and evaluated "
+                                       "with val on, once each (recorded under tuned_val_rows)")
     p.add_argument("--frozen", action="store_true",
                    help="also record the frozen pretrained backbone (--model baseline of the profile row's run)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results" / ablation.RESULTS_FILE))
@@ -233,6 +240,30 @@ def main(argv: list[str] | None = None) -> int:
         write_json(results_path, results)
         print(f"{name}: val P@30 {entry['metrics']['precision@30']:.2f} (full budget)", flush=True)
 
+    for name in args.val_tuned:
+        measured = ablation.row(results, name)
+        if measured is None:
+            raise SystemExit(f"error: --val-tuned {name} needs the measured {name!r} row first")
+        if ablation.row(results, name, "tuned_val_rows") and not args.again:
+            print(f"{name}: val of the reduced-budget row already measured, skipped (--again re-runs it)")
+            continue
+        frozen = name in ablation.EXTRA_ROWS
+        run_dir = out / ("profile" if frozen else name)
+        model = ["--model", "baseline"] if frozen else []
+        cmd = ["--config", str(run_dir / "config.json"), "--evaluate-val", "--quiet", *model]
+        t = time.perf_counter()
+        run(py + ["embed"] + cmd, log)
+        run(py + ["evaluate"] + cmd, log)
+        metrics = json.loads((run_dir / f"metrics_{'baseline' if frozen else 'trained'}.json").read_text())
+        entry = {"name": name, "overrides": measured["overrides"], "wall_s": round(time.perf_counter() - t, 1),
+                 "hardware": hardware(),
+                 "command": "python -m ranking_lib embed|evaluate " + shlex.join(
+                     ["--config", f"runs/ablation/{run_dir.name}/config.json", "--evaluate-val", *model]),
+                 "metrics": {k: metrics["val"][k] for k in ablation.COLUMNS if k in metrics["val"]}}
+        results["tuned_val_rows"] = [r for r in results.get("tuned_val_rows", []) if r["name"] != name] + [entry]
+        write_json(results_path, results)
+        print(f"{name}: val P@30 {entry['metrics']['precision@30']:.2f} (reduced budget)", flush=True)
+
     for spec in args.val_from:
         name, _, run_dir = spec.partition("=")
         if name not in ablation.ROWS or not run_dir:
@@ -254,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results["rows"].sort(key=position)
     results.get("val_rows", []).sort(key=position)
+    results.get("tuned_val_rows", []).sort(key=position)
     write_json(results_path, results)
     print(ablation.table(results).round(2).to_string())
     ablation.plot_out_of_class(results, results_path.with_name("ablation_out_of_class.png"))
