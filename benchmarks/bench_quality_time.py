@@ -148,6 +148,7 @@ def run(argv: list[str] | None, reexec: bool) -> int:
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--max-classes", type=int, default=200)
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--input-size", type=int, default=None, help="input pixels (default: the profile's)")
     ap.add_argument("--budget-min", type=float, default=15.0, help="training minutes per curve")
     ap.add_argument("--eval-every-min", type=float, default=3.0)
     ap.add_argument("--val-queries", type=int, default=2000)
@@ -159,7 +160,8 @@ def run(argv: list[str] | None, reexec: bool) -> int:
         if getattr(args, name) <= 0:
             raise RankingError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(args, name)})")
 
-    given = {"data_dir": args.data_dir, "max_classes": args.max_classes, "cache_dir": args.cache_dir}
+    given = {"data_dir": args.data_dir, "max_classes": args.max_classes, "cache_dir": args.cache_dir,
+             "input_size": args.input_size}
     resolved = resolve(args.profile, {**{k: v for k, v in given.items() if v is not None},
                                       "run_dir": "/tmp/bench_quality_time"})
     # as a script: re-executed once with the profile's env; a caller of main() keeps its process

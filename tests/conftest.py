@@ -35,3 +35,14 @@ def sample_dir(tmp_path_factory) -> Path:
 def sample_cache_dir(tmp_path_factory) -> Path:
     """One decoded cache of the sample shared by the tests of a session (the sample is read-only)."""
     return tmp_path_factory.mktemp("sample_cache")
+
+
+SMALL_CLASSES = 4
+
+
+@pytest.fixture(scope="session")
+def small_cache_dir(tmp_path_factory) -> Path:
+    """A decoded cache for the sample's first `SMALL_CLASSES` classes (``--max-classes 4``), shared
+    by the tests that drive a whole command but need no more classes than that (a cache is keyed by
+    split and size, so the 4-class one lives apart from `sample_cache_dir`'s)."""
+    return tmp_path_factory.mktemp("small_cache")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, SMALL_CLASSES
 
 
 def load_script(name: str):
@@ -60,16 +60,17 @@ def test_bench_search_scale_rows(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_quality_time_curves(sample_dir, sample_cache_dir, tmp_path):
+def test_bench_quality_time_curves(sample_dir, small_cache_dir, tmp_path):
     out = tmp_path / "quality_time.json"
     assert load_script("bench_quality_time").main([
-        "--data-dir", str(sample_dir), "--max-classes", "20", "--cache-dir", str(sample_cache_dir),
-        "--profile", "sample", "--budget-min", "0.05", "--eval-every-min", "0.02",
+        "--data-dir", str(sample_dir), "--max-classes", str(SMALL_CLASSES), "--cache-dir", str(small_cache_dir),
+        "--profile", "sample", "--input-size", "64", "--budget-min", "0.05", "--eval-every-min", "0.02",
         "--val-queries", "60", "--db-per-class", "30", "--probe-steps", "1", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     curves = {c["name"]: c for c in res["curves"]}
     assert set(curves) == {"profile", "full"}
-    assert res["info"]["val_queries"] == 60 and res["info"]["db_images"] == 600
+    assert res["info"]["input_size"] == 64
+    assert res["info"]["val_queries"] == 60 and res["info"]["db_images"] == 30 * SMALL_CLASSES
     for c in curves.values():
         pts = c["points"]
         assert len(pts) >= 2 and pts[0]["step"] == 0 and pts[-1]["step"] == c["steps_done"] > 0

@@ -6,17 +6,18 @@ import json
 
 import pytest
 
+from conftest import SMALL_CLASSES
 from ranking_lib.cli import main
 from ranking_lib.core import runcard
 
-FAST = ["--input-size", "64", "--embedding-dim", "16", "--num-triplets", "64", "--val-triplets", "200",
+FAST = ["--max-classes", str(SMALL_CLASSES), "--input-size", "64", "--embedding-dim", "16", "--num-triplets", "64", "--val-triplets", "200",
         "--steps", "2", "--batch-size", "8", "--train-eval-queries", "100", "--embed-batch-size", "500", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def run(sample_dir, sample_cache_dir, tmp_path_factory):
+def run(sample_dir, small_cache_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("card_run")
-    assert main(["all", "--data-dir", str(sample_dir), "--cache-dir", str(sample_cache_dir), "--run-dir", str(run),
+    assert main(["all", "--data-dir", str(sample_dir), "--cache-dir", str(small_cache_dir), "--run-dir", str(run),
                  *FAST]) == 0
     return run
 
