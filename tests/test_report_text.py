@@ -312,3 +312,29 @@ def test_method_names_the_query_time_reranking():
     assert "re-ranked" not in method(RunConfig())
     assert "chosen on the tuning split" in method(RunConfig(rerank="auto", holdout_per_class=5))
     assert "(aqe, k = 20)" in method(RunConfig(rerank="aqe", rerank_k=20))
+
+
+def test_every_axis_names_the_winner_per_axis_on_tune_and_val_and_each_row_against_the_profile():
+    from ranking_lib.reporting import ablation
+
+    def row(name, p30, dup1, model="trained"):
+        return {"name": name, "overrides": {}, "model": model, "command": f"cmd {name}",
+                "metrics": {"precision@30": p30, "map@r": 20.0, "wup@30": 70.0 + p30 / 10, "mistake_wup@30": 58.0,
+                            "semantic_triplet_acc": 60.0, "near_dup_recall@1": dup1, "near_dup_recall@10": dup1 + 10}}
+    res = {"budget": "cpu profile at 128 px, 3000 steps", "hardware": "2 cores, test CPU",
+           "rows": [row("frozen", 37.5, 85.0, "baseline"), row("profile", 52.0, 64.0), row("multiscale", 52.3, 64.6)],
+           "tuned_val_rows": [row("frozen", 38.0, 84.0, "baseline"), row("profile", 52.2, 64.4),
+                              row("multiscale", 52.0, 65.1)]}
+    text = ablation.every_axis(res)
+    assert "(cpu profile at 128 px, 3000 steps; 2 cores, test CPU;" in text
+    assert "* highest on tune: P@30 **multiscale** (52.30); WuP@30 **multiscale** (75.23)" in text
+    assert "* highest on val: P@30 **profile** (52.20); WuP@30 **profile** (75.22)" in text
+    assert "dup R@1 **frozen** (84.00); dup R@10 **frozen** (94.00)." in text
+    assert "mistake WuP" not in text.split("* highest on val")[1].split("\n")[0]  # a tie on every row: no winner named
+    assert "* **frozen** minus the profile, val: P@30 -14.20; WuP@30 -1.42; mistake WuP +0.00" in text
+    assert "dup R@1 +19.60; dup R@10 +19.60 points" in text
+    assert "* **multiscale** minus the profile, val: P@30 -0.20" in text and "**profile** minus" not in text
+    assert ablation.every_axis({**res, "tuned_val_rows": []}).count("* highest on") == 1
+    improved = report.improvements(_record(), _ablation_results(), res)
+    assert "Every axis, one sweep" in improved and improved.index("Every axis") > improved.index("Measured on")
+    assert "Every axis" not in report.improvements(_record(), _ablation_results())

@@ -44,6 +44,9 @@ COLUMNS = ("precision@1", "precision@10", "precision@30", "map@r", "any_hit@30",
            "wup@30", "mistake_wup@30", "semantic_triplet_acc", "near_dup_recall@1", "near_dup_recall@10")
 SEMANTIC = COLUMNS[7:]
 """Similarity beyond the label (`retrieval.semantic`); tables show them when a row has them."""
+SEMANTIC_TITLES = {"wup@30": "WuP@30", "mistake_wup@30": "mistake WuP@30", "semantic_triplet_acc": "WordNet triplet acc",
+                   "near_dup_recall@1": "near-dup R@1", "near_dup_recall@10": "near-dup R@10"}
+"""`SEMANTIC`'s column titles in documents (`SHORT` has the page-wide ones)."""
 
 # rows measured without a training run of their own (`bench_ablation.py --frozen`)
 EXTRA_ROWS = {"frozen": "the frozen pretrained backbone, untrained (`--model baseline` of the profile's run)"}
@@ -237,4 +240,32 @@ def findings(results: dict) -> str:
         if "profile" in val and "course" in val:
             gain = val["profile"]["metrics"]["precision@30"] - val["course"]["metrics"]["precision@30"]
             out.append(f"Batch-hard mining adds {gain:+.2f} points of val precision@30 over the course's recipe.")
+    return "\n".join(out)
+
+
+def every_axis(results: dict) -> str:
+    """Markdown: which row is highest on each axis (class-level precision@30 and `SEMANTIC`), on
+    the tuning split (``rows``) and on val (``tuned_val_rows``: the same run dirs evaluated with val
+    on, once), then each row against the profile's row on val, axis by axis."""
+    axes = ("precision@30", *SEMANTIC)
+    out = [f"Every axis, one sweep ({results.get('budget', 'budget not recorded')}; "
+           f"{results.get('hardware', 'hardware not recorded')}; the same run dirs on tune and, once, on val):"]
+    for key, split in (("rows", "tune"), ("tuned_val_rows", "val")):
+        rows = results.get(key) or []
+        wins = []
+        for c in axes:
+            have = [r for r in rows if c in r["metrics"]]
+            best = max((r["metrics"][c] for r in have), default=None)
+            tied = [r["name"] for r in have if r["metrics"][c] == best]
+            if len(have) > 1 and len(tied) < len(have):  # all equal: no winner on that axis
+                wins.append(f"{SHORT[c]} **{' = '.join(tied)}** ({best:.2f})")
+        if wins:
+            out.append(f"* highest on {split}: " + "; ".join(wins) + ".")
+    ref = row(results, "profile", "tuned_val_rows")
+    for r in results.get("tuned_val_rows") or []:
+        if ref is None or r is ref:
+            continue
+        deltas = "; ".join(f"{SHORT[c]} {r['metrics'][c] - ref['metrics'][c]:+.2f}" for c in axes
+                           if c in r["metrics"] and c in ref["metrics"])
+        out.append(f"* **{r['name']}** minus the profile, val: {deltas} points ({describe(r['name'])}).")
     return "\n".join(out)

@@ -310,9 +310,10 @@ def measured_levers(path: str | Path = LEVERS) -> list[dict] | None:
         raise RankingError(f"measured recipes {path} are unreadable ({type(e).__name__}: {e})") from None
 
 
-def improvements(r: RunRecord, measured: dict | None = None) -> str:
+def improvements(r: RunRecord, measured: dict | None = None, every_axis: dict | None = None) -> str:
     """What to try next. With `measured` (the ablation results, `ranking_lib.reporting.ablation.load`) the
-    paper's ideas are given as the measured rows, not described in words."""
+    paper's ideas are given as the measured rows, not described in words; with `every_axis` (a sweep
+    with val-once rows, ``tuned_val_rows``) also which option wins on which kind of similarity."""
     cfg, gap = r.cfg, r.train_val_gap()
     if measured is not None:
         from ranking_lib.reporting import ablation
@@ -320,6 +321,8 @@ def improvements(r: RunRecord, measured: dict | None = None) -> str:
         head = ("1. **The paper's method, measured** (relevance-weighted sampling with in-class negatives, "
                 "online triplet buffers, the multiscale network; other runs on full Tiny ImageNet, tables and figure under 'Reference results from kept cards' below). "
                 + ablation.findings(measured).replace("\n", "\n   "))
+        if every_axis is not None:
+            head += "\n\n   " + ablation.every_axis(every_axis).replace("\n", "\n   ")
         return "\n".join([head, _third(r, cfg, gap).replace("3. ", "2. ", 1)])
     first = ("1. **In-class negatives and online triplet sampling** (as in the paper). All pre-sampled negatives here "
              f"are out-of-class, so {r.pct('trained', 'train', 'triplet_acc')} of the training triplets end up ranked "

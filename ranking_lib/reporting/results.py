@@ -317,15 +317,31 @@ def t_ablation() -> str:
 
 def t_ablation_semantic() -> str:
     """The ablation rows measured with the similarity beyond the label (`ablation.SEMANTIC`)."""
-    from ranking_lib.reporting.ablation import SEMANTIC
+    from ranking_lib.reporting.ablation import SEMANTIC, SEMANTIC_TITLES
 
     d = figure_json("ablation.json")
-    titles = {"wup@30": "WuP@30", "mistake_wup@30": "mistake WuP@30", "semantic_triplet_acc": "WordNet triplet acc",
-              "near_dup_recall@1": "near-dup R@1", "near_dup_recall@10": "near-dup R@10"}
+    titles = SEMANTIC_TITLES
     rows = [[r["name"] + _ablation_hw(r, d.get("hardware")), f"**{f2(r['metrics']['precision@30'])}**",
              *(f2(r["metrics"].get(k)) for k in SEMANTIC)]
             for r in d["rows"] if any(k in r["metrics"] for k in SEMANTIC)]
     return table(["row", "**tune P@30**", *(titles[k] for k in SEMANTIC)], ["---", *["---:"] * (1 + len(SEMANTIC))], rows)
+
+
+def t_ablation_every_axis(name: str = "ablation_avx2.json") -> str:
+    """One sweep's rows on every axis: each row's tuning-split metrics (``rows``) and the same run
+    dirs re-embedded and evaluated with val on, once (``tuned_val_rows``)."""
+    from ranking_lib.reporting.ablation import SEMANTIC, SEMANTIC_TITLES, override_flags
+
+    d = figure_json(name)
+    rows = []
+    for key, split in (("rows", "tune"), ("tuned_val_rows", "val")):
+        for r in d.get(key, []):
+            m = r["metrics"]
+            flags = override_flags(r["overrides"]) + (["--model", "baseline"] if "--model baseline" in r["command"] else [])
+            rows.append([r["name"], split, f"**{f2(m['precision@30'])}**", f2(m["map@r"]),
+                         *(f2(m.get(k)) for k in SEMANTIC), f"`{' '.join(flags) or DASH}`"])
+    return table(["row", "split", "**P@30**", "MAP@R", *(SEMANTIC_TITLES[k] for k in SEMANTIC), "row flags"],
+                 ["---", "---", *["---:"] * (2 + len(SEMANTIC)), "---"], rows)
 
 
 def t_ablation_val() -> str:
@@ -376,6 +392,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "headline": t_headline, "cpu-budget": t_cpu_budget, "cpu-budget-avx2": t_cpu_budget_avx2,
     "semantic-budget": t_semantic_budget, "semantic-budget-avx2": lambda: t_semantic_budget(AVX2_CARD), "cpu-final": t_cpu_final, "cpu-earlier": t_cpu_earlier, "steps": t_steps,
     "recipe-search": t_recipe_search, "tuning": t_tuning, "quality-time": t_quality_time, "ablation": t_ablation, "ablation-semantic": t_ablation_semantic,
+    "ablation-every-axis": t_ablation_every_axis,
     "ablation-val": t_ablation_val, "step-cost": t_step_cost, "search-scale": t_search_scale,
 }
 
