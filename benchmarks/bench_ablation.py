@@ -255,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         run(py + ["embed"] + cmd, log)
         run(py + ["evaluate"] + cmd, log)
         metrics = json.loads((run_dir / f"metrics_{'baseline' if frozen else 'trained'}.json").read_text())
-        entry = {"name": name, "overrides": measured["overrides"], "wall_s": round(time.perf_counter() - t, 1),
+        entry = {"name": name, "overrides": measured["overrides"], "model": measured.get("model", "trained"),
+                 "wall_s": round(time.perf_counter() - t, 1),
                  "hardware": hardware(),
                  "command": "python -m ranking_lib embed|evaluate " + shlex.join(
                      ["--config", f"runs/ablation/{run_dir.name}/config.json", "--evaluate-val", *model]),

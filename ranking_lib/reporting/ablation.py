@@ -136,7 +136,7 @@ def commands(results: dict) -> str:
     command plus each row's flags; the full-budget val rows in full)."""
     base = results.get("base_command", "python -m ranking_lib STEP ...").replace(" --quiet", "")
     base = base.replace("python -m ranking_lib STEP", "python -m ranking_lib all", 1)
-    rows = "; ".join(f"**{r['name']}** `{' '.join(override_flags(r['overrides']) + _model_flag(r)) or '(none)'}`"
+    rows = "; ".join(f"**{r['name']}** `{' '.join(override_flags(r['overrides']) + model_flag(r)) or '(none)'}`"
                      for r in results["rows"])
     out = [f"Commands. Every reduced-budget row is `{base} --run-dir runs/ablation/ROW` plus its flags: {rows}."]
     if results.get("val_rows"):
@@ -145,7 +145,7 @@ def commands(results: dict) -> str:
     return "\n\n".join(out)
 
 
-def _model_flag(r: dict) -> list[str]:
+def model_flag(r: dict) -> list[str]:
     """``--model baseline`` for a row that evaluated the untrained network (`EXTRA_ROWS`)."""
     return ["--model", r["model"]] if r.get("model", "trained") != "trained" else []
 

@@ -320,24 +320,23 @@ def t_ablation_semantic() -> str:
     from ranking_lib.reporting.ablation import SEMANTIC, SEMANTIC_TITLES
 
     d = figure_json("ablation.json")
-    titles = SEMANTIC_TITLES
     rows = [[r["name"] + _ablation_hw(r, d.get("hardware")), f"**{f2(r['metrics']['precision@30'])}**",
              *(f2(r["metrics"].get(k)) for k in SEMANTIC)]
             for r in d["rows"] if any(k in r["metrics"] for k in SEMANTIC)]
-    return table(["row", "**tune P@30**", *(titles[k] for k in SEMANTIC)], ["---", *["---:"] * (1 + len(SEMANTIC))], rows)
+    return table(["row", "**tune P@30**", *(SEMANTIC_TITLES[k] for k in SEMANTIC)], ["---", *["---:"] * (1 + len(SEMANTIC))], rows)
 
 
 def t_ablation_every_axis(name: str = "ablation_avx2.json") -> str:
     """One sweep's rows on every axis: each row's tuning-split metrics (``rows``) and the same run
     dirs re-embedded and evaluated with val on, once (``tuned_val_rows``)."""
-    from ranking_lib.reporting.ablation import SEMANTIC, SEMANTIC_TITLES, override_flags
+    from ranking_lib.reporting.ablation import SEMANTIC, SEMANTIC_TITLES, model_flag, override_flags, row as named
 
     d = figure_json(name)
     rows = []
     for key, split in (("rows", "tune"), ("tuned_val_rows", "val")):
         for r in d.get(key, []):
             m = r["metrics"]
-            flags = override_flags(r["overrides"]) + (["--model", "baseline"] if "--model baseline" in r["command"] else [])
+            flags = override_flags(r["overrides"]) + model_flag(named(d, r["name"]) or r)  # the tune row's model
             rows.append([r["name"], split, f"**{f2(m['precision@30'])}**", f2(m["map@r"]),
                          *(f2(m.get(k)) for k in SEMANTIC), f"`{' '.join(flags) or DASH}`"])
     return table(["row", "split", "**P@30**", "MAP@R", *(SEMANTIC_TITLES[k] for k in SEMANTIC), "row flags"],
