@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import SMALL_CLASSES
 from ranking_lib.cli import main
 
 FAST = ["--input-size", "64", "--embedding-dim", "16", "--num-triplets", "64", "--val-triplets", "200",
@@ -14,9 +15,11 @@ FAST = ["--input-size", "64", "--embedding-dim", "16", "--num-triplets", "64", "
 
 
 @pytest.fixture(scope="module")
-def cli_run(sample_dir, sample_cache_dir, tmp_path_factory):
+def cli_run(sample_dir, small_cache_dir, tmp_path_factory):
+    """`all` on the sample's first `SMALL_CLASSES` classes (50 val images each)."""
     run = tmp_path_factory.mktemp("cli_run")
-    args = ["--data-dir", str(sample_dir), "--cache-dir", str(sample_cache_dir), "--run-dir", str(run), *FAST]
+    args = ["--data-dir", str(sample_dir), "--max-classes", str(SMALL_CLASSES), "--cache-dir", str(small_cache_dir),
+            "--run-dir", str(run), *FAST]
     assert main(["all", *args]) == 0
     return run, args
 
@@ -28,7 +31,7 @@ def test_all_writes_every_artifact(cli_run):
                  "metrics_trained.json", "metrics_baseline.json"):
         assert (run / name).is_file(), name
     m = json.loads((run / "metrics_trained.json").read_text())
-    assert m["val"]["num_queries"] == 1000 and m["train"]["num_queries"] == 100
+    assert m["val"]["num_queries"] == 50 * SMALL_CLASSES and m["train"]["num_queries"] == 100
     # the written val numbers equal a brute-force recomputation from the saved embeddings
     db, val = np.load(run / "embeddings_trained_train.npz"), np.load(run / "embeddings_trained_val.npz")
     d = ((val["embeddings"][:, None, :].astype(np.float64) - db["embeddings"][None].astype(np.float64)) ** 2).sum(-1)
@@ -91,7 +94,7 @@ def test_bad_input_gives_one_line_error(cli_run, capsys, extra, msg):
 
 def test_search_fields_reach_the_index(cli_run, tmp_path):
     """`--search-backend faiss-ivfpq` with every list probed and every vector re-ranked is exact, so
-    evaluate writes the exact backend's metrics; with one list probed it differs."""
+    evaluate writes the exact backend's metrics; with 6 of the 8 lists probed and no re-ranking it differs."""
     import shutil
 
     run, args = cli_run
@@ -103,7 +106,7 @@ def test_search_fields_reach_the_index(cli_run, tmp_path):
     full = json.loads((copy / "metrics_trained.json").read_text())["val"]
     assert {k: full[k] for k in ("precision@1", "precision@30", "map@r")} == \
         {k: exact[k] for k in ("precision@1", "precision@30", "map@r")}
-    assert main([*ivfpq, "--index-nprobe", "1", "--index-refine", "1"]) == 0
+    assert main([*ivfpq, "--index-nprobe", "6", "--index-refine", "1"]) == 0
     assert json.loads((copy / "metrics_trained.json").read_text())["val"]["map@r"] != exact["map@r"]
 
 
