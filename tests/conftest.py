@@ -46,3 +46,21 @@ def small_cache_dir(tmp_path_factory) -> Path:
     by the tests that drive a whole command but need no more classes than that (a cache is keyed by
     split and size, so the 4-class one lives apart from `sample_cache_dir`'s)."""
     return tmp_path_factory.mktemp("small_cache")
+
+
+SLURM_DAEMONS = ("munged", "slurmctld", "slurmd")
+SLURM_CLIENTS = ("sbatch", "squeue", "scontrol", "sinfo", "srun")
+
+
+def real_slurm_missing() -> str | None:
+    """Why `tests/test_slurm.py` cannot start its one-node Slurm here (None when it can). The
+    shim-driven runs of the same job scripts in `tests/test_cluster.py` stand in for it then."""
+    import shutil
+
+    missing = [b for b in SLURM_DAEMONS + SLURM_CLIENTS if not (shutil.which(b) or shutil.which(b, path="/usr/sbin:/sbin"))]
+    if missing:
+        return (f"Slurm not installed (missing {', '.join(missing)}; apt-get install slurmctld slurmd "
+                "slurm-client munge)")
+    if os.geteuid() != 0:
+        return "the local Slurm daemons run as root here"
+    return None
