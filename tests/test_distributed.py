@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_CLASSES
 
 from ranking_lib.training.checkpoint import read_checkpoint
 from ranking_lib.training.distributed import DistContext
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 
 def _flags(sample_dir, cache_dir, run_dir, **kw):
-    base = dict(data_dir=sample_dir, cache_dir=cache_dir, run_dir=run_dir, input_size=64, embedding_dim=16,
+    base = dict(data_dir=sample_dir, max_classes=SMALL_CLASSES, cache_dir=cache_dir, run_dir=run_dir, input_size=64, embedding_dim=16,
                 batch_size=8, steps=4, lr=0.05, optimizer="sgd", num_triplets=200, val_triplets=200, gap=0.2,
                 freeze_stages=7, miner="batch_hard", train_eval_queries=100, checkpoint_every=2, seed=0,
                 device="cpu", backbone_lr_scale=1.0)
@@ -78,10 +79,10 @@ def test_shard_covers_every_item_once():
 
 
 @pytest.fixture(scope="module")
-def prepared(sample_dir, sample_cache_dir, tmp_path_factory):
+def prepared(sample_dir, small_cache_dir, tmp_path_factory):
     """Decoded cache and frozen-stage features built once, and triplets sampled once."""
     root = tmp_path_factory.mktemp("dist")
-    flags = _flags(str(sample_dir), str(sample_cache_dir), str(root / "template"))
+    flags = _flags(str(sample_dir), str(small_cache_dir), str(root / "template"))
     _one("prepare", flags)
     _one("sample", flags)
     _one("embed", flags + ["--model", "baseline"])  # builds the stage features once (rank 0 would too)
@@ -99,8 +100,8 @@ def _run_dir(prepared, name):
     return d
 
 
-def test_two_ranks_train_like_one_process_and_resume_across_world_sizes(sample_dir, sample_cache_dir, prepared):
-    f = lambda d, **kw: _flags(str(sample_dir), str(sample_cache_dir), str(d), **kw)  # noqa: E731
+def test_two_ranks_train_like_one_process_and_resume_across_world_sizes(sample_dir, small_cache_dir, prepared):
+    f = lambda d, **kw: _flags(str(sample_dir), str(small_cache_dir), str(d), **kw)  # noqa: E731
     one, two, mixed = (_run_dir(prepared, n) for n in ("one", "two", "mixed"))
     for d, first, second in ((one, _one, _one), (two, _torchrun, _torchrun), (mixed, _torchrun, _one)):
         first("train", f(d, steps=2))
@@ -115,11 +116,11 @@ def test_two_ranks_train_like_one_process_and_resume_across_world_sizes(sample_d
     assert r.returncode != 0 and "multiple of the 2 ranks" in r.stderr
 
 
-def test_killed_two_rank_run_resumes_to_the_uninterrupted_weights(sample_dir, sample_cache_dir, prepared):
+def test_killed_two_rank_run_resumes_to_the_uninterrupted_weights(sample_dir, small_cache_dir, prepared):
     """Against an uninterrupted two-rank run: resuming must not change a single weight. (Over
     many steps two ranks and one process drift apart by rounding, amplified by the training;
     their equality is the 4-step test above.)"""
-    f = lambda d: _flags(str(sample_dir), str(sample_cache_dir), str(d), steps=40, checkpoint_every=3)  # noqa: E731
+    f = lambda d: _flags(str(sample_dir), str(small_cache_dir), str(d), steps=40, checkpoint_every=3)  # noqa: E731
     ref, cut = _run_dir(prepared, "ref"), _run_dir(prepared, "cut")
     _torchrun("train", f(ref))
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
@@ -138,8 +139,8 @@ def test_killed_two_rank_run_resumes_to_the_uninterrupted_weights(sample_dir, sa
     _assert_same_weights(ref, cut, atol=0.0)
 
 
-def test_two_rank_embed_writes_the_same_embeddings(sample_dir, sample_cache_dir, prepared):
-    f = lambda d: _flags(str(sample_dir), str(sample_cache_dir), str(d))  # noqa: E731
+def test_two_rank_embed_writes_the_same_embeddings(sample_dir, small_cache_dir, prepared):
+    f = lambda d: _flags(str(sample_dir), str(small_cache_dir), str(d))  # noqa: E731
     a, b = _run_dir(prepared, "embed-one"), _run_dir(prepared, "embed-two")
     for d in (a, b):
         _one("train", f(d))
@@ -153,10 +154,10 @@ def test_two_rank_embed_writes_the_same_embeddings(sample_dir, sample_cache_dir,
         assert np.array_equal(za["labels"], zb["labels"]) and np.array_equal(za["paths"], zb["paths"])
 
 
-def test_other_commands_refuse_torchrun(sample_dir, sample_cache_dir, prepared):
+def test_other_commands_refuse_torchrun(sample_dir, small_cache_dir, prepared):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                         "-m", "ranking_lib", "evaluate", "--quiet",
-                        *_flags(str(sample_dir), str(sample_cache_dir), str(prepared / "template"))],
+                        *_flags(str(sample_dir), str(small_cache_dir), str(prepared / "template"))],
                        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "only train and embed run on several processes" in r.stderr
     assert torch.distributed.is_available()
