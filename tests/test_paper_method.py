@@ -4,6 +4,7 @@ negatives (§4), online reservoir buffers (§4, Fig. 4) and the multiscale netwo
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_CLASSES
 
 from ranking_lib import workflow
 from ranking_lib.training.checkpoint import load_model_state, read_checkpoint
@@ -189,7 +190,7 @@ def test_multiscale_from_stage_features_needs_and_uses_the_images(sample_dir, sa
 
 # ---- end to end on the demo-sized sample --------------------------------------------------
 def _cfg(sample_dir, cache_dir, run_dir, **kw):
-    base = dict(data_dir=str(sample_dir), cache_dir=str(cache_dir), run_dir=str(run_dir),
+    base = dict(data_dir=str(sample_dir), max_classes=SMALL_CLASSES, cache_dir=str(cache_dir), run_dir=str(run_dir),
                 input_size=64, embedding_dim=16, batch_size=8, steps=6, lr=1e-3, optimizer="adamw",
                 num_triplets=200, val_triplets=200, gap=0.2, freeze_stages=7, cache_stage_features=True,
                 miner="batch_hard", train_eval_queries=100, checkpoint_every=3, seed=0)
@@ -205,8 +206,8 @@ def _all(cfg):
     return workflow.evaluate(cfg, "trained")
 
 
-def test_multiscale_with_relevance_sampling_end_to_end(sample_dir, sample_cache_dir, tmp_path):
-    cfg = _cfg(sample_dir, sample_cache_dir, tmp_path / "run", architecture="multiscale",
+def test_multiscale_with_relevance_sampling_end_to_end(sample_dir, small_cache_dir, tmp_path):
+    cfg = _cfg(sample_dir, small_cache_dir, tmp_path / "run", architecture="multiscale",
                out_of_class_fraction=0.2, holdout_per_class=5)
     m = _all(cfg)
     assert {"train", "tune", "val"} <= set(m)
@@ -220,8 +221,8 @@ def test_multiscale_with_relevance_sampling_end_to_end(sample_dir, sample_cache_
         load_model_state(single, read_checkpoint(path), path)
 
 
-def test_online_training_resumes_exactly(sample_dir, sample_cache_dir, tmp_path):
-    cfg = _cfg(sample_dir, sample_cache_dir, tmp_path / "straight", triplet_source="online",
+def test_online_training_resumes_exactly(sample_dir, small_cache_dir, tmp_path):
+    cfg = _cfg(sample_dir, small_cache_dir, tmp_path / "straight", triplet_source="online",
                out_of_class_fraction=0.5, buffer_size=4, buffer_refresh_steps=2)
     _all(cfg)
     cut = cfg.replace(run_dir=str(tmp_path / "cut"))

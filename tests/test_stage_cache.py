@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from conftest import SMALL_CLASSES
 
 from ranking_lib import workflow
 from ranking_lib.core.config import RunConfig
@@ -40,8 +41,9 @@ def test_stage_features_match_the_full_forward_pass(sample_dir, sample_cache_dir
     torch.testing.assert_close(from_stage, full, atol=2e-2, rtol=0)  # float16 storage of the maps
 
 
-def test_train_from_stage_features_improves_and_embeds(sample_dir, sample_cache_dir, tmp_path):
-    cfg = _cfg(sample_dir, sample_cache_dir, tmp_path / "run", steps=40, lr=3e-3, num_triplets=640)
+def test_train_from_stage_features_improves_and_embeds(sample_dir, small_cache_dir, tmp_path):
+    cfg = _cfg(sample_dir, small_cache_dir, tmp_path / "run", steps=40, lr=3e-3, num_triplets=640,
+               max_classes=SMALL_CLASSES)
     workflow.prepare(cfg, progress=False)
     workflow.sample(cfg)
     workflow.train(cfg, progress=False)
