@@ -102,10 +102,15 @@ def _run_dir(prepared, name):
 
 def test_two_ranks_train_like_one_process_and_resume_across_world_sizes(sample_dir, small_cache_dir, prepared):
     f = lambda d, **kw: _flags(str(sample_dir), str(small_cache_dir), str(d), **kw)  # noqa: E731
-    one, two, mixed = (_run_dir(prepared, n) for n in ("one", "two", "mixed"))
-    for d, first, second in ((one, _one, _one), (two, _torchrun, _torchrun), (mixed, _torchrun, _one)):
-        first("train", f(d, steps=2))
-        second("train", f(d, steps=4))  # resumes at step 2 (the run is extended, recorded)
+    import shutil
+
+    one, two = (_run_dir(prepared, n) for n in ("one", "two"))
+    _one("train", f(one, steps=2))
+    _torchrun("train", f(two, steps=2))
+    mixed = shutil.copytree(two, prepared / "mixed")  # two ranks for the first 2 steps, then one process
+    _one("train", f(one, steps=4))  # each resumes at step 2 (the run is extended, recorded)
+    _torchrun("train", f(two, steps=4))
+    _one("train", f(mixed, steps=4))
     _assert_same_weights(one, two)
     _assert_same_weights(one, mixed)
     assert read_checkpoint(two / "checkpoints" / "last.pt")["steps_history"] == [[0, 2], [2, 4]]
@@ -141,9 +146,11 @@ def test_killed_two_rank_run_resumes_to_the_uninterrupted_weights(sample_dir, sm
 
 def test_two_rank_embed_writes_the_same_embeddings(sample_dir, small_cache_dir, prepared):
     f = lambda d: _flags(str(sample_dir), str(small_cache_dir), str(d))  # noqa: E731
-    a, b = _run_dir(prepared, "embed-one"), _run_dir(prepared, "embed-two")
-    for d in (a, b):
-        _one("train", f(d))
+    import shutil
+
+    a = _run_dir(prepared, "embed-one")
+    _one("train", f(a))
+    b = shutil.copytree(a, prepared / "embed-two")  # the same trained network for both
     _one("embed", f(a))
     _torchrun("embed", f(b))
     for split in ("train", "val"):
