@@ -38,7 +38,6 @@ earlier with that command instead (its config.json must match the row's, or it i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -48,7 +47,7 @@ import time
 from pathlib import Path
 
 from ranking_lib.reporting import ablation
-from ranking_lib.core.fileio import write_json
+from ranking_lib.core.fileio import read_json, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,6 +81,8 @@ def tune_flags(args) -> list[str]:
             "--input-size", str(args.input_size), "--steps", str(args.steps), "--rerank", "none", "--quiet"]
     if args.cache_dir:
         base += ["--cache-dir", str(Path(args.cache_dir).resolve())]
+    if getattr(args, "max_classes", None):  # bench_step_cost.py's subset
+        base += ["--max-classes", str(args.max_classes)]
     return base
 
 
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         run(py + ["embed"] + cmd, log)
         run(py + ["evaluate"] + cmd, log)
         wall = time.perf_counter() - t
-        metrics = json.loads((run_dir / "metrics_trained.json").read_text())["tune"]
+        metrics = read_json(run_dir / "metrics_trained.json", "metrics")["tune"]
         entry = {"name": name, "overrides": overrides, "wall_s": round(wall, 1), "train_s": round(train_s, 1),
                  "hardware": hardware(),
                  "command": "python -m ranking_lib all " + shlex.join(
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         run(py + ["embed"] + cmd, log)
         run(py + ["evaluate"] + cmd, log)
-        metrics = json.loads((run_dir / "metrics_baseline.json").read_text())["tune"]
+        metrics = read_json(run_dir / "metrics_baseline.json", "metrics")["tune"]
         entry = {"name": "frozen", "overrides": {}, "model": "baseline", "wall_s": round(time.perf_counter() - t, 1),
                  "train_s": 0.0, "hardware": hardware(),
                  "command": "python -m ranking_lib embed|evaluate " + shlex.join(
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: --equal-time {name} needs the measured 'profile' and {name!r} rows first")
         cost = None
         if args.step_cost:
-            cost = ablation.row(json.loads(Path(args.step_cost).read_text()), name)
+            cost = ablation.row(read_json(args.step_cost, "--step-cost file"), name)
             if cost is None:
                 raise SystemExit(f"error: --step-cost {args.step_cost} has no row {name!r}")
         steps = equal_time_steps(args.steps, ref, measured, cost)
@@ -227,10 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         if diff:
             raise SystemExit(f"error: {run_dir} was not made with row {name!r}'s settings: " +
                              ", ".join(f"{k}={a!r} (row: {b!r})" for k, (a, b) in diff.items()))
-        metrics = json.loads((run_dir / "metrics_trained.json").read_text())
+        metrics = read_json(run_dir / "metrics_trained.json", "metrics")
         if "val" not in metrics:
             raise SystemExit(f"error: {run_dir} has no val metrics (evaluate it with val on)")
-        summary = json.loads((run_dir / "train_summary.json").read_text())
+        summary = read_json(run_dir / "train_summary.json", "training summary")
         entry = {"name": name, "overrides": overrides, "train_s": round(summary["wall_s"], 1),
                  "wall_s": None if wall_s is None else round(wall_s, 1), "hardware": hardware(),
                  "command": "python -m ranking_lib all " + shlex.join(
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         run(py + ["embed"] + cmd, log)
         run(py + ["evaluate"] + cmd, log)
-        metrics = json.loads((run_dir / f"metrics_{'baseline' if frozen else 'trained'}.json").read_text())
+        metrics = read_json(run_dir / f"metrics_{'baseline' if frozen else 'trained'}.json", "metrics")
         entry = {"name": name, "overrides": measured["overrides"], "model": measured.get("model", "trained"),
                  "wall_s": round(time.perf_counter() - t, 1),
                  "hardware": hardware(),

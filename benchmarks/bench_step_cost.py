@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True)
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--max-classes", type=int, default=None, help="the first N classes only (default: all)")
     p.add_argument("--out-dir", default="runs/step_cost")
     p.add_argument("--profile", default="cpu")
     p.add_argument("--input-size", type=int, default=128)

@@ -85,12 +85,13 @@ def test_bench_quality_time_curves(sample_dir, small_cache_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_step_cost_and_the_equal_time_steps_it_gives(sample_dir, sample_cache_dir, tmp_path):
+def test_bench_step_cost_and_the_equal_time_steps_it_gives(sample_dir, small_cache_dir, tmp_path):
     """Rows train in their own run dirs; the profile's ratio is 1 and every row's is its seconds
     per step over the profile's; bench_ablation's equal-time steps follow that ratio."""
     out = tmp_path / "step_cost.json"
     assert load_script("bench_step_cost").main([
-        "--data-dir", str(sample_dir), "--cache-dir", str(sample_cache_dir), "--profile", "sample",
+        "--data-dir", str(sample_dir), "--max-classes", str(SMALL_CLASSES), "--cache-dir", str(small_cache_dir),
+        "--profile", "sample",
         "--input-size", "64", "--steps", "3", "--holdout-per-class", "10", "--rows", "multiscale",
         "--out-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
     res = json.loads(out.read_text())
@@ -102,6 +103,7 @@ def test_bench_step_cost_and_the_equal_time_steps_it_gives(sample_dir, sample_ca
     assert ms["overrides"] == {"architecture": "multiscale"}
     cfg = json.loads((tmp_path / "runs" / "multiscale" / "config.json").read_text())
     assert cfg["architecture"] == "multiscale" and cfg["steps"] == 3 and cfg["input_size"] == 64
+    assert cfg["max_classes"] == SMALL_CLASSES
     bench = load_script("bench_ablation")
     assert bench.equal_time_steps(3000, {"train_s": 300.0}, {"train_s": 411.0}) == 2190
     assert bench.equal_time_steps(3000, {"train_s": 300.0}, {"train_s": 463.0},
