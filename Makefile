@@ -23,7 +23,7 @@ setup: $(VENV)/.installed pdf-deps wordnet
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e '.[dev]'
+	scripts/install_python_deps.sh $(VENV) '.[dev]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ranking_lib)"
 	touch $@
 
