@@ -125,6 +125,7 @@ def run_size(args, n: int, d: int, hnsw_rate: dict) -> list[dict]:
     m = args.pq_m or default_pq_m(d)
     before = rss_bytes()
     ivfpq = faiss.index_factory(d, f"IVF{nlist}_HNSW32,PQ{m}")
+    ivfpq.do_polysemous_training = False  # as in EmbeddingIndex: the factory turns it on, nothing here uses it
     ivfpq.quantizer.add(centroids)
     t_train, _ = timed(lambda: ivfpq.train(xt))
     t_add, _ = timed(lambda: ivfpq.add(x))
