@@ -257,7 +257,8 @@ def build_report(executed: Path, run_dir: Path, pdf: bool, show_code: bool, titl
     if pdf:
         from nbconvert.exporters.pdf import LatexFailed
 
-        exporter = PDFExporter(**opts, template_file=str(TEMPLATE))
+        # two xelatex passes: the second settles the PDF outline; nothing refers to a page number
+        exporter = PDFExporter(**opts, template_file=str(TEMPLATE), latex_count=2)
         try:
             data, _ = exporter.from_notebook_node(copy.deepcopy(nb), resources={"metadata": {"name": "report"}})
         except LatexFailed as e:

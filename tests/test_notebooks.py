@@ -22,7 +22,7 @@ SECTIONS = ["Method", "Data", "Training loss", "Similarity precision", "Query ex
             "Improvements"]
 # small budget: the whole run takes ~2-3 minutes on 2 CPU cores
 QUICK = ["steps=6", "batch_size=8", "num_triplets=300", "val_triplets=300", "train_eval_queries=200",
-         "warmup_steps=0", "checkpoint_every=3", "log_every=1"]
+         "near_dup_queries=50", "warmup_steps=0", "checkpoint_every=3", "log_every=1"]
 
 
 def _runner_module():

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_CLASSES
 
 from ranking_lib import workflow
 from ranking_lib.training.checkpoint import read_checkpoint, save_checkpoint
@@ -34,10 +35,10 @@ def _val_triplet_acc(cfg, model):
     return triplet_accuracy_from_index(z, trip)
 
 
-def test_training_lowers_loss_and_raises_val_triplet_accuracy(sample_dir, sample_cache_dir, tmp_path):
+def test_training_lowers_loss_and_raises_val_triplet_accuracy(sample_dir, small_cache_dir, tmp_path):
     # lr 0.01: at 0.05 the whole-network SGD fine-tune of the demo data diverged on one CPU type
     # (an Intel Xeon with AMX: loss 0.42 -> 0.45) while it fell on another (AMD EPYC)
-    cfg = _cfg(sample_dir, sample_cache_dir, tmp_path / "run", lr=0.01)
+    cfg = _cfg(sample_dir, small_cache_dir, tmp_path / "run", lr=0.01, max_classes=SMALL_CLASSES)
     workflow.prepare(cfg, progress=False)
     workflow.sample(cfg)
     before = _val_triplet_acc(cfg, "untrained")
