@@ -11,7 +11,8 @@ from conftest import SMALL_CLASSES
 from ranking_lib.cli import main
 
 FAST = ["--input-size", "64", "--embedding-dim", "16", "--num-triplets", "64", "--val-triplets", "200",
-        "--steps", "3", "--batch-size", "8", "--train-eval-queries", "100", "--embed-batch-size", "500", "--quiet"]
+        "--steps", "3", "--batch-size", "8", "--train-eval-queries", "100", "--embed-batch-size", "500",
+        "--near-dup-queries", "20", "--quiet"]
 
 
 @pytest.fixture(scope="module")

@@ -122,7 +122,7 @@ def test_slurm_multinode_script_trains_with_torchrun(shims, tmp_path, sample_dir
     run = tmp_path / "run"
     extra = (f"--max-classes {SMALL_CLASSES} --cache-dir {small_cache_dir} --input-size 64 --embedding-dim 16 --batch-size 8 --steps 3 "
              "--num-triplets 100 --val-triplets 100 --freeze-stages 7 --cache-stage-features --device cpu "
-             "--train-eval-queries 50 --lr 0.01 --checkpoint-every 2")
+             "--train-eval-queries 50 --lr 0.01 --checkpoint-every 2 --near-dup-queries 20")
     env = _env(bin_dir, SLURM_SUBMIT_DIR=str(REPO), SLURM_JOB_ID="79", SLURM_NNODES="1",
                SLURM_JOB_NODELIST="localhost", GPUS_PER_NODE="2", PYTHON=sys.executable, PROFILE="demo",
                RUN=str(run), DATA=str(sample_dir), EXTRA=extra, PORT=str(_free_port()))

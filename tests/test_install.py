@@ -25,7 +25,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--steps", "2", "--batch-size", "4", "--num-triplets", "40", "--val-triplets", "40",
-        "--train-eval-queries", "40", "--warmup-steps", "0", "--checkpoint-every", "2", "--num-query-examples", "2", "--max-classes", "3"]
+        "--train-eval-queries", "40", "--warmup-steps", "0", "--checkpoint-every", "2", "--num-query-examples", "2", "--max-classes", "3",
+        "--near-dup-queries", "20"]
 
 
 def _site_packages(venv: Path) -> Path:

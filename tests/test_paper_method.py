@@ -193,7 +193,8 @@ def _cfg(sample_dir, cache_dir, run_dir, **kw):
     base = dict(data_dir=str(sample_dir), max_classes=SMALL_CLASSES, cache_dir=str(cache_dir), run_dir=str(run_dir),
                 input_size=64, embedding_dim=16, batch_size=8, steps=6, lr=1e-3, optimizer="adamw",
                 num_triplets=200, val_triplets=200, gap=0.2, freeze_stages=7, cache_stage_features=True,
-                miner="batch_hard", train_eval_queries=100, checkpoint_every=3, seed=0)
+                miner="batch_hard", train_eval_queries=100, checkpoint_every=3, near_dup_queries=20,
+                seed=0)
     base.update(kw)
     return RunConfig(**base)
 

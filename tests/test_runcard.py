@@ -11,7 +11,8 @@ from ranking_lib.cli import main
 from ranking_lib.core import runcard
 
 FAST = ["--max-classes", str(SMALL_CLASSES), "--input-size", "64", "--embedding-dim", "16", "--num-triplets", "64", "--val-triplets", "200",
-        "--steps", "2", "--batch-size", "8", "--train-eval-queries", "100", "--embed-batch-size", "500", "--quiet"]
+        "--steps", "2", "--batch-size", "8", "--train-eval-queries", "100", "--embed-batch-size", "500",
+        "--near-dup-queries", "20", "--quiet"]
 
 
 @pytest.fixture(scope="module")

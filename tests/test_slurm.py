@@ -198,7 +198,7 @@ def test_multinode_script_trains_with_srun_and_torchrun(slurm, tmp_path, sample_
     run = tmp_path / "run"
     extra = (f"--max-classes {SMALL_CLASSES} --cache-dir {small_cache_dir} --input-size 64 --embedding-dim 16 --batch-size 8 --steps 3 "
              "--num-triplets 100 --val-triplets 100 --freeze-stages 7 --cache-stage-features --device cpu "
-             "--train-eval-queries 50 --lr 0.01 --checkpoint-every 2")
+             "--train-eval-queries 50 --lr 0.01 --checkpoint-every 2 --near-dup-queries 20")
     env = dict(env, GPUS_PER_NODE="2", PYTHON=sys.executable, PROFILE="demo", RUN=str(run), DATA=str(sample_dir),
                EXTRA=extra, PORT=str(_free_port()))
     r = _sbatch(env, ["--nodes=1", "--gres=none", f"--cpus-per-task={os.cpu_count()}", "--mem=0",

@@ -19,7 +19,7 @@ def _cfg(sample_dir, cache_dir, run_dir, **kw):
     base = dict(data_dir=str(sample_dir), cache_dir=str(cache_dir), run_dir=str(run_dir),
                 input_size=64, embedding_dim=16, batch_size=16, steps=20, lr=1e-3, optimizer="adamw",
                 num_triplets=320, val_triplets=500, gap=0.2, freeze_stages=7, cache_stage_features=True,
-                miner="none", train_eval_queries=200, seed=0)
+                miner="none", train_eval_queries=200, near_dup_queries=20, seed=0)
     base.update(kw)
     return RunConfig(**base)
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 TINY = dict(input_size=32, embedding_dim=16, batch_size=4, steps=4, num_triplets=64, val_triplets=20,
-            checkpoint_every=2, log_every=1, train_eval_queries=20, embed_batch_size=32, lr=0.01)
+            checkpoint_every=2, log_every=1, train_eval_queries=20, embed_batch_size=32, lr=0.01,
+            near_dup_queries=20)
 
 
 def tiny_flags(data, run, cache, /, **over) -> list[str]:
