@@ -154,3 +154,23 @@ def test_show_helpers(tmp_path, monkeypatch):
     assert shown[-1][1] == {"raw": True}
     assert {"text/plain", "text/html", "text/latex"} <= set(bundle)
     assert r"a\_b" in bundle["text/latex"] and r"50\%" in bundle["text/latex"] and "12.35" in bundle["text/html"]
+
+
+def test_show_displays_the_saved_png_until_the_figure_changes(tmp_path, monkeypatch):
+    """A figure saved by a plot function is shown from its PNG (no second rendering); once the
+    figure is changed it is rendered again."""
+    shown = []
+    import IPython.display
+
+    monkeypatch.setattr(IPython.display, "display", lambda obj, **kw: shown.append(obj))
+    path = tmp_path / "loss.png"
+    fig = plots.plot_loss_curve([0, 1], [1.0, 0.5], path=path)
+    rendered = []
+    monkeypatch.setattr(plots, "figure_png", lambda f, dpi: rendered.append(f) or b"\x89PNG fresh")
+    plots.show(fig)
+    assert shown[-1].data == path.read_bytes() and rendered == []
+    fig.axes[0].set_title("changed after saving")
+    plots.show(fig)
+    assert shown[-1].data == b"\x89PNG fresh" and rendered == [fig]
+    plots.show(plots.plot_loss_curve([0, 1], [1.0, 0.5]))  # never saved: rendered
+    assert len(rendered) == 2

@@ -14,6 +14,7 @@ the HTML and the PDF report render it as a real table.
 from __future__ import annotations
 
 import io
+import weakref
 from pathlib import Path
 from typing import Sequence
 
@@ -30,12 +31,21 @@ DEFAULT_DPI = 120
 
 # metric key -> column title of the precision table (all values are percentages)
 # ---- helpers ---------------------------------------------------------------------------
+# figure -> (PNG file, dpi) it was saved as by `finish`, so `show` displays that file instead of
+# rendering the figure a second time
+_SAVED_PNG: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def finish(fig: Figure, path, dpi: int = DEFAULT_DPI) -> Figure:
     """Save `fig` to `path` atomically (format from the suffix; nothing when `path` is None)."""
     if path is not None:
         path = Path(path)
+        fmt = path.suffix.lstrip(".") or "png"
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", facecolor="white", format=path.suffix.lstrip(".") or "png")
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", facecolor="white", format=fmt)
+        if fmt == "png":
+            _SAVED_PNG[fig] = (path, dpi)
+            fig.stale = False  # any later change to the figure makes it stale again
     return fig
 
 
@@ -52,11 +62,17 @@ def figure_png(fig: Figure, dpi: int = DEFAULT_DPI) -> bytes:
 
 
 def show(fig_or_path, dpi: int = DEFAULT_DPI) -> None:
-    """Display a Figure (or a saved PNG file) in a notebook as an embedded PNG."""
+    """Display a Figure (or a saved PNG file) in a notebook as an embedded PNG. A figure that a
+    plot function saved as PNG (its `path`) at this `dpi` is shown from that file unless it
+    changed since; any other is rendered."""
     from IPython.display import Image, display
 
     if isinstance(fig_or_path, Figure):
-        display(Image(data=figure_png(fig_or_path, dpi)))
+        saved = _SAVED_PNG.get(fig_or_path)
+        if saved is not None and saved[1] == dpi and not fig_or_path.stale and saved[0].is_file():  # unchanged since
+            display(Image(data=saved[0].read_bytes()))
+        else:
+            display(Image(data=figure_png(fig_or_path, dpi)))
     else:
         display(Image(filename=str(fig_or_path)))
 
