@@ -52,12 +52,17 @@ SLURM_DAEMONS = ("munged", "slurmctld", "slurmd")
 SLURM_CLIENTS = ("sbatch", "squeue", "scontrol", "sinfo", "srun")
 
 
+def slurm_which(name: str) -> str | None:
+    """A Slurm or munge binary on PATH or in /usr/sbin (the daemons live there)."""
+    import shutil
+
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
 def real_slurm_missing() -> str | None:
     """Why `tests/test_slurm.py` cannot start its one-node Slurm here (None when it can). The
     shim-driven runs of the same job scripts in `tests/test_cluster.py` stand in for it then."""
-    import shutil
-
-    missing = [b for b in SLURM_DAEMONS + SLURM_CLIENTS if not (shutil.which(b) or shutil.which(b, path="/usr/sbin:/sbin"))]
+    missing = [b for b in SLURM_DAEMONS + SLURM_CLIENTS if slurm_which(b) is None]
     if missing:
         return (f"Slurm not installed (missing {', '.join(missing)}; apt-get install slurmctld slurmd "
                 "slurm-client munge)")

@@ -11,7 +11,6 @@ node would."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,16 +19,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_CLASSES, real_slurm_missing
+from conftest import SMALL_CLASSES, real_slurm_missing, slurm_which as _which
 
 from ranking_lib.training.checkpoint import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_NODE = ["--gres=none", "--cpus-per-task=1", "--mem=0"]
-
-
-def _which(name: str) -> str | None:
-    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
 
 
 def _free_port() -> int:
