@@ -81,7 +81,7 @@ def tune_flags(args) -> list[str]:
             "--input-size", str(args.input_size), "--steps", str(args.steps), "--rerank", "none", "--quiet"]
     if args.cache_dir:
         base += ["--cache-dir", str(Path(args.cache_dir).resolve())]
-    if getattr(args, "max_classes", None):  # bench_step_cost.py's subset
+    if getattr(args, "max_classes", None) is not None:  # bench_step_cost.py's subset
         base += ["--max-classes", str(args.max_classes)]
     return base
 
