@@ -4,7 +4,8 @@
 #   PROFILE (default gpu), DATA (dataset root, required unless the profile has one), RUN (run dir),
 #   RUNNER_ARGS (extra flags for report/run_pipeline.py, e.g. "--no-pdf"),
 #   REQUEUE_CMD (how to put this job back in the queue), RESTARTS / MAX_RESTARTS,
-#   REQUEUED_MARK (a file touched when the job was requeued).
+#   REQUEUED_MARK (a file touched when the job is requeued, before the requeue command runs:
+#   that command may end this script, as scontrol requeue does; removed if the requeue fails).
 # Exit status: the runner's (0 done, 1 a notebook failed, 2 bad settings, 3 PDF failed,
 # 4 a notebook's kernel died). A dead kernel (out of memory, node trouble) requeues the job up
 # to MAX_RESTARTS times; training resumes from its last checkpoint, so nothing is redone.
@@ -35,10 +36,12 @@ rc=$?
 if [ "$rc" -eq 4 ]; then
     if [ "$RESTARTS" -lt "$MAX_RESTARTS" ] && [ -n "${REQUEUE_CMD:-}" ]; then
         echo "a kernel died (exit 4): requeueing ($REQUEUE_CMD); the next attempt resumes from the last checkpoint" >&2
+        # the mark goes down first: the scheduler may end this script while the requeue runs
+        [ -n "${REQUEUED_MARK:-}" ] && touch "$REQUEUED_MARK"
         if eval "$REQUEUE_CMD"; then
-            [ -n "${REQUEUED_MARK:-}" ] && touch "$REQUEUED_MARK"
             exit 0
         fi
+        [ -n "${REQUEUED_MARK:-}" ] && rm -f "$REQUEUED_MARK"
         echo "error: requeue failed" >&2
     else
         echo "error: a kernel died (exit 4) and the job has been restarted $RESTARTS time(s): giving up" >&2

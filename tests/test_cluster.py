@@ -82,6 +82,22 @@ def test_dead_kernel_requeues_until_the_limit(shims, tmp_path):
     assert calls.count("requeue") == 1
 
 
+def test_requeue_mark_is_down_before_the_requeue_and_gone_if_it_fails(shims, tmp_path):
+    """scontrol requeue may end the job script before it returns: the mark is touched first, and
+    removed again when the requeue command fails (the job then ends with the runner's exit 4)."""
+    bin_dir, calls = shims
+    mark = tmp_path / "requeued"
+    # a requeue that ends the script at once, as Slurm may: the mark must already be there
+    _shim(bin_dir, "scontrol", f'echo "scontrol $*" >> {calls}; kill -TERM $PPID; sleep 5')
+    r, _ = _slurm_report(shims, tmp_path, FAKE_RC="4", SLURM_RESTART_COUNT="0", REQUEUED_MARK=str(mark))
+    assert mark.exists(), (r.returncode, r.stderr)
+    mark.unlink()
+    _shim(bin_dir, "scontrol", f'echo "scontrol $*" >> {calls}; exit 1')  # the requeue fails
+    r, _ = _slurm_report(shims, tmp_path, FAKE_RC="4", SLURM_RESTART_COUNT="0", REQUEUED_MARK=str(mark))
+    assert r.returncode == 4 and "error: requeue failed" in r.stderr, r.stderr
+    assert not mark.exists()
+
+
 def test_pbs_report_counts_its_own_restarts(shims, tmp_path):
     bin_dir, calls = shims
     work = tmp_path / "work"
