@@ -40,9 +40,9 @@ report: setup
 html: $(VENV)/.installed
 	$(PY) report/run_pipeline.py $(RUN_ARGS) --no-pdf
 
+# pytest and nbval side by side (scripts/run_tests.sh): the notebooks' run fits beside the suite
 test: setup
-	$(PY) -m pytest --durations=25
-	$(MAKE) test-notebooks
+	scripts/run_tests.sh $(PY) --durations=25
 
 # nbval runs the committed notebooks as they are: their parameters cell says `profile = 'demo'`, so
 # they write the demo profile's run (runs/demo, started afresh here) and 01 generates its data.
