@@ -95,5 +95,9 @@ def test_benchmark_card_beside_its_results_and_kept_only_when_asked(tmp_path, mo
 
 
 def test_git_absent_gives_nulls(monkeypatch):
+    monkeypatch.delenv("RANKING_GIT_COMMIT", raising=False)
     monkeypatch.setattr(runcard.shutil, "which", lambda name: None)
     assert runcard.git_state() == {"commit": None, "dirty": None}
+    # a copied tree without .git names its commit; whether it differs is unknown
+    monkeypatch.setenv("RANKING_GIT_COMMIT", "abc123")
+    assert runcard.git_state() == {"commit": "abc123", "dirty": None}

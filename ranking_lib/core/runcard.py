@@ -101,10 +101,12 @@ def machine_class(card: dict) -> str:
 
 
 def git_state(repo: Path = REPO) -> dict[str, Any]:
-    """The checkout's commit and whether its tracked files differ from it (None without git)."""
+    """The checkout's commit and whether its tracked files differ from it (None without git).
+    A copy of a checkout without its ``.git`` (a tree shipped to another machine) can name its
+    commit in ``RANKING_GIT_COMMIT``; whether the copy differs from it is then unknown (None)."""
     git = shutil.which("git")
     if git is None or not (repo / ".git").exists():
-        return {"commit": None, "dirty": None}
+        return {"commit": os.environ.get("RANKING_GIT_COMMIT") or None, "dirty": None}
     try:
         commit = subprocess.run([git, "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
