@@ -55,6 +55,7 @@ def test_steps_from_rate_and_bad_budgets():
         with pytest.raises(RankingError, match="train_minutes must be > 0"):
             budget_steps(bad, 2.0)
     assert (format_minutes(45), format_minutes(40 * 60), format_minutes(143 * 60)) == ("45 s", "40 min", "2 h 23 min")
+    assert (format_minutes(210), format_minutes(9.9 * 60)) == ("3.5 min", "9.9 min")  # not rounded to 4 / 10
 
 
 @pytest.mark.parametrize("value", ["0", "-1"])

@@ -1,5 +1,7 @@
 """End-to-end training on the real sample: loss falls, val triplet accuracy rises, resume is exact."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from ranking_lib.core.errors import CheckpointError, RankingError
 from ranking_lib.models.inference import embed_images
 from ranking_lib.retrieval.metrics import triplet_accuracy_from_index
 from ranking_lib.models.model import build_model
-from ranking_lib.training.trainer import batch_triplets, lr_factor
+from ranking_lib.training.trainer import _to_device, batch_triplets, lr_factor
 
 
 def _cfg(sample_dir, cache_dir, run_dir, **kw):
@@ -127,3 +129,13 @@ def test_lr_schedule():
 def test_bad_config_values(field, value, msg):
     with pytest.raises(RankingError, match=msg):
         RunConfig(**{field: value})
+
+
+def test_a_read_only_cache_moves_to_the_device_without_a_warning():
+    """The uint8 cache is often a read-only memory map; moving it to the GPU only reads it."""
+    a = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    a.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = _to_device(a, torch.device("cpu"))
+    assert t.dtype == torch.uint8 and t.tolist() == a.tolist()

@@ -29,6 +29,7 @@ import io
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -95,7 +96,7 @@ class BudgetPlan:
 
     def describe(self) -> str:
         how = (f"measured over {self.calibration_steps} steps on a copy of the network in "
-               f"{self.calibration_s:.0f} s" if self.measured else "from the checkpoint or given")
+               f"{self.calibration_s:.0f} s, spent from the budget" if self.measured else "from the checkpoint or given")
         head = ""
         if self.budget_minutes is not None:
             head = (f"budget {format_minutes(self.budget_minutes * 60)} end to end: {format_minutes(self.spent_s)} "
@@ -125,9 +126,11 @@ def training_minutes(cfg: RunConfig, spent_s: float = 0.0, evaluation_s: float =
 
 
 def format_minutes(seconds: float) -> str:
-    """'45 s', '40 min', '2 h 23 min'."""
+    """'45 s', '2 min', '3.5 min' (tenths under 10 min), '40 min', '2 h 23 min'."""
     if seconds < 90:
         return f"{seconds:.0f} s"
+    if seconds < 9.95 * 60:
+        return f"{round(seconds / 60, 1):g} min"
     minutes = int(round(seconds / 60))
     return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
 
@@ -207,6 +210,14 @@ class PresampledTriplets:
         return batch_triplets(self.triplets, step, self.batch_size, self.seed)
 
 
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """`array` on `device` (a GPU: a copy there). The cache may be a read-only memory map: torch
+    only reads it here, so its warning about non-writable arrays does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+
 class Trainer:
     """Trains an `EmbeddingNet` on pre-sampled triplets of one image cache.
 
@@ -236,11 +247,10 @@ class Trainer:
         # On a GPU the whole uint8 cache (1.2 GB for Tiny ImageNet) moves to the device once;
         # each step then gathers its images there instead of copying them from host memory.
         cuda = self.device.type == "cuda"
-        self.device_images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device) if cuda else None
+        self.device_images = _to_device(images, self.device) if cuda else None
         # the multiscale network's shallow paths read the uint8 images beside the stage features
         side = self.inputs.images if self.from_stage and model.multiscale else None
-        self.device_side_images = torch.from_numpy(np.ascontiguousarray(side)).to(self.device) \
-            if cuda and side is not None else None
+        self.device_side_images = _to_device(side, self.device) if cuda and side is not None else None
         setup_device(self.device)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         self.source = triplets if hasattr(triplets, "batch") else PresampledTriplets(triplets, cfg.batch_size, cfg.seed)
