@@ -387,12 +387,31 @@ def t_search_scale() -> str:
     return table(header, ["---:", "---:", "---", "---:", "---:", "---:", "---:", "---:"], rows)
 
 
+GPU_CARD = "gpu-h200-sample"  # the gpu profile's CUDA path, on the 20-class sample
+
+
+def t_gpu_check() -> str:
+    """The gpu profile on one GPU (the real 20-class sample): its speed, then its metrics."""
+    c = card(GPU_CARD)
+    ts, m = c["train_summary"], c["machine"]
+    budget = ts.get("budget") or {}
+    speed = table(["GPU (torch)", "batch", "input", "steps (budget)", "steps/s", "triplets/s", "training", "whole run"],
+                  ["---", "---:", "---:", "---:", "---:", "---:", "---:", "---:"],
+                  [[f"{m.get('cuda')} ({m.get('torch')}), bf16" if c.get("bf16") else m.get("cuda"),
+                    c["config"]["batch_size"], f"{c['config']['input_size']} px",
+                    f"{ts['steps']:,} ({budget.get('train_minutes', DASH)} min)",
+                    f"{ts['steps'] / ts['wall_s']:.1f}", f"{ts['triplets_per_s']:,.0f}",
+                    f"{ts['wall_s']:.0f} s", f"{c['wall_s']:.0f} s"]])
+    return speed + "\n\n" + split_table(c, f"ranking-trained ({ts['steps']:,} steps)",
+                                         "frozen pretrained backbone, 192 px", with_score=True)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "headline": t_headline, "cpu-budget": t_cpu_budget, "cpu-budget-avx2": t_cpu_budget_avx2,
     "semantic-budget": t_semantic_budget, "semantic-budget-avx2": lambda: t_semantic_budget(AVX2_CARD), "cpu-final": t_cpu_final, "cpu-earlier": t_cpu_earlier, "steps": t_steps,
     "recipe-search": t_recipe_search, "tuning": t_tuning, "quality-time": t_quality_time, "ablation": t_ablation, "ablation-semantic": t_ablation_semantic,
     "ablation-every-axis": t_ablation_every_axis,
-    "ablation-val": t_ablation_val, "step-cost": t_step_cost, "search-scale": t_search_scale,
+    "ablation-val": t_ablation_val, "step-cost": t_step_cost, "search-scale": t_search_scale, "gpu-check": t_gpu_check,
 }
 
 
