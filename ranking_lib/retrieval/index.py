@@ -397,7 +397,7 @@ class EmbeddingIndex:
         if self.backend in ("faiss", "faiss-ivf") and _faiss_gpus(faiss):
             # FAISS built with CUDA and a GPU present: search there (flat and IVF). IVF-PQ stays on
             # the CPU (GPU IVF-PQ accepts only some code sizes) and so does HNSW (CPU-only).
-            # Never run here: the one GPU run of this project had no FAISS (a CPU-only faiss-cpu at best).
+            # Not run yet: the one GPU run of this project had no FAISS installed.
             self._faiss_gpu = faiss.StandardGpuResources()
             search = faiss.index_cpu_to_gpu(self._faiss_gpu, 0, index)
         self._faiss_index, self._search_index = core, search
