@@ -40,7 +40,7 @@ report: setup
 html: $(VENV)/.installed
 	$(PY) report/run_pipeline.py $(RUN_ARGS) --no-pdf
 
-# pytest and nbval side by side (scripts/run_tests.sh): the notebooks' run fits beside the suite
+# pytest in two processes and nbval side by side (scripts/run_tests.sh): one process keeps ~1 of 2 cores busy
 test: setup
 	scripts/run_tests.sh $(PY) --durations=25
 
