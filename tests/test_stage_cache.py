@@ -118,3 +118,32 @@ def test_openvino_frozen_pass_equals_torch_and_has_its_own_file(sample_dir, samp
     c = caches["val"]
     assert stage_features_file(c, net, True) != stage_features_file(c, net, True, runtime="openvino")
     assert stage_features_file(c, net, True) == stage_features_file(c, net, True, runtime="torch")
+
+
+def test_the_network_moves_to_its_device_outside_inference_mode(monkeypatch):
+    """Seen on a GPU (multiscale network from stage features): a network moved to the GPU inside
+    ``torch.inference_mode`` by the frozen-stage pass gets inference-tensor parameters, and its
+    first training step fails. The CPU moves nothing, so this checks where the move happens."""
+    cfg = RunConfig(pretrained=False, input_size=32, embedding_dim=8, freeze_stages=2, cache_stage_features=True)
+    net = build_model(cfg)
+    seen, to = [], net.to
+
+    def recording_to(*args, **kwargs):
+        seen.append(torch.is_inference_mode_enabled())
+        return to(*args, **kwargs)
+
+    monkeypatch.setattr(net, "to", recording_to)
+    images = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    compute_stage_features(net, images, progress=False)
+    embed_images(net, images, device="cpu", progress=False)
+    assert len(seen) >= 2 and not any(seen), seen
+    # the mechanism: parameters converted inside inference mode cannot take part in autograd
+    lin = torch.nn.Linear(2, 2)
+    with torch.inference_mode():
+        lin.to(torch.float64)
+    try:  # (a layer's weight is saved for the backward pass when its input needs a gradient)
+        lin(torch.ones(1, 2, dtype=torch.float64, requires_grad=True)).sum().backward()
+        raised = False
+    except RuntimeError as e:
+        raised = "Inference tensors" in str(e)
+    assert raised

@@ -89,7 +89,6 @@ def embed_batch(net: EmbeddingNet, x: torch.Tensor, kind: str, images: torch.Ten
     return net.embed_features(feats, x if kind == "images" else images).float()
 
 
-@torch.inference_mode()
 def embed_images(net: EmbeddingNet, inputs: ModelInputs | np.ndarray, batch_size: int = 256,
                  device: str = "auto", baseline: bool = False, progress: bool = True, desc: str = "embed",
                  bf16_cpu: bool = False, flip_tta: bool = False) -> np.ndarray:
@@ -104,7 +103,19 @@ def embed_images(net: EmbeddingNet, inputs: ModelInputs | np.ndarray, batch_size
     inputs = ModelInputs.of(inputs)
     dev = resolve_device(device)
     setup_device(dev)
-    net = net.to(dev).eval()
+    net = on_device_for_inference(net, dev)
+    with torch.inference_mode():
+        return _embed(net, inputs, batch_size, dev, baseline, progress, desc, bf16_cpu, flip_tta)
+
+
+def on_device_for_inference(net: EmbeddingNet, device: torch.device | str) -> EmbeddingNet:
+    """`net` on `device` in eval mode, moved there *outside* inference mode: a module moved to
+    another device inside ``torch.inference_mode`` gets inference-tensor parameters, which a
+    later training step cannot use ("Inference tensors cannot be saved for backward")."""
+    return net.to(device).eval()
+
+
+def _embed(net, inputs, batch_size, dev, baseline, progress, desc, bf16_cpu, flip_tta) -> np.ndarray:
     out = []
     for i in progress_bar(range(0, len(inputs), batch_size), desc=desc, enabled=progress, unit="batch"):
         x = to_device(torch.from_numpy(np.array(inputs.array[i:i + batch_size])), dev)

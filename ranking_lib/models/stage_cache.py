@@ -29,7 +29,7 @@ from ranking_lib.core.errors import RankingError
 from ranking_lib.core.fileio import atomic_path, content_crc32, reserve, write_json
 from ranking_lib.core.progress import progress as progress_bar
 from ranking_lib.data import ImageCache, verify_content
-from ranking_lib.models.inference import ModelInputs
+from ranking_lib.models.inference import ModelInputs, on_device_for_inference
 from ranking_lib.models.model import EmbeddingNet
 
 FORMAT = 1
@@ -67,16 +67,15 @@ def golden_features_file(cache: ImageCache, net: EmbeddingNet, pretrained: bool,
                                             f"_k{net.freeze_stages}_{_key(net, cache, pretrained, bf16)}.npy")
 
 
-@torch.inference_mode()
 def stage_features_shape(net: EmbeddingNet, images: np.ndarray, device: torch.device | str = "cpu") -> tuple:
     """(N, C, H, W) of the frozen stages' outputs for `images` (one image is run to find out)."""
-    net = net.to(device).eval()
-    probe = net.backbone.forward_stages(net.preprocess(torch.from_numpy(np.array(images[:1])).to(device)),
-                                        0, net.freeze_stages)
+    net = on_device_for_inference(net, device)
+    with torch.inference_mode():
+        probe = net.backbone.forward_stages(net.preprocess(torch.from_numpy(np.array(images[:1])).to(device)),
+                                            0, net.freeze_stages)
     return (len(images),) + tuple(probe.shape[1:])
 
 
-@torch.inference_mode()
 def compute_stage_features(net: EmbeddingNet, images: np.ndarray, out: np.ndarray | None = None,
                            batch_size: int = 256, device: torch.device | str = "cpu", progress: bool = True,
                            desc: str = "stage features", bf16_cpu: bool = False,
@@ -86,7 +85,12 @@ def compute_stage_features(net: EmbeddingNet, images: np.ndarray, out: np.ndarra
     `runtime` (``torch``, or ``openvino`` on the CPU: `models.runtimes`). Returns it."""
     if out is None:
         out = np.empty(stage_features_shape(net, images, device), dtype=np.float16)
-    net = net.to(device).eval()
+    net = on_device_for_inference(net, device)
+    with torch.inference_mode():
+        return _stage_pass(net, images, out, batch_size, device, progress, desc, bf16_cpu, runtime)
+
+
+def _stage_pass(net, images, out, batch_size, device, progress, desc, bf16_cpu, runtime) -> np.ndarray:
     k = net.freeze_stages
     fast = None
     if runtime == "openvino":
