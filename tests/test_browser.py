@@ -140,9 +140,10 @@ def test_jupyterlab_runs_the_notebook_picks_and_uploads(servers, run, page, tmp_
     ex = QueryExplorer(run_dir, k=K)
     upload = tmp_path / "my photo.png"
     upload.write_bytes(_png(ex.val.images[2]))
-    before = eb.picks(page)
     eb.upload(page, upload)
-    line = eb.wait_pick(page, before, 60)  # the first upload loads both networks
+    # the upload's own line (a pick counted before it may still land first on a loaded machine);
+    # the first upload loads both networks
+    line = eb.wait_status(page, "uploaded: my photo.png", 60)
     assert line.startswith("uploaded: my photo.png") and "uploaded: my photo.png" in page.inner_text(".rx-query")
     want = [f"d={float(d):.3f}" for d in ex.query_val(2).top_distances]
     got = eb.distances(page)[:K]  # the trained panel's top row
