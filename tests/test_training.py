@@ -14,7 +14,7 @@ from ranking_lib.core.errors import CheckpointError, RankingError
 from ranking_lib.models.inference import embed_images
 from ranking_lib.retrieval.metrics import triplet_accuracy_from_index
 from ranking_lib.models.model import build_model
-from ranking_lib.training.trainer import _to_device, batch_triplets, lr_factor
+from ranking_lib.training.trainer import _cache_on_device, batch_triplets, lr_factor
 
 
 def _cfg(sample_dir, cache_dir, run_dir, **kw):
@@ -137,5 +137,5 @@ def test_a_read_only_cache_moves_to_the_device_without_a_warning():
     a.setflags(write=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        t = _to_device(a, torch.device("cpu"))
+        t = _cache_on_device(a, torch.device("cpu"))
     assert t.dtype == torch.uint8 and t.tolist() == a.tolist()

@@ -89,6 +89,13 @@ def embed_batch(net: EmbeddingNet, x: torch.Tensor, kind: str, images: torch.Ten
     return net.embed_features(feats, x if kind == "images" else images).float()
 
 
+def on_device_for_inference(net: EmbeddingNet, device: torch.device | str) -> EmbeddingNet:
+    """`net` on `device` in eval mode, moved there *outside* inference mode: a module moved to
+    another device inside ``torch.inference_mode`` gets inference-tensor parameters, which a
+    later training step cannot use ("Inference tensors cannot be saved for backward")."""
+    return net.to(device).eval()
+
+
 def embed_images(net: EmbeddingNet, inputs: ModelInputs | np.ndarray, batch_size: int = 256,
                  device: str = "auto", baseline: bool = False, progress: bool = True, desc: str = "embed",
                  bf16_cpu: bool = False, flip_tta: bool = False) -> np.ndarray:
@@ -104,30 +111,19 @@ def embed_images(net: EmbeddingNet, inputs: ModelInputs | np.ndarray, batch_size
     dev = resolve_device(device)
     setup_device(dev)
     net = on_device_for_inference(net, dev)
-    with torch.inference_mode():
-        return _embed(net, inputs, batch_size, dev, baseline, progress, desc, bf16_cpu, flip_tta)
-
-
-def on_device_for_inference(net: EmbeddingNet, device: torch.device | str) -> EmbeddingNet:
-    """`net` on `device` in eval mode, moved there *outside* inference mode: a module moved to
-    another device inside ``torch.inference_mode`` gets inference-tensor parameters, which a
-    later training step cannot use ("Inference tensors cannot be saved for backward")."""
-    return net.to(device).eval()
-
-
-def _embed(net, inputs, batch_size, dev, baseline, progress, desc, bf16_cpu, flip_tta) -> np.ndarray:
     out = []
-    for i in progress_bar(range(0, len(inputs), batch_size), desc=desc, enabled=progress, unit="batch"):
-        x = to_device(torch.from_numpy(np.array(inputs.array[i:i + batch_size])), dev)
-        im = None
-        if net.multiscale and inputs.from_stage and not baseline:
-            if inputs.images is None:
-                raise RankingError("the multiscale network needs the images beside the stage features")
-            im = to_device(torch.from_numpy(np.array(inputs.images[i:i + batch_size])), dev)
-        with autocast(dev, True, bf16_cpu):
-            z = embed_batch(net, x, inputs.kind, im, baseline)
-            if flip_tta:
-                z = z + embed_batch(net, mirror(x, inputs.kind), inputs.kind, mirror(im, "images"), baseline)
-                z = torch.nn.functional.normalize(z, dim=1) if baseline or net.normalize else z / 2
-        out.append(z.float().cpu().numpy())
+    with torch.inference_mode():
+        for i in progress_bar(range(0, len(inputs), batch_size), desc=desc, enabled=progress, unit="batch"):
+            x = to_device(torch.from_numpy(np.array(inputs.array[i:i + batch_size])), dev)
+            im = None
+            if net.multiscale and inputs.from_stage and not baseline:
+                if inputs.images is None:
+                    raise RankingError("the multiscale network needs the images beside the stage features")
+                im = to_device(torch.from_numpy(np.array(inputs.images[i:i + batch_size])), dev)
+            with autocast(dev, True, bf16_cpu):
+                z = embed_batch(net, x, inputs.kind, im, baseline)
+                if flip_tta:
+                    z = z + embed_batch(net, mirror(x, inputs.kind), inputs.kind, mirror(im, "images"), baseline)
+                    z = torch.nn.functional.normalize(z, dim=1) if baseline or net.normalize else z / 2
+            out.append(z.float().cpu().numpy())
     return np.concatenate(out).astype(np.float32)

@@ -86,11 +86,6 @@ def compute_stage_features(net: EmbeddingNet, images: np.ndarray, out: np.ndarra
     if out is None:
         out = np.empty(stage_features_shape(net, images, device), dtype=np.float16)
     net = on_device_for_inference(net, device)
-    with torch.inference_mode():
-        return _stage_pass(net, images, out, batch_size, device, progress, desc, bf16_cpu, runtime)
-
-
-def _stage_pass(net, images, out, batch_size, device, progress, desc, bf16_cpu, runtime) -> np.ndarray:
     k = net.freeze_stages
     fast = None
     if runtime == "openvino":
@@ -99,19 +94,20 @@ def _stage_pass(net, images, out, batch_size, device, progress, desc, bf16_cpu, 
         fast = openvino_frozen_pass(net, images[:2], bf16=uses_cpu_bf16(device, bf16_cpu))
     elif runtime != "torch":
         raise RankingError(f"unknown frozen-stage runtime {runtime!r} (torch or openvino)")
-    for i in progress_bar(range(0, len(images), batch_size), desc=desc, enabled=progress, unit="batch"):
-        if fast is not None:
-            f = fast(np.asarray(images[i:i + batch_size])).astype(np.float16)
-        else:
-            x = to_device(torch.from_numpy(np.array(images[i:i + batch_size])), device)
-            with autocast(device, True, bf16_cpu):
-                f = net.backbone.forward_stages(net.preprocess(x), 0, k)
-            f = f.float().cpu().numpy().astype(np.float16)
-        bad = ~np.isfinite(f).reshape(len(f), -1).all(axis=1)
-        if bad.any():
-            raise RankingError(f"frozen stages gave non-finite values for image {i + int(np.argmax(bad))} "
-                               f"({desc}); the input images or the backbone weights are damaged")
-        out[i:i + len(f)] = f
+    with torch.inference_mode():
+        for i in progress_bar(range(0, len(images), batch_size), desc=desc, enabled=progress, unit="batch"):
+            if fast is not None:
+                f = fast(np.asarray(images[i:i + batch_size])).astype(np.float16)
+            else:
+                x = to_device(torch.from_numpy(np.array(images[i:i + batch_size])), device)
+                with autocast(device, True, bf16_cpu):
+                    f = net.backbone.forward_stages(net.preprocess(x), 0, k)
+                f = f.float().cpu().numpy().astype(np.float16)
+            bad = ~np.isfinite(f).reshape(len(f), -1).all(axis=1)
+            if bad.any():
+                raise RankingError(f"frozen stages gave non-finite values for image {i + int(np.argmax(bad))} "
+                                   f"({desc}); the input images or the backbone weights are damaged")
+            out[i:i + len(f)] = f
     return out
 
 

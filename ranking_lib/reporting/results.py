@@ -25,6 +25,7 @@ from typing import Callable
 
 from ranking_lib.core.errors import RankingError
 from ranking_lib.core.fileio import read_json, write_text
+from ranking_lib.core.runcard import machine_class
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS = REPO / "docs" / "runs"
@@ -395,9 +396,9 @@ def t_gpu_check() -> str:
     c = card(GPU_CARD)
     ts, m = c["train_summary"], c["machine"]
     budget = ts.get("budget") or {}
-    speed = table(["GPU (torch)", "batch", "input", "steps (budget)", "steps/s", "triplets/s", "training", "whole run"],
+    speed = table(["GPU, precision (torch)", "batch", "input", "steps (budget)", "steps/s", "triplets/s", "training", "whole run"],
                   ["---", "---:", "---:", "---:", "---:", "---:", "---:", "---:"],
-                  [[f"{m.get('cuda')} ({m.get('torch')}), bf16" if c.get("bf16") else m.get("cuda"),
+                  [[f"{machine_class(c)} (torch {m.get('torch')})",
                     c["config"]["batch_size"], f"{c['config']['input_size']} px",
                     f"{ts['steps']:,} ({budget.get('train_minutes', DASH)} min)",
                     f"{ts['steps'] / ts['wall_s']:.1f}", f"{ts['triplets_per_s']:,.0f}",

@@ -210,7 +210,7 @@ class PresampledTriplets:
         return batch_triplets(self.triplets, step, self.batch_size, self.seed)
 
 
-def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+def _cache_on_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """`array` on `device` (a GPU: a copy there). The cache may be a read-only memory map: torch
     only reads it here, so its warning about non-writable arrays does not apply."""
     with warnings.catch_warnings():
@@ -247,10 +247,10 @@ class Trainer:
         # On a GPU the whole uint8 cache (1.2 GB for Tiny ImageNet) moves to the device once;
         # each step then gathers its images there instead of copying them from host memory.
         cuda = self.device.type == "cuda"
-        self.device_images = _to_device(images, self.device) if cuda else None
+        self.device_images = _cache_on_device(images, self.device) if cuda else None
         # the multiscale network's shallow paths read the uint8 images beside the stage features
         side = self.inputs.images if self.from_stage and model.multiscale else None
-        self.device_side_images = _to_device(side, self.device) if cuda and side is not None else None
+        self.device_side_images = _cache_on_device(side, self.device) if cuda and side is not None else None
         setup_device(self.device)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         self.source = triplets if hasattr(triplets, "batch") else PresampledTriplets(triplets, cfg.batch_size, cfg.seed)
