@@ -283,6 +283,30 @@ def test_semantic_section_and_wrong_neighbours_follow_the_numbers():
     assert tables.semantic_table({("trained", "val"): _metrics()}) is None
 
 
+def test_held_out_near_duplicates_in_the_text_and_per_transform_table():
+    from ranking_lib.reporting import tables
+
+    r = _with_semantic(_record())
+    assert "held-out transforms" not in report.semantic(r)  # a run from before them: the text as it was
+    r.metrics["trained"]["val"].update({"near_dup_held_out_recall@1": 41.5, "near_dup_held_out_recall@10": 70.25})
+    r.metrics["baseline"]["val"].update({"near_dup_held_out_recall@1": 66.0, "near_dup_held_out_recall@10": 90.0})
+    text = report.semantic(r)
+    assert ("held-out transforms, which no training augmentation makes (small rotation, aspect change, overlaid "
+            "text, gamma, partial occlusion), the original comes first in 41.50% of cases (within 10: 70.25%) with "
+            "the trained network, 66.00% (90.00%) with the baseline") in text
+    t = tables.semantic_table({("trained", "val"): r.metrics["trained"]["val"]})
+    assert t.loc[("trained", "val"), "held-out dup R@1"] == 41.5
+    families = {"standard": ["crop", "jpeg"], "held_out": ["rotate", "text"]}
+    per = tables.near_dup_transform_table(
+        {("trained", "val"): {"near_dup_recall@1_crop": 90.0, "near_dup_recall@1_jpeg": 80.0,
+                              "near_dup_recall@1_rotate": 30.0, "near_dup_recall@10_rotate": 50.0},
+         ("baseline", "val"): None}, families)
+    assert list(per.index) == [("trained", "val")]  # a row without any: left out
+    assert list(per.columns) == [("standard", "crop"), ("standard", "jpeg"), ("held_out", "rotate"), ("held_out", "text")]
+    assert per.loc[("trained", "val"), ("held_out", "rotate")] == 30.0 and np.isnan(per.loc[("trained", "val"), ("held_out", "text")])
+    assert tables.near_dup_transform_table({("trained", "val"): {}}, families) is None
+
+
 def test_ablation_gains_the_semantic_columns_and_says_who_wins_each_axis():
     from ranking_lib.reporting import ablation
 

@@ -383,6 +383,13 @@ def semantic(r: RunRecord) -> str:
                 f"originals), find their original first in {t['near_dup_recall@1']:.2f}% of cases (within 10: "
                 f"{t['near_dup_recall@10']:.2f}%) with the trained network, {b['near_dup_recall@1']:.2f}% "
                 f"({b['near_dup_recall@10']:.2f}%) with the baseline.")
+        if "near_dup_held_out_recall@1" in t and "near_dup_held_out_recall@1" in b:
+            out.append(
+                f"Under the held-out transforms, which no training augmentation makes (small rotation, aspect "
+                f"change, overlaid text, gamma, partial occlusion), the original comes first in "
+                f"{t['near_dup_held_out_recall@1']:.2f}% of cases (within 10: {t['near_dup_held_out_recall@10']:.2f}%) "
+                f"with the trained network, {b['near_dup_held_out_recall@1']:.2f}% "
+                f"({b['near_dup_held_out_recall@10']:.2f}%) with the baseline.")
     if info.get("note"):
         out.append(f"*{info['note']}.*")
     if not out:

@@ -24,10 +24,13 @@ SEMANTIC_COLUMNS = {
     "semantic_triplet_acc": "sem. triplet acc.",
     "near_dup_recall@1": "near-dup R@1",
     "near_dup_recall@10": "near-dup R@10",
+    "near_dup_held_out_recall@1": "held-out dup R@1",
+    "near_dup_held_out_recall@10": "held-out dup R@10",
 }
 """Similarity beyond the label (`retrieval.semantic`): mean Wu-Palmer similarity of the 30 nearest
 neighbours' classes, of the wrong ones only, and of random wrong ones ("chance"); WordNet
-triplet accuracy; near-duplicate recall of the original."""
+triplet accuracy; near-duplicate recall of the original under the standard transforms and under
+the held-out ones (no training augmentation makes them; "--" for runs from before them)."""
 
 
 def semantic_keys(k: int = 30) -> list[str]:
@@ -47,6 +50,25 @@ def semantic_table(metrics_by_row: Mapping, k: int = 30, decimals: int = 2):
     return df.rename(columns={key: SEMANTIC_COLUMNS.get(key.replace(f"@{k}", "@30"), key).replace("@30", f"@{k}")
                               for key in keys})
 
+
+def near_dup_transform_table(by_transform_by_row: Mapping, families: Mapping[str, Sequence[str]], k: int = 1,
+                             decimals: int = 2):
+    """Near-duplicate recall@k per transform: one row per entry of `by_transform_by_row` (a row
+    label -> a split's ``near_dup_by_transform`` dict of ``metrics_<model>.json``), columns
+    ``(family, transform)`` in `families` order; None when no row has any (a run from before)."""
+    import pandas as pd
+
+    cols = [(f, t) for f, names in families.items() for t in names]
+    rows = {label: d for label, d in by_transform_by_row.items()
+            if d and any(f"near_dup_recall@{k}_{t}" in d for _, t in cols)}
+    if not rows:
+        return None
+    data = [[round(float(d[key]), decimals) if (key := f"near_dup_recall@{k}_{t}") in d else np.nan
+             for _, t in cols] for d in rows.values()]
+    index = list(rows)
+    idx = (pd.MultiIndex.from_tuples(index, names=["model", "split"]) if all(isinstance(i, tuple) and len(i) == 2
+                                                                            for i in index) else pd.Index(index))
+    return pd.DataFrame(data, index=idx, columns=pd.MultiIndex.from_tuples(cols, names=["family", f"R@{k}"]))
 
 
 def class_counts_table(class_names: Sequence[str], train_labels, val_labels=None, wnids=None):
