@@ -217,6 +217,43 @@ def test_resize_non_64(tmp_path):
     assert load_image_rgb(p, size=32).shape == (32, 32, 3)
 
 
+# EXIF orientation -> the stored pixels as the viewer shows them (the EXIF 2.3 definitions)
+UPRIGHT = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1)}
+
+
+def _jpeg_with_orientation(path: Path, arr: np.ndarray, orientation: int | None) -> Path:
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation  # the Orientation tag, as a phone camera writes it
+    Image.fromarray(arr).save(path, format="JPEG", quality=90, exif=exif.tobytes())
+    return path
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_exif_orientation_is_applied(tmp_path, orientation):
+    arr = np.random.default_rng(orientation).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    stored = load_image_rgb(_jpeg_with_orientation(tmp_path / "plain.jpg", arr, None))
+    tagged = load_image_rgb(_jpeg_with_orientation(tmp_path / "phone.jpg", arr, orientation))
+    assert not np.array_equal(tagged, stored)
+    np.testing.assert_array_equal(tagged, UPRIGHT[orientation](stored))
+
+
+def test_sideways_phone_photo_is_upright_in_the_cache(ds_root, tmp_path):
+    """A landscape-stored photo tagged 'rotate 90 clockwise' (orientation 6) enters the decoded
+    cache upright: its stored top (red) is on the right, its stored bottom (blue) on the left."""
+    arr = np.zeros((64, 128, 3), np.uint8)
+    arr[:32, :, 0] = 255
+    arr[32:, :, 2] = 255
+    rel = "train/n001/images/n001_0.JPEG"
+    _jpeg_with_orientation(ds_root / rel, arr, 6)
+    cache = load_or_build_cache(TinyImageNet(ds_root), "train", cache_dir=tmp_path / "c", progress=False)
+    img = np.asarray(cache.images[cache.paths.index(rel)], dtype=int)
+    left, right = img[:, :24].mean(axis=(0, 1)), img[:, 40:].mean(axis=(0, 1))
+    assert left[2] > 200 > 50 > left[0] and right[0] > 200 > 50 > right[2], (left, right)
+
+
 def test_truncated_and_garbage_images_raise(tmp_path):
     good = tmp_path / "good.JPEG"
     _write_jpeg(good, 3)

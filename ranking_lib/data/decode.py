@@ -1,5 +1,6 @@
 """Robust image decoding: one file to a ``(size, size, 3)`` uint8 RGB array, or a one-line
-`CorruptImageError` naming the file."""
+`CorruptImageError` naming the file. A file's EXIF orientation tag (a phone photo taken sideways
+stores its pixels unrotated and says how to turn them) is applied before anything else."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ranking_lib.core.errors import CorruptImageError, DatasetError
 
@@ -20,7 +21,8 @@ are refused: decoding one would take gigabytes of memory for a 64-px thumbnail."
 
 # ---------------------------------------------------------------------- decoding
 def load_image_rgb(path, size: int = 64) -> np.ndarray:
-    """Decode ``path`` to a ``(size, size, 3)`` uint8 RGB array (bilinear resize if needed)."""
+    """Decode ``path`` to a ``(size, size, 3)`` uint8 RGB array (bilinear resize if needed), turned
+    upright as its EXIF orientation tag says."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"image file not found: {path}")
@@ -37,6 +39,7 @@ def load_image_rgb(path, size: int = 64) -> np.ndarray:
                 raise DatasetError(f"image {path} is {w} x {h} pixels ({w * h / 1e6:.1f} megapixels), above the "
                                    f"{MAX_PIXELS / 1e6:.0f} megapixels this library decodes; downscale it first")
             img.load()  # forces a full decode so truncated files are detected
+            ImageOps.exif_transpose(img, in_place=True)  # no-op without an orientation tag
             if img.mode != "RGB":
                 if img.mode in ("P", "PA") or "A" in img.getbands():
                     img = img.convert("RGBA")

@@ -27,7 +27,7 @@ __all__ = ["ImageCache", "default_cache_dir", "load_or_build_cache", "verify_con
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: the meta file holds a CRC-32 of the pixels
+CACHE_VERSION = 3  # 2: the meta file holds a CRC-32 of the pixels; 3: EXIF orientation applied
 # Use worker processes to decode when a split has at least this many images.
 _POOL_MIN_IMAGES = 4000
 
