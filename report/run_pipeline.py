@@ -62,6 +62,7 @@ def parse_set(items: list[str]) -> dict:
 def resolve_settings(args) -> tuple[dict, dict]:
     """(notebook settings, runner settings) through the one resolver (`ranking_lib.core.settings`):
     profile < --data-dir/--run-dir < --set; every field validated before a kernel starts."""
+    from ranking_lib.choices import check_choices
     from ranking_lib.core.settings import resolve
 
     overrides = parse_set(args.set or [])
@@ -70,6 +71,7 @@ def resolve_settings(args) -> tuple[dict, dict]:
     if args.run_dir:
         overrides["run_dir"] = args.run_dir
     resolved = resolve(args.profile, overrides)  # RankingError -> exit 2
+    check_choices(resolved.config)  # an unknown backbone, optimizer, ... likewise
     cfg = resolved.config.to_dict()
     settings = {k: cfg[k] for k in sorted(resolved.explicit)}
     return settings, {"env": resolved.env, "make_demo_data": resolved.make_demo_data,
@@ -337,6 +339,15 @@ def write_run_card(settings: dict, phases: dict[str, float], argv: list[str] | N
     command = " ".join(["python report/run_pipeline.py", *map(shlex.quote, args)])
     path = write_card(settings["run_dir"], command=command, phases=phases, config=settings)
     print(f"wrote {path}")
+    check = json.loads(path.read_text()).get("budget_check")
+    if check and check.get("budget_s"):
+        from ranking_lib.training.budget import format_minutes
+
+        est, took = check.get("evaluation_estimate_s"), check.get("evaluation_s")
+        print(f"budget {format_minutes(check['budget_s'])}: the run took {format_minutes(check['wall_s'])}; "
+              f"training {format_minutes(check['training_loop_s'])} of {format_minutes(check['training_planned_s'])} "
+              f"planned ({check['replans']} re-plans); evaluation {format_minutes(took or 0)} "
+              f"(estimated {format_minutes(est or 0)})", flush=True)
 
 
 def budget_line(run_dir: Path) -> None:
@@ -347,7 +358,7 @@ def budget_line(run_dir: Path) -> None:
         return
     b = summary.get("budget") if isinstance(summary, dict) else None
     if isinstance(b, dict) and b.get("steps"):
-        from ranking_lib.training.trainer import format_minutes
+        from ranking_lib.training.budget import format_minutes
 
         whole = (f"budget {b['budget_minutes']:g} min end to end, {format_minutes(b.get('spent_s', 0))} spent "
                  f"before training, evaluation ~{format_minutes(b.get('evaluation_s', 0))} (estimate): training "

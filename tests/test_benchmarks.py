@@ -108,3 +108,19 @@ def test_bench_step_cost_and_the_equal_time_steps_it_gives(sample_dir, small_cac
     assert bench.equal_time_steps(3000, {"train_s": 300.0}, {"train_s": 411.0}) == 2190
     assert bench.equal_time_steps(3000, {"train_s": 300.0}, {"train_s": 463.0},
                                   {"name": "online", "ratio_to_profile": 1.02}) == 2941
+
+
+def test_bench_budget_load_pins_a_load_that_ends_by_itself():
+    import os
+    import time
+
+    bench = load_script("bench_budget_load")
+    t0 = time.perf_counter()
+    proc = bench.start_load(core=0, seconds=1.5)
+    time.sleep(0.5)
+    assert proc.poll() is None
+    if hasattr(os, "sched_getaffinity"):
+        assert os.sched_getaffinity(proc.pid) == {0}
+    assert proc.wait(timeout=10) == 0 and time.perf_counter() - t0 < 10
+    with pytest.raises(SystemExit):
+        bench.main(["--load-at", "1.5"])

@@ -234,3 +234,118 @@ def test_whole_budget_counts_from_the_pipeline_start_records_and_resumes(demo, t
         workflow.train(_cfg(demo, tmp_path / "late", train_minutes=None, budget_minutes=2.0), progress=False,
                        steps_per_s=2.0)
     assert not (tmp_path / "late" / "checkpoints" / "last.pt").exists()
+
+
+# ---------------------------------------------------------------------------- re-planning while training
+from ranking_lib.training import budget as budget_mod  # noqa: E402
+from ranking_lib.training.budget import Replan, replan_steps, schedule_progress  # noqa: E402
+
+
+def test_schedule_progress_follows_the_moved_end():
+    # no moves: the plain schedule, exactly
+    for step in (10, 37, 99):
+        assert schedule_progress(step, 100, 10) == (step - 10) / 90
+    # moved at step 55 (half-way) from 100 to 200 steps: continuous there, then the other half over 145 steps
+    moved = [Replan(55, 100, 200)]
+    assert schedule_progress(55, 200, 10, moved) == pytest.approx(0.5)
+    assert schedule_progress(54, 200, 10, moved) == pytest.approx(44 / 90)
+    assert schedule_progress(55 + 145 // 2, 200, 10, moved) == pytest.approx(0.5 + 0.5 * (72 / 145))
+    assert schedule_progress(200, 200, 10, moved) == 1.0
+    # two moves, the second shortening the run: still continuous, still ending at 1
+    two = [Replan(55, 100, 200), Replan(100, 200, 120)]
+    at100 = schedule_progress(100, 200, 10, moved)
+    assert schedule_progress(100, 120, 10, two) == pytest.approx(at100)
+    assert schedule_progress(120, 120, 10, two) == 1.0
+    cfg = RunConfig(steps=120, warmup_steps=10, lr_schedule="cosine")
+    lrs = [trainer_mod.lr_factor(cfg, s, two) for s in range(10, 120)]  # after the warm-up
+    assert max(abs(a - b) for a, b in zip(lrs, lrs[1:])) < 0.05  # no jump where the end moved
+
+
+def test_replan_steps_moves_the_end_only_when_the_rate_disagrees():
+    assert replan_steps(100, 1000, left_s=450, steps_per_s=2.0) is None  # 900 fit, 900 planned
+    assert replan_steps(100, 1000, left_s=450, steps_per_s=2.02) is None  # within the tolerance
+    assert replan_steps(100, 1000, left_s=450, steps_per_s=1.0) == 550  # slower: ends earlier
+    assert replan_steps(100, 1000, left_s=450, steps_per_s=4.0) == 1900  # faster: trains longer
+    assert replan_steps(100, 1000, left_s=-5, steps_per_s=2.0) == 100  # no time left: ends here
+    assert replan_steps(100, 1000, left_s=450, steps_per_s=float("nan")) is None
+
+
+def _slowed_step(monkeypatch, after_s: float, extra_s: float):
+    """Each step sleeps `extra_s` once `after_s` seconds have passed since the first step (a
+    competing load that starts half-way)."""
+    import time as _time
+    real = Trainer._step
+    state = {}
+
+    def step(self, i):
+        t = _time.perf_counter()
+        state.setdefault("t0", t)
+        if t - state["t0"] > after_s:
+            _time.sleep(extra_s)
+        return real(self, i)
+    monkeypatch.setattr(Trainer, "_step", step)
+
+
+def test_a_run_slowed_half_way_still_ends_on_time(demo, tmp_path, monkeypatch, capsys):
+    minutes = 0.3  # 18 s, the calibration included
+    cfg = _cfg(demo, tmp_path / "slow", train_minutes=minutes, steps=100000, checkpoint_every=5)
+    import time as _time
+    t0 = _time.perf_counter()
+    _slowed_step(monkeypatch, after_s=minutes * 60 / 2, extra_s=0.06)
+    result = workflow.train(cfg, progress=True)
+    took = _time.perf_counter() - t0
+    out = capsys.readouterr().out
+    plan = result.budget
+    assert plan["measured"] and plan["replan"]
+    spent = plan["calibration_s"] + result.loop_s
+    assert abs(spent - minutes * 60) <= 0.05 * minutes * 60, (spent, result.replans)
+    assert took < minutes * 60 * 1.05 + 10  # model building and the caches on top of the budget
+    # the slower half cut the planned steps; every move was said, recorded and saved
+    assert result.replans and result.steps < plan["steps"]
+    assert "re-planned at step" in out
+    summary = json.loads((tmp_path / "slow" / "train_summary.json").read_text())
+    assert summary["replans"] == result.replans and summary["steps"] == result.steps
+    assert json.loads((tmp_path / "slow" / "config.json").read_text())["steps"] == result.steps
+    ckpt = read_checkpoint(tmp_path / "slow" / "checkpoints" / "last.pt")
+    assert ckpt["replans"] == result.replans and ckpt["config"]["steps"] == result.steps
+    # the recorded schedule, handed to a run of the final steps without a budget, gives the same weights
+    monkeypatch.undo()
+    again = _cfg(demo, tmp_path / "again", train_minutes=None, steps=result.steps, checkpoint_every=5)
+    workflow.train(again, progress=False, replans=result.replans)
+    ckpt_again = read_checkpoint(tmp_path / "again" / "checkpoints" / "last.pt")
+    for k, v in ckpt["model"].items():
+        assert torch.equal(v, ckpt_again["model"][k]), k
+    with pytest.raises(RankingError, match="end at"):
+        workflow.train(again.replace(steps=result.steps + 1), progress=False, replans=result.replans, resume=False)
+
+
+def test_a_resumed_run_keeps_its_moves_exactly(demo, tmp_path, monkeypatch):
+    """Interrupted after a move of the schedule's end, the resumed run is bit-equal to the
+    uninterrupted one (the moves are made deterministic here: by step, not by the clock)."""
+    monkeypatch.setattr(Trainer, "measure_step_rate", lambda self, **k: (2.0, 0, 0.0))  # 12 steps planned
+    moves = {8: 20, 16: 18}
+    monkeypatch.setattr(trainer_mod, "replan_steps", lambda step, steps, left_s, rate: moves.get(step))
+    a = _cfg(demo, tmp_path / "a", checkpoint_every=4)
+    b = _cfg(demo, tmp_path / "b", checkpoint_every=4)
+    ra = workflow.train(a, progress=False)
+    assert ra.steps == 18 and [(r["step"], r["steps"]) for r in ra.replans] == [(8, 20), (16, 18)]
+    workflow.train(b, progress=False, stop_at=10)  # killed after the first move
+    assert [r["step"] for r in read_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["replans"]] == [8]
+    rb = workflow.train(b, progress=False)
+    def moves_of(r):
+        return [(m["step"], m["from_steps"], m["steps"]) for m in r.replans]
+    assert rb.resumed_from == 10 and rb.steps == 18 and moves_of(rb) == moves_of(ra)
+    assert rb.replans[0] == read_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["replans"][0]
+    ckpt_a = read_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
+    ckpt_b = read_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    for k, v in ckpt_a["model"].items():
+        assert torch.equal(v, ckpt_b["model"][k]), k
+    np.testing.assert_array_equal(workflow.load_loss_log(a)["loss"], workflow.load_loss_log(b)["loss"])
+    np.testing.assert_array_equal(workflow.load_loss_log(a)["lr"], workflow.load_loss_log(b)["lr"])
+
+
+def test_a_given_rate_keeps_the_plan_fixed(demo, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_mod, "replan_steps", lambda *a, **k: 5)  # would cut the run if asked
+    r = workflow.train(_cfg(demo, tmp_path / "fixed"), progress=False, steps_per_s=2.0)
+    assert r.steps == 12 and r.replans == [] and not r.budget["replan"]
+    assert budget_mod.REPLAN_TOLERANCE > 0

@@ -101,3 +101,16 @@ def test_git_absent_gives_nulls(monkeypatch):
     # a copied tree without .git names its commit; whether it differs is unknown
     monkeypatch.setenv("RANKING_GIT_COMMIT", "abc123")
     assert runcard.git_state() == {"commit": "abc123", "dirty": None}
+
+
+def test_budget_check_sets_the_evaluation_estimate_beside_its_measured_time():
+    summary = {"budget": {"budget_minutes": 85, "evaluation_s": 1200.0, "train_minutes": 50.0, "calibration_s": 20.0},
+               "loop_s": 2990.0, "replans": [{"step": 500}, {"step": 1000}]}
+    phases = {"01_data_prep": 300.0, "02_train": 3100.0, "03_precision_tables": 900.0, "04_query_examples": 60.0,
+              "05_report": 30.0, "report": 20.0}
+    check = runcard.budget_check(phases, summary)
+    assert check == {"budget_s": 5100.0, "wall_s": 4410.0, "evaluation_estimate_s": 1200.0, "evaluation_s": 1010.0,
+                     "training_planned_s": 3000.0, "training_loop_s": 3010.0, "replans": 2}
+    assert runcard.budget_check(phases, {"budget": None}) is None  # a run of fixed steps
+    card = runcard.build_card(".", command="x", phases=phases)
+    assert "budget_check" not in card or card["budget_check"]["wall_s"] == 4410.0

@@ -134,6 +134,31 @@ def run_metrics(run_dir: Path) -> dict[str, dict]:
     return out
 
 
+EVALUATION_PHASES = ("03", "04", "05", "report")
+"""The phases (notebook name prefixes, and the PDF) that a whole-pipeline budget's evaluation
+estimate stands for."""
+
+
+def budget_check(phases: dict[str, float], train_summary: Any) -> dict | None:
+    """A budgeted run's promise against what happened: the whole budget and the wall time, the
+    evaluation's estimate and the evaluation's measured time, the training loop's planned and
+    measured seconds, the schedule's moves. None without a budget in `train_summary`."""
+    b = train_summary.get("budget") if isinstance(train_summary, dict) else None
+    if not isinstance(b, dict):
+        return None
+    evaluation = [v for k, v in phases.items() if k.startswith(EVALUATION_PHASES)]
+    budget_min = b.get("budget_minutes")
+    return {
+        "budget_s": None if budget_min is None else round(budget_min * 60, 1),
+        "wall_s": round(sum(phases.values()), 1),
+        "evaluation_estimate_s": round(float(b.get("evaluation_s", 0.0)), 1) if budget_min is not None else None,
+        "evaluation_s": round(sum(evaluation), 1) if evaluation else None,
+        "training_planned_s": round(float(b.get("train_minutes", 0.0)) * 60, 1),
+        "training_loop_s": round(float(train_summary.get("loop_s") or 0.0) + float(b.get("calibration_s", 0.0)), 1),
+        "replans": len(train_summary.get("replans") or []),
+    }
+
+
 def build_card(run_dir: str | Path, *, command: str, phases: dict[str, float], kind: str = "pipeline",
                config: dict | None = None, name: str | None = None, extra: dict | None = None) -> dict:
     """A pipeline run's card from what its run directory holds now (config.json as trained,
@@ -149,6 +174,9 @@ def build_card(run_dir: str | Path, *, command: str, phases: dict[str, float], k
         "config": config, "metrics": run_metrics(run), "train_summary": _read_json(run / "train_summary.json"),
         "machine": mach, "bf16": bf16_used(config, mach), "git": git_state(), "reconstructed": False,
     }
+    check = budget_check(phases, card["train_summary"])
+    if check is not None:
+        card["budget_check"] = check
     card.update(extra or {})
     return card
 

@@ -1,0 +1,189 @@
+"""The time budget: minutes of training turned into steps, and re-planned while the run goes.
+
+A budget (``train_minutes``, and/or the whole pipeline's ``budget_minutes``, which caps the
+training minutes at what is left after the time already spent and the evaluation's estimated
+cost: `training_minutes`) becomes a number of steps before the run starts: the trainer measures
+its step rate on throwaway copies of the network and optimiser, then `budget_steps` fixes the
+steps (`BudgetPlan`).
+
+The machine may get slower or faster after that measurement (another program starts, a laptop
+goes on battery). At each checkpoint the trainer compares the loop's time left with the rate of
+the steps since the last look, and `replan_steps` moves the end of the schedule so training
+still ends on time: the learning-rate schedule keeps its value at that step and runs its
+remaining length over the new number of steps (`schedule_progress`). Each move is recorded
+(`Replan`), in the checkpoint and ``train_summary.json``; a resumed run continues from the moves
+its checkpoint holds, and a run handed the recorded moves (no budget) repeats the schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+from ranking_lib.core.config import RunConfig
+from ranking_lib.core.errors import RankingError
+
+REPLAN_TOLERANCE = 0.02
+"""A re-plan moves the end only when the steps left change by more than this share (and 1 step):
+a run whose first measurement holds keeps its plan."""
+
+
+@dataclass
+class BudgetPlan:
+    """How a time budget became a number of steps."""
+
+    train_minutes: float
+    steps: int
+    steps_per_s: float
+    calibration_steps: int = 0
+    """Steps run on the throwaway copies (0: the rate was given, or taken from a checkpoint)."""
+    calibration_s: float = 0.0
+    """Wall time of the calibration, subtracted from the budget."""
+    measured: bool = True
+    """False when the rate was given (tests) or the plan came from the checkpoint (resume)."""
+    budget_minutes: float | None = None
+    """The whole pipeline's budget that capped `train_minutes` (None: no such budget)."""
+    spent_s: float = 0.0
+    """With `budget_minutes`: seconds the pipeline had run when training started."""
+    evaluation_s: float = 0.0
+    """With `budget_minutes`: the evaluation's estimated seconds, kept free at the end."""
+    replan: bool = False
+    """Whether the loop moves the schedule's end when its rate changes (a measured rate: yes;
+    a given one, as tests give: the plan stays fixed)."""
+
+    @property
+    def loop_s(self) -> float:
+        """The seconds the training loop itself may run: the training minutes less the calibration."""
+        return self.train_minutes * 60 - self.calibration_s
+
+    def describe(self) -> str:
+        how = (f"measured over {self.calibration_steps} steps on a copy of the network in "
+               f"{self.calibration_s:.0f} s, spent from the budget" if self.measured else "from the checkpoint or given")
+        if self.budget_minutes is not None:
+            head = (f"budget {format_minutes(self.budget_minutes * 60)} end to end: {format_minutes(self.spent_s)} "
+                    f"spent, evaluation ~{format_minutes(self.evaluation_s)} (estimate) -> training ")
+        else:
+            head = "budget "
+        return (f"{head}{format_minutes(self.train_minutes * 60)} -> {self.steps:,} steps at "
+                f"{self.steps_per_s:.2f} steps/s ({how})")
+
+
+@dataclass(frozen=True)
+class Replan:
+    """One move of the schedule's end, made at `step`."""
+
+    step: int
+    from_steps: int
+    """The run's total steps before the move."""
+    steps: int
+    """The run's total steps after it."""
+    steps_per_s: float = float("nan")
+    """The rate of the steps since the previous look (what the move is based on)."""
+    elapsed_s: float = float("nan")
+    """Seconds the loop had run at `step` (over every resume)."""
+    left_s: float = float("nan")
+    """Seconds of the loop's budget left at `step`."""
+
+    def describe(self) -> str:
+        return (f"re-planned at step {self.step:,}: {self.steps_per_s:.2f} steps/s, "
+                f"{format_minutes(max(self.left_s, 0.0))} left -> {self.steps:,} steps (was {self.from_steps:,})")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Replan":
+        try:
+            return cls(int(d["step"]), int(d["from_steps"]), int(d["steps"]),
+                       *(float(d.get(k, float("nan"))) for k in ("steps_per_s", "elapsed_s", "left_s")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise RankingError(f"a recorded re-plan is not usable ({d!r}: {e})") from None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def training_minutes(cfg: RunConfig, spent_s: float = 0.0, evaluation_s: float = 0.0) -> float:
+    """The training loop's minutes: ``train_minutes``, capped by ``budget_minutes`` less the
+    `spent_s` seconds already run and the `evaluation_s` seconds the evaluation will take;
+    one-line RankingError when the whole budget leaves no time to train."""
+    limits = [] if cfg.train_minutes is None else [float(cfg.train_minutes)]
+    if cfg.budget_minutes is not None:
+        left = (cfg.budget_minutes * 60 - spent_s - evaluation_s) / 60
+        if left <= 0:
+            raise RankingError(
+                f"budget_minutes={cfg.budget_minutes:g} leaves no time to train: {format_minutes(spent_s)} spent "
+                f"before training, the evaluation needs ~{format_minutes(evaluation_s)} (estimate); "
+                f"give a larger budget, or --steps")
+        limits.append(left)
+    if not limits:
+        raise RankingError("no time budget: set train_minutes or budget_minutes (or give --steps)")
+    return min(limits)
+
+
+def format_minutes(seconds: float) -> str:
+    """'45 s', '2 min', '3.5 min' (tenths under 10 min), '40 min', '2 h 23 min'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 9.95 * 60:
+        return f"{round(seconds / 60, 1):g} min"
+    minutes = int(round(seconds / 60))
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+
+
+def budget_steps(train_minutes: float, steps_per_s: float, warmup_steps: int = 0, spent_s: float = 0.0,
+                 what: str | None = None) -> int:
+    """Steps that fit into `train_minutes` at `steps_per_s`, `spent_s` (the calibration) already
+    spent; one-line RankingError (naming the budget as `what`, by default ``train_minutes=M``)
+    when that is not more than the warm-up."""
+    if not (train_minutes is not None and math.isfinite(train_minutes) and train_minutes > 0):
+        raise RankingError(f"train_minutes must be > 0 (got {train_minutes})")
+    if not (math.isfinite(steps_per_s) and steps_per_s > 0):
+        raise RankingError(f"the measured step rate is not usable ({steps_per_s} steps/s)")
+    steps = int((train_minutes * 60 - spent_s) * steps_per_s)
+    if steps <= warmup_steps:
+        least = (warmup_steps + 1) / steps_per_s + spent_s
+        raise RankingError(
+            f"{what or f'train_minutes={train_minutes:g}'} leaves {max(steps, 0)} steps at {steps_per_s:.2f} steps/s, not more "
+            f"than warmup_steps={warmup_steps}: give at least {math.ceil(least / 6) / 10:g} minutes, or --steps")
+    return steps
+
+
+def replan_steps(step: int, steps: int, left_s: float, steps_per_s: float,
+                 tolerance: float = REPLAN_TOLERANCE) -> int | None:
+    """The new total when `left_s` seconds at `steps_per_s` fit another number of steps than the
+    `steps - step` planned (by more than `tolerance` of them and one step); None: keep the plan.
+    No time left ends the run at `step`."""
+    if not (math.isfinite(steps_per_s) and steps_per_s > 0):
+        return None
+    fit = step + max(0, int(left_s * steps_per_s))
+    planned_left = max(steps - step, 0)
+    if abs(fit - steps) <= max(1.0, tolerance * planned_left):
+        return None
+    return fit
+
+
+def schedule_progress(step: int, steps: int, warmup_steps: int, replans: Sequence[Replan] = ()) -> float:
+    """How far (0..1) the decay after the warm-up is at `step`, in a run of `steps` whose end was
+    moved by `replans`: each move keeps the progress it had reached and spreads what is left over
+    the steps to its new end. Without moves: ``(step - warmup) / (steps - warmup)``."""
+    start, done = warmup_steps, 0.0
+    ends = [r.from_steps for r in replans[:1]] + [r.steps for r in replans[:-1]] + [steps]
+    end = ends[0]
+    for i, r in enumerate(replans):
+        if r.step > step:
+            break
+        at = max(r.step, warmup_steps)
+        done = _segment(at, start, done, end)
+        start, end = at, ends[i + 1]
+    return _segment(step, start, done, end)
+
+
+def _segment(step: int, start: int, done: float, end: int) -> float:
+    return min(1.0, done + (1.0 - done) * (step - start) / max(1, end - start))
+
+
+def replans_from(records: Iterable[dict] | None) -> list[Replan]:
+    """Re-plans read back from a checkpoint or ``train_summary.json`` (one-line error when malformed)."""
+    out = [Replan.from_dict(d) for d in records or []]
+    if any(b.step < a.step for a, b in zip(out, out[1:])):
+        raise RankingError("recorded re-plans are out of step order")
+    return out
