@@ -1,0 +1,156 @@
+"""Near-duplicate groups in an index, the distance threshold that defines them, and the files
+that show them (a CSV and an HTML contact sheet).
+
+* `near_pairs`: every pair of indexed images within `threshold` of each other (Euclidean),
+  found among each image's `k` nearest neighbours;
+* `groups`: the connected components of those pairs (union-find), largest first;
+* `calibrate`: the threshold that maximises F1 over image pairs on the project's near-duplicate
+  protocol (`retrieval.semantic.TRANSFORMS`: crop and rescale, colour jitter, blur, JPEG
+  re-encoding): `n` originals and their transformed copies, a pair positive when both come from
+  one original; returns it with the pair precision and recall there.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ranking_lib.core.errors import RankingError
+from ranking_lib.core.fileio import write_text
+from ranking_lib.retrieval.index import EmbeddingIndex
+from ranking_lib.retrieval.semantic import TRANSFORMS, transform_images
+
+NEIGHBOURS = 16  # neighbours per image searched for pairs (a group can still be larger: components)
+
+
+def near_pairs(embeddings: np.ndarray, threshold: float, *, k: int = NEIGHBOURS,
+               index_options: dict | None = None) -> list[tuple[int, int, float]]:
+    """``(i, j, distance)`` with i < j for pairs within `threshold`, sorted."""
+    n = len(embeddings)
+    if n < 2:
+        return []
+    index = EmbeddingIndex(embeddings, np.zeros(n, dtype=np.int64), **(index_options or {}))
+    kk = min(k, n - 1)
+    idx, dist = index.topk(embeddings, kk, exclude=np.arange(n))
+    pairs = {}
+    for i in range(n):
+        for j, d in zip(idx[i], dist[i]):
+            if d <= threshold:
+                a, b = (i, int(j)) if i < j else (int(j), i)
+                pairs[(a, b)] = float(d)
+    return sorted((a, b, d) for (a, b), d in pairs.items())
+
+
+def groups(n: int, pairs: list[tuple[int, int, float]]) -> list[list[int]]:
+    """Connected components (of size >= 2) of `pairs` over n items: each sorted, largest first
+    (ties by first member)."""
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b, _ in pairs:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    comps: dict[int, list[int]] = {}
+    for i in range(n):
+        comps.setdefault(root(i), []).append(i)
+    return sorted((c for c in comps.values() if len(c) > 1), key=lambda c: (-len(c), c[0]))
+
+
+def protocol_distances(embed: Callable[[np.ndarray], np.ndarray], images: np.ndarray, seed: int = 0
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Distances of the positive and of the negative image pairs among `images` (uint8 NHWC,
+    the originals) and their copies under every transform of `TRANSFORMS`."""
+    if len(images) < 2:
+        raise RankingError("calibrating a near-duplicate threshold needs at least 2 images")
+    z = [np.asarray(embed(images), dtype=np.float32)]
+    z += [np.asarray(embed(transform_images(images, name, seed)), dtype=np.float32) for name in TRANSFORMS]
+    source = np.tile(np.arange(len(images)), len(z))
+    x = torch.from_numpy(np.concatenate(z))
+    d = torch.cdist(x, x).numpy()
+    iu = np.triu_indices(len(d), k=1)
+    same = source[iu[0]] == source[iu[1]]
+    dist = d[iu]
+    return dist[same], dist[~same]
+
+
+def calibrate(positive: np.ndarray, negative: np.ndarray) -> dict:
+    """The threshold (a positive pair's distance) maximising F1 of "distance <= threshold", with
+    its pair precision and recall in percent."""
+    dist = np.concatenate([positive, negative])
+    label = np.concatenate([np.ones(len(positive), bool), np.zeros(len(negative), bool)])
+    order = np.argsort(dist, kind="stable")
+    dist, label = dist[order], label[order]
+    tp = np.cumsum(label)
+    fp = np.cumsum(~label)
+    last = np.r_[dist[1:] != dist[:-1], True]  # a threshold includes every pair at its distance
+    precision = tp / np.maximum(tp + fp, 1)
+    recall = tp / max(len(positive), 1)
+    f1 = np.where(last, 2 * precision * recall / np.maximum(precision + recall, 1e-12), -1)
+    best = int(np.argmax(f1))
+    return {"threshold": float(dist[best]), "precision": float(100 * precision[best]),
+            "recall": float(100 * recall[best]), "f1": float(100 * f1[best]),
+            "positive_pairs": int(len(positive)), "negative_pairs": int(len(negative))}
+
+
+# ---------------------------------------------------------------------------------- outputs
+def _distance_to_first(embeddings: np.ndarray, group: list[int]) -> np.ndarray:
+    e = embeddings[group]
+    return np.sqrt(((e - e[0]) ** 2).sum(axis=1))
+
+
+def write_csv(path: Path, found: list[list[int]], paths: list[str], embeddings: np.ndarray) -> Path:
+    """One row per image of a group: group number, path, distance to the group's first image."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["group", "path", "distance_to_first"])
+    for g, members in enumerate(found, 1):
+        for i, d in zip(members, _distance_to_first(embeddings, members)):
+            w.writerow([g, paths[i], f"{d:.4f}"])
+    return write_text(path, buf.getvalue())
+
+
+def thumbnail_uri(path: Path, size: int = 128) -> str | None:
+    """A PNG data URI of the image, at most `size` px on its longer side; None if unreadable."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            img.thumbnail((size, size))
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+    except Exception:  # noqa: BLE001 - a thumbnail that cannot be made shows as text
+        return None
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def write_contact_sheet(path: Path, found: list[list[int]], paths: list[str], embeddings: np.ndarray,
+                        root: Path, title: str) -> Path:
+    """An HTML page: one row per group, each image's thumbnail, path and distance to the first."""
+    rows = []
+    for g, members in enumerate(found, 1):
+        cells = []
+        for i, d in zip(members, _distance_to_first(embeddings, members)):
+            uri = thumbnail_uri(root / paths[i])
+            img = f'<img src="{uri}" alt="">' if uri else '<div class="missing">unreadable</div>'
+            cells.append(f'<figure>{img}<figcaption>{html.escape(paths[i])}<br>d = {d:.4f}</figcaption></figure>')
+        rows.append(f'<section><h2>group {g} ({len(members)} images)</h2>{"".join(cells)}</section>')
+    body = "".join(rows) or "<p>no near-duplicates at this threshold</p>"
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>near-duplicates</title><style>"
+            "body{font-family:sans-serif}figure{display:inline-block;margin:4px;width:140px;vertical-align:top}"
+            "figcaption{font-size:11px;word-break:break-all}.missing{width:128px;height:128px;background:#eee}"
+            f"</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+    return write_text(path, page)
