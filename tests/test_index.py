@@ -130,7 +130,7 @@ def test_constructor_validation():
     with pytest.raises(RankingError, match=r"NaN or Inf.*row 4"):
         EmbeddingIndex(bad, labels)
     with pytest.raises(
-        RankingError, match=r"unknown index backend 'annoy'.*torch.*faiss-hnsw"
+        RankingError, match=r"^search_backend must be one of auto, torch, .*faiss-hnsw \(got 'annoy'\)$"
     ):
         EmbeddingIndex(x, labels, backend="annoy")
     with pytest.raises(RankingError, match=r"20 embeddings but 3 paths"):

@@ -16,7 +16,7 @@ SYNSETS = imagenet_synsets()
 def test_registry_names_and_unknown_backbone():
     assert {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet50",
             "resnet101"} <= set(BACKBONES)
-    with pytest.raises(RankingError, match="unknown backbone 'vgg'"):
+    with pytest.raises(RankingError, match=r"^backbone must be one of efficientnet_lite0, .*resnet101 \(got 'vgg'\)$"):
         create_backbone("vgg")
 
 

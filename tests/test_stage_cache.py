@@ -91,7 +91,7 @@ def test_openvino_frozen_pass_equals_torch_and_has_its_own_file(sample_dir, samp
 
     cfg = _cfg(sample_dir, sample_cache_dir, "unused", input_size=96)
     with pytest.raises(RankingError, match="^frozen_runtime must be one of"):
-        cfg.replace(frozen_runtime="onnx")
+        runtimes.resolve_runtime("onnx", "cpu", False)
     assert runtimes.resolve_runtime("torch", "cpu", False) == "torch"
     assert runtimes.resolve_runtime("auto", "cpu", True) == "torch"  # bf16: the measured torch numerics
     if not runtimes.openvino_available():

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ranking_lib.core.errors import RankingError
+from ranking_lib.core.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -215,18 +216,16 @@ def _create_resnet(name: str, pretrained: bool) -> Backbone:
     return Backbone(net, stages, net.fc.in_features, IMAGENET_MEAN, IMAGENET_STD, classifier=net.fc)
 
 
-BACKBONES: dict[str, Callable[[bool], Backbone]] = {
-    "efficientnet_lite0": lambda pretrained: create_efficientnet_lite(0, pretrained),
-    "efficientnet_lite1": lambda pretrained: create_efficientnet_lite(1, pretrained),
-    "efficientnet_lite2": lambda pretrained: create_efficientnet_lite(2, pretrained),
-    "resnet18": lambda pretrained: _create_resnet("resnet18", pretrained),
-    "resnet50": lambda pretrained: _create_resnet("resnet50", pretrained),
-    "resnet101": lambda pretrained: _create_resnet("resnet101", pretrained),
-}
+BACKBONES: Registry[Callable[[bool], Backbone]] = Registry("backbone")
+"""Backbone name -> constructor ``(pretrained) -> Backbone`` (the config field ``backbone``)."""
+BACKBONES.add("efficientnet_lite0", lambda pretrained: create_efficientnet_lite(0, pretrained))
+BACKBONES.add("efficientnet_lite1", lambda pretrained: create_efficientnet_lite(1, pretrained))
+BACKBONES.add("efficientnet_lite2", lambda pretrained: create_efficientnet_lite(2, pretrained))
+BACKBONES.add("resnet18", lambda pretrained: _create_resnet("resnet18", pretrained))
+BACKBONES.add("resnet50", lambda pretrained: _create_resnet("resnet50", pretrained))
+BACKBONES.add("resnet101", lambda pretrained: _create_resnet("resnet101", pretrained))
 
 
 def create_backbone(name: str, pretrained: bool = True) -> Backbone:
-    """Build a backbone by registry name."""
-    if name not in BACKBONES:
-        raise RankingError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    return BACKBONES[name](pretrained)
+    """Build a backbone by registry name (an unknown name is one RankingError)."""
+    return BACKBONES.get(name)(pretrained)

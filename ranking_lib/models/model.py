@@ -21,6 +21,7 @@ from torch import nn
 
 from ranking_lib.models.backbones import Backbone, create_backbone
 from ranking_lib.core.errors import RankingError
+from ranking_lib.core.registry import Registry
 
 
 class ShallowPath(nn.Module):
@@ -43,8 +44,17 @@ class ShallowPath(nn.Module):
         return self.pool(F.relu(self.conv(x))).flatten(1)
 
 
-ARCHITECTURES = ("single", "multiscale")
 SUBSAMPLING = (4, 8)  # the multiscale network's shallow paths: input subsampled 4:1 and 8:1
+
+ARCHITECTURES: Registry[tuple[int, ...]] = Registry("architecture")
+"""Architecture name -> the subsampling factors of its shallow paths (the config field ``architecture``)."""
+ARCHITECTURES.add("single", ())
+ARCHITECTURES.add("multiscale", SUBSAMPLING)
+
+HEADS: Registry = Registry("head")
+"""Embedding head name -> constructor ``(in_features, embedding_dim) -> nn.Module`` (the config field ``head``)."""
+HEADS.add("linear", lambda f, dim: nn.Linear(f, dim))
+HEADS.add("mlp", lambda f, dim: nn.Sequential(nn.Linear(f, 1024), nn.ReLU(inplace=True), nn.Linear(1024, dim)))
 
 
 class EmbeddingNet(nn.Module):
@@ -79,18 +89,10 @@ class EmbeddingNet(nn.Module):
         self.freeze_stages = freeze_stages
         self.channels_last = channels_last
         self.freeze_bn = freeze_bn
-        if architecture not in ARCHITECTURES:
-            raise RankingError(f"architecture must be one of {ARCHITECTURES} (got {architecture!r})")
         self.arch = architecture
-        self.paths = nn.ModuleList([ShallowPath(input_size, k) for k in SUBSAMPLING]
-                                   if architecture == "multiscale" else [])
+        self.paths = nn.ModuleList([ShallowPath(input_size, k) for k in ARCHITECTURES.get(architecture)])
         f = self.backbone.feature_dim + sum(p.out_dim for p in self.paths)
-        if head == "linear":
-            self.head = nn.Linear(f, embedding_dim)
-        elif head == "mlp":
-            self.head = nn.Sequential(nn.Linear(f, 1024), nn.ReLU(inplace=True), nn.Linear(1024, embedding_dim))
-        else:
-            raise RankingError(f"head must be linear or mlp (got {head!r})")
+        self.head = HEADS.get(head)(f, embedding_dim)
         self.register_buffer("mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False)
         for stage in self.backbone.stages[:freeze_stages]:
@@ -199,6 +201,12 @@ def init_head_from_classifier(net: EmbeddingNet, wnids: list[str]) -> int:
                 net.head.bias[j] = 0.0 if net.multiscale else clf.bias[index[w]]
                 copied += 1
     return copied
+
+
+HEAD_INITS: Registry = Registry("head_init")
+"""Head init name -> ``(net, wnids) -> rows copied``, or None for the seeded random init (the config field ``head_init``)."""
+HEAD_INITS.add("random", None)
+HEAD_INITS.add("classifier", init_head_from_classifier)
 
 
 def build_model(cfg) -> EmbeddingNet:

@@ -26,16 +26,22 @@ import torch
 
 from ranking_lib.core.devices import openvino_available
 from ranking_lib.core.errors import RankingError
-from ranking_lib.core.names import FROZEN_RUNTIMES
+from ranking_lib.core.registry import Registry
 
-__all__ = ["openvino_available", "openvino_frozen_pass", "resolve_runtime"]
+__all__ = ["FROZEN_RUNTIMES", "openvino_available", "openvino_frozen_pass", "resolve_runtime"]
+
+
+FROZEN_RUNTIMES: Registry[str] = Registry("frozen_runtime")
+"""Runtime name -> what it runs the frozen-stage pass with (the config field ``frozen_runtime``)."""
+FROZEN_RUNTIMES.add("torch", "torch, on any device")
+FROZEN_RUNTIMES.add("openvino", "OpenVINO on the CPU (the fast extra)")
+FROZEN_RUNTIMES.add("auto", "OpenVINO where installed and the pass runs in fp32, else torch")
 
 
 def resolve_runtime(name: str, device: torch.device | str, bf16: bool) -> str:
     """``torch`` or ``openvino`` for a pass on `device` (bf16 autocast: `bf16`); one-line
     RankingError for ``openvino`` where it cannot run."""
-    if name not in FROZEN_RUNTIMES:
-        raise RankingError(f"frozen_runtime must be one of {', '.join(FROZEN_RUNTIMES)} (got {name!r})")
+    FROZEN_RUNTIMES.check(name)
     on_cpu = torch.device(device).type == "cpu"
     if name == "auto":
         return "openvino" if on_cpu and not bf16 and openvino_available() else "torch"

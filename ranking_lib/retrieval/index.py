@@ -44,9 +44,17 @@ import torch
 
 from ranking_lib.core.errors import RankingError
 from ranking_lib.core.fileio import atomic_path
+from ranking_lib.core.registry import Registry
 
-BACKENDS = ("auto", "torch", "faiss", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw")
-APPROXIMATE = ("faiss-ivf", "faiss-ivfpq", "faiss-hnsw")
+BACKENDS: Registry[bool] = Registry("search_backend")
+"""Search backend name -> whether it is approximate (the config field ``search_backend``)."""
+BACKENDS.add("auto", False)
+BACKENDS.add("torch", False)
+BACKENDS.add("faiss", False)
+BACKENDS.add("faiss-ivf", True)
+BACKENDS.add("faiss-ivfpq", True)
+BACKENDS.add("faiss-hnsw", True)
+APPROXIMATE = tuple(name for name in BACKENDS if BACKENDS.get(name))
 IVF_BACKENDS = ("faiss-ivf", "faiss-ivfpq")
 NPZ_KEYS = ("embeddings", "labels", "paths")
 # lowest allowed value of each index parameter
@@ -151,8 +159,7 @@ class EmbeddingIndex:
             if value is not None and int(value) < low:
                 label = name if name == "chunk_size" else f"index {name}"
                 raise RankingError(f"{label} must be >= {low} (got {value})")
-        if backend not in BACKENDS:
-            raise RankingError(f"unknown index backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        BACKENDS.check(backend)
         if backend == "auto":
             backend = "faiss" if faiss_available() else "torch"
         elif backend.startswith("faiss") and not faiss_available():

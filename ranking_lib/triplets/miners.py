@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ranking_lib.core.registry import Registry
+
 
 def batch_hard_negatives(
     queries: torch.Tensor,
@@ -27,3 +29,10 @@ def batch_hard_negatives(
         idx = d.argmin(dim=1)
         idx[torch.isinf(d.min(dim=1).values)] = -1
     return idx
+
+
+MINERS: Registry = Registry("miner")
+"""Miner name -> ``(queries, query_labels, candidates, candidate_labels, squared) -> indices``, or
+None for the pre-sampled triplets as they are (the config field ``miner``)."""
+MINERS.add("none", None)
+MINERS.add("batch_hard", batch_hard_negatives)

@@ -23,6 +23,7 @@ import hashlib
 import numpy as np
 
 from ranking_lib.core.errors import RankingError
+from ranking_lib.core.registry import Registry
 from ranking_lib.triplets.relevance import RelevanceScores
 from ranking_lib.triplets.samplers import TripletSampler, draw_triplets
 
@@ -128,6 +129,13 @@ class OnlineTriplets:
 
         t, _ = draw_triplets(rng, q, pools, self.relevance, self.fraction, self.tp, self.tr, out_of_class)
         return t if self.index is None else self.index[t]
+
+
+TRIPLET_SOURCES: Registry = Registry("triplet_source")
+"""Triplet source name -> the class drawing triplets while training, or None for ``presampled``
+(the run's seeded triplet file) (the config field ``triplet_source``)."""
+TRIPLET_SOURCES.add("presampled", None)
+TRIPLET_SOURCES.add("online", OnlineTriplets)
 
 
 @functools.lru_cache(maxsize=2)
