@@ -92,6 +92,26 @@ def test_upload_matches_query_image_file(run, tmp_path):
         np.testing.assert_allclose(up.top_distances, ref.top_distances, atol=1e-5)
 
 
+def test_sideways_phone_photo_is_queried_upright(run, tmp_path):
+    """A JPEG stored sideways with EXIF orientation 6 (turn 90 degrees clockwise) is embedded as
+    shown, by an upload and by ``query --image``: as the upright pixels saved losslessly."""
+    ex = QueryExplorer(run, k=4)
+    stored = np.rot90(np.asarray(ex.val.images[3]), 1)  # the camera's own row order
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    phone, plain, upright = tmp_path / "phone.jpg", tmp_path / "plain.jpg", tmp_path / "upright.png"
+    Image.fromarray(stored).save(phone, format="JPEG", quality=95, exif=exif.tobytes())
+    Image.fromarray(stored).save(plain, format="JPEG", quality=95)
+    Image.fromarray(np.rot90(ex.decode_upload(plain.read_bytes(), "plain.jpg"), -1)).save(upright)
+    for model in ("trained", "baseline"):
+        want = workflow.query_image_file(ex.cfg, upright, 4, model).top_distances
+        np.testing.assert_allclose(workflow.query_image_file(ex.cfg, phone, 4, model).top_distances, want, atol=1e-5)
+        np.testing.assert_allclose(ex.query_upload(phone.read_bytes(), "phone.jpg", model).top_distances, want,
+                                   atol=1e-5)
+        assert not np.allclose(ex.query_upload(plain.read_bytes(), "plain.jpg", model).top_distances, want,
+                               atol=1e-5)  # the rotation matters to the network
+
+
 def test_result_html_has_tiles_distances_and_marks(run):
     ex = QueryExplorer(run, k=3)
     results = {m: ex.query_val(5, m) for m in ("trained", "baseline")}
