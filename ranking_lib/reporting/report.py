@@ -126,6 +126,20 @@ def _triplets_text(cfg: RunConfig) -> str:
             f"and stored in `triplets_train.npy`: {drawn}, {negatives}.")
 
 
+def _instance_text(cfg: RunConfig) -> str:
+    """The instance triplets mixed in (``instance_fraction``), if any: what their positive and negative are."""
+    if cfg.instance_fraction <= 0:
+        return ""
+    where = (f"one of {cfg.views_per_image} views of every training image made once and passed through the frozen "
+             f"stages with the stage cache" if cfg.cache_stage_features else "a view made afresh at every step")
+    hard = (" With batch-hard mining their second negative is the batch's closest other image, of any class."
+            if cfg.miner == "batch_hard" else "")
+    return (f" Each step, {cfg.instance_fraction * 100:g}% of the triplets are instance triplets instead: the positive "
+            f"is another view of the query's own image (crop-and-rescale, colour jitter, blur, JPEG-like block "
+            f"quantisation; {where}) and the negative another image of the query's class, so the network is asked "
+            f"to keep two images of one class apart, not only classes.{hard}")
+
+
 def _network_text(cfg: RunConfig) -> str:
     weights = "An ImageNet-pretrained" if cfg.pretrained else "A randomly initialised"
     if cfg.architecture == "multiscale":
@@ -201,7 +215,7 @@ def method(cfg: RunConfig) -> str:
              " among all 3B images of the batch (batch-hard negative); the two losses are averaged."
              if cfg.miner == "batch_hard" else "")
     norm = "L2-normalised (distances lie in [0, 2])" if cfg.normalize_embeddings else "not normalised"
-    return f"""**Triplet sampling.** {_triplets_text(cfg)} {cfg.val_triplets} further triplets drawn from
+    return f"""**Triplet sampling.** {_triplets_text(cfg)}{_instance_text(cfg)} {cfg.val_triplets} further triplets drawn from
 validation images only measure validation triplet accuracy.
 
 **Network.** {_network_text(cfg)} maps an image, resized from 64 to {cfg.input_size} pixels, to a
