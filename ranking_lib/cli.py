@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         from ranking_lib.core.settings import apply_env
 
         apply_env(settings.env, ["-m", "ranking_lib", *sys.argv[1:]] if from_command_line else None)
+        for line in settings.notes:
+            print(f"note: {line}")
         if settings.make_demo_data and args.command in ("prepare", "all"):  # the demo profile's data
             from ranking_lib.data.demo import ensure_demo_dataset
 

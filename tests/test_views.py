@@ -2,6 +2,8 @@
 a view differs from its source, an instance triplet's positive is the query's own view, the
 cached views are the frozen stages of those views, and a run with views resumes exactly."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -181,6 +183,19 @@ def test_cached_views_are_the_frozen_stages_of_the_views(sample_dir, small_cache
     monkeypatch.setattr(views_mod, "compute_stage_features", lambda *a, **k: pytest.fail("rebuilt"))
     again = load_or_build_view_features(cfg, net, cache, progress=False)  # reused, not rebuilt
     assert again.filename == feats.filename
+    # prepare counts the views file and its sidecar as the current cache's own, not as strays
+    from ranking_lib.models.stage_cache import stray_files
+
+    views_file = Path(feats.filename)
+    assert views_file.name.startswith("views_train_") and views_file.with_suffix(".json").is_file()
+    strays = stray_files(views_file.parent, {"train": cache})
+    assert views_file not in strays and views_file.with_suffix(".json") not in strays
+    other = views_file.with_name(f"views_train_{cfg.backbone}_64px_k7_{'0' * 16}_x2_s0_v1.npy")  # another cache's
+    other.write_bytes(b"")
+    try:
+        assert other in stray_files(views_file.parent, {"train": cache})
+    finally:
+        other.unlink()
 
 
 def test_config_refuses_views_without_their_path():

@@ -128,6 +128,12 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
+def coerce_field(name: str, value: Any) -> Any:
+    """`value` as field `name`'s type, checked alone (a partial config file's setting); one-line
+    RankingError otherwise. The checks across fields run when the whole `RunConfig` is built."""
+    return _coerce(name, value)
+
+
 def _coerce_int(v: Any) -> int:
     if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
         raise ValueError

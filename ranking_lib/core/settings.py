@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ranking_lib.core.config import RunConfig
+from ranking_lib.core.config import RETIRED_FIELDS, RunConfig, coerce_field
 from ranking_lib.core.errors import RankingError
 from ranking_lib.core.fileio import read_json
 
@@ -130,6 +130,8 @@ class Settings:
     make_demo_data: bool = False
     explicit: frozenset = frozenset()
     """The RunConfig fields the profile, config file or overrides set (the rest are defaults)."""
+    notes: list[str] = field(default_factory=list)
+    """What the caller should say about the resolution (the run directory a config file chose)."""
 
 
 def _absolute(value: Any, base: Path) -> Any:
@@ -150,9 +152,14 @@ def resolve(profile: str | Path | None = None, overrides: dict[str, Any] | None 
                 runner[k] = v
             else:
                 values[k] = _absolute(v, base_dir()) if k in PATH_KEYS else v
+    notes = []
     if config_file:
-        values.update({k: _absolute(v, cwd) if k in PATH_KEYS else v
-                       for k, v in RunConfig.load(config_file).to_dict().items()})
+        given = config_fields(config_file)
+        values.update({k: _absolute(v, cwd) if k in PATH_KEYS else v for k, v in given.items()})
+        if "steps" in given and not set(BUDGET_KEYS) & set(given):  # as --steps: the file's steps win
+            values.update(dict.fromkeys(BUDGET_KEYS))
+        if "run_dir" in given and "run_dir" not in (overrides or {}):
+            notes.append(config_run_dir_note(config_file, values["run_dir"]))
     for k, v in (overrides or {}).items():
         if k in RUNNER_KEYS:
             runner[k] = v
@@ -174,7 +181,35 @@ def resolve(profile: str | Path | None = None, overrides: dict[str, Any] | None 
         if chosen is not None:  # after training: the steps this run's budget chose, not the profile's
             values["steps"] = chosen
     return Settings(RunConfig.from_dict(values), {str(k): str(v) for k, v in env.items()},
-                    bool(runner.get("make_demo_data", False)), frozenset(values))
+                    bool(runner.get("make_demo_data", False)), frozenset(values), notes)
+
+
+def config_fields(path: str | Path) -> dict[str, Any]:
+    """The fields a config file names, each typed (`coerce_field`; one line naming the file): a
+    partial file changes only those (the profile's other settings stay), a run's ``config.json``
+    all of them."""
+    data = read_json(Path(path), "config file")
+    if not isinstance(data, dict):
+        raise RankingError(f"config file {path} must hold a JSON object of settings, not {type(data).__name__}")
+    data = {k: v for k, v in data.items() if k not in RETIRED_FIELDS}
+    unknown = sorted(set(data) - set(RunConfig.field_names()))
+    if unknown:
+        raise RankingError(f"config file {path}: unknown config field(s): {', '.join(unknown)}")
+    try:
+        typed = {k: coerce_field(k, v) for k, v in data.items()}
+    except RankingError as e:
+        raise RankingError(f"config file {path}: {e}") from None
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in typed.items()}
+
+
+def config_run_dir_note(path: str | Path, run_dir: str) -> str:
+    """The line saying which run directory a config file's ``run_dir`` chose (another folder than
+    the file's own: a copied run's config.json still names the original)."""
+    here = Path(path).expanduser().resolve().parent
+    if Path(run_dir) == here:
+        return f"run directory {run_dir} (from --config {path})"
+    return (f"--config {path} sets run_dir {run_dir}, not the folder it is in ({here}): this command works on "
+            f"{run_dir}; pass --run-dir {here} to work on the copy")
 
 
 def planned_steps(run_dir: str | Path, train_minutes: float | None, budget_minutes: float | None = None) -> int | None:

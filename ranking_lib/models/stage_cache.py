@@ -185,14 +185,15 @@ def model_inputs(cfg: RunConfig, net: EmbeddingNet, cache: ImageCache, progress:
     return ModelInputs(staged.array, staged.kind, cache.images) if net.multiscale else staged
 
 
-_DERIVED_RE = re.compile(r"^(stage|golden)_(?P<split>[a-z]+)_(?P<backbone>.+)_(?P<size>\d+)px_k(?P<k>\d+)"
-                         r"_(?P<key>[0-9a-f]{16})\.(npy|json)$")
+# stage and golden features, and the cached views of `training.views` (their K, seed and version after the key)
+_DERIVED_RE = re.compile(r"^(stage|golden|views)_(?P<split>[a-z]+)_(?P<backbone>.+)_(?P<size>\d+)px_k(?P<k>\d+)"
+                         r"_(?P<key>[0-9a-f]{16})(_x\d+_s\d+_v\d+)?\.(npy|json)$")
 _CACHE_RE = re.compile(r"^[a-z]+_\d+px_(images\.npy|meta\.json)$")
 
 
 def stray_files(cache_dir: str | Path, caches: dict[str, ImageCache]) -> list[Path]:
     """Files in `cache_dir` that are neither an image cache nor computed from the current ones
-    (stage or golden features of an earlier cache, anything else): `prepare` names them and
+    (stage or golden features or cached views of an earlier cache, anything else): `prepare` names them and
     leaves them alone. Temp files of running writers (dot files) are not counted."""
     cache_dir = Path(cache_dir)
     try:
