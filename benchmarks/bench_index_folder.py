@@ -1,5 +1,5 @@
-"""Indexing a folder of images (``python -m ranking_lib index``): images/s, peak memory, and the
-time of a rerun when nothing changed.
+"""Indexing a folder of images (``python -m ranking_lib index``): images/s, peak memory, the time
+of a rerun when nothing changed, and ``duplicates`` on the index (its calibrated threshold).
 
     python benchmarks/bench_index_folder.py --images ../shared/tiny-imagenet-sample \
         [--profile sample --model baseline --run-dir RUN --out benchmarks/results/index_folder.json]
@@ -15,6 +15,7 @@ its card.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -31,26 +32,43 @@ REPORT = re.compile(r"^index .*: (?P<images>[\d,]+) images .*embedded (?P<embedd
                     r"(?P<skipped>\d+) skipped; (?P<seconds>[\d.]+) s$", re.M)
 
 
-def index_once(images: Path, run_dir: Path, profile: str, model: str, extra: list[str]) -> dict:
-    """One ``index`` process: its wall time, the report's numbers and the process's peak RSS."""
-    cmd = [sys.executable, "-m", "ranking_lib", "index", "--profile", profile, "--run-dir", str(run_dir),
-           "--images", str(images), "--name", "bench", "--model", model, "--quiet", *extra]
+def run_cli(cmd: list[str]) -> tuple[str, float, float]:
+    """(stdout, wall s, peak RSS MB) of one ``python -m ranking_lib`` process; exits on failure."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, text=True)
+        proc = subprocess.Popen([sys.executable, "-m", "ranking_lib", *cmd], cwd=ROOT, stdout=out, stderr=err,
+                                text=True)
         _, status, usage = os.wait4(proc.pid, 0)  # this process's own peak RSS (the CLI re-executes in place)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0), err.seek(0)
         stdout, stderr = out.read(), err.read()
     if proc.returncode:
-        sys.exit(f"error: index failed (exit {proc.returncode}): {stderr.strip().splitlines()[-1:]}")
+        sys.exit(f"error: {cmd[0]} failed (exit {proc.returncode}): {stderr.strip().splitlines()[-1:]}")
+    return stdout, wall, usage.ru_maxrss / 1024
+
+
+def index_once(images: Path, run_dir: Path, profile: str, model: str) -> dict:
+    """One ``index`` process: its wall time, the report's numbers and the process's peak RSS."""
+    stdout, wall, peak = run_cli(["index", "--profile", profile, "--run-dir", str(run_dir), "--images", str(images),
+                                  "--name", "bench", "--model", model, "--quiet"])
     m = REPORT.search(stdout)
     if m is None:
         sys.exit(f"error: no report line in the index output: {stdout[-500:]}")
     num = {k: int(v.replace(",", "")) for k, v in m.groupdict().items() if k != "seconds"}
     return {"wall_s": round(wall, 2), "index_s": float(m["seconds"]), **num,
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+            "peak_rss_mb": round(peak, 1)}
+
+
+def duplicates(run_dir: Path, profile: str, queries: int) -> dict:
+    """``duplicates`` on the index: the threshold calibrated on `queries` val images of the
+    profile's data (precision and recall over image pairs there) and the groups it finds."""
+    stdout, wall, _ = run_cli(["duplicates", "--profile", profile, "--run-dir", str(run_dir), "--index", "bench",
+                               "--near-dup-queries", str(queries), "--quiet"])
+    calib = json.loads(next(run_dir.glob("near_dup_threshold_*.json")).read_text())
+    groups = re.search(r"^(\d+) group\(s\) of near-duplicates, (\d+) images", stdout, re.M)
+    return {"wall_s": round(wall, 2), "calibration": calib, "groups": int(groups[1]), "images_in_groups": int(groups[2]),
+            "first_groups": [ln.strip() for ln in stdout.splitlines() if re.match(r"^  \d+: ", ln)][:10]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="baseline", choices=("trained", "baseline"),
                    help="the network (trained needs --run-dir with a checkpoint; default baseline)")
     p.add_argument("--run-dir", help="the run whose network indexes (default: a temporary run directory)")
+    p.add_argument("--near-dup-queries", type=int, default=200,
+                   help="then run 'duplicates', its threshold calibrated on this many val images of the profile's "
+                        "data (0: skip)")
     p.add_argument("--name", default="bench_index_folder", help="the card's name (docs/runs/<name>)")
     p.add_argument("--out", default=str(BENCH_RESULTS / "index_folder.json"), help="results JSON")
     args = p.parse_args(argv)
@@ -67,14 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-index-") as tmp:
         run_dir = Path(args.run_dir) if args.run_dir else Path(tmp) / "run"
-        full = index_once(images, run_dir, args.profile, args.model, [])
-        again = index_once(images, run_dir, args.profile, args.model, [])
+        full = index_once(images, run_dir, args.profile, args.model)
+        again = index_once(images, run_dir, args.profile, args.model)
+        dups = duplicates(run_dir, args.profile, args.near_dup_queries) if args.near_dup_queries else None
     mach = machine()
     results = {
         "what": "python -m ranking_lib index: a whole folder, then a rerun with nothing changed",
         "images_dir": str(images), "profile": args.profile, "model": args.model,
         "full": {**full, "images_per_s": round(full["embedded"] / full["index_s"], 1)},
-        "rerun_unchanged": again, "load_average_before": [round(x, 2) for x in load_before],
+        "rerun_unchanged": again, "duplicates": dups, "load_average_before": [round(x, 2) for x in load_before],
         "machine": mach,
     }
     out = Path(args.out)
@@ -88,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         rate = f"{r['images_per_s']:.1f}" if "images_per_s" in r else "-"
         print(f"{label:<18}{r['images']:>8,}{r['embedded']:>10,}{r['index_s']:>9.1f}{r['wall_s']:>8.1f}{rate:>8}"
               f"{r['peak_rss_mb'] or 0:>9.0f}")
+    if dups:
+        c = dups["calibration"]
+        print(f"duplicates: threshold {c['threshold']:.4f} (pair precision {c['precision']:.1f} %, recall "
+              f"{c['recall']:.1f} % on {c['images']} val images and their copies); {dups['groups']} groups, "
+              f"{dups['images_in_groups']} images")
     print(f"results: {out}; card: {card}")
     return 0
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import errno
+import signal
 import sys
 from pathlib import Path
 
 from ranking_lib.core.config import RunConfig, field_kind
 from ranking_lib.core.names import MODELS
+import threading
 from ranking_lib.core.errors import DiskFullError, RankingError
 from ranking_lib.core.settings import Settings, resolve
 
@@ -71,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--k", type=int, default=None, help="how many nearest/farthest (default top_k_show)")
         if name == "train":
             sp.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+        if name in ("sample", "all"):
+            sp.add_argument("--replace-triplets", action="store_true",
+                            help="replace the run's triplet files even when they were sampled with other settings "
+                                 "(refused otherwise: a checkpoint trained on them would no longer match)")
     from ranking_lib.verify import DEFAULT_TOLERANCE
 
     v = sub.add_parser("verify-run", help="recompute a run's metrics from its embeddings and compare with a card",
@@ -137,18 +143,31 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {disk_full_error(e.filename or '.')}", file=sys.stderr)
             return 1
         where = f": {e.filename}" if e.filename else ""
+    before = _stop_on_sigterm()
         hint = ("; that place cannot be written: pass a --run-dir (or --cache-dir) on a writable filesystem, "
                 "or make it writable") if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else ""
         print(f"error: {e.strerror or type(e).__name__}{where}{hint}", file=sys.stderr)
         return 1
 
 
-def interrupted(args: argparse.Namespace, cfg: RunConfig | None) -> str:
-    """The line for a Ctrl-C: where the step stopped and, for training, where the next `train`
-    resumes (its last checkpoint; files are written whole or not at all)."""
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM raise `Terminated` in this (main) thread; returns the handler it replaced
+    (None where no handler can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def interrupted(args: argparse.Namespace, cfg: RunConfig | None, how: str = "interrupted") -> str:
+    """The line for a Ctrl-C (or SIGTERM, `how`): where the step stopped and, for training, where
+    the next `train` resumes (its last checkpoint; files are written whole or not at all)."""
     cmd = args.command
     if cfg is None or cmd not in ("train", "all"):
-        return f"interrupted: {cmd} stopped; every file is written whole or not at all, so run it again to finish"
+        return f"{how}: {cmd} stopped; every file is written whole or not at all, so run it again to finish"
     from ranking_lib.training.checkpoint import read_checkpoint
 
     run = Path(cfg.run_dir)
@@ -161,13 +180,17 @@ def interrupted(args: argparse.Namespace, cfg: RunConfig | None) -> str:
         rows = (run / "loss_log.csv").read_text().strip().splitlines()
         logged = int(rows[-1].split(",")[0]) + 1 if len(rows) > 1 else None
     except (OSError, ValueError, IndexError):
+    except Terminated:
+        print(f"error: {interrupted(args, settings.config if settings else None, 'terminated (SIGTERM)')}",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
         logged = None
     where = f" after step {logged:,} of {cfg.steps:,} (the loss log's last row)" if logged else ""
     nxt = (f"the next 'train' resumes from step {resume_at:,} ({ckpt}, saved every "
            f"checkpoint_every={cfg.checkpoint_every} steps)" if resume_at else
            f"no checkpoint was saved yet (one every checkpoint_every={cfg.checkpoint_every} steps): the next "
            "'train' starts from step 0")
-    return f"interrupted: {cmd} stopped{where}; {nxt}"
+    return f"{how}: {cmd} stopped{where}; {nxt}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -175,6 +198,14 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, ``kill``): the command stops as on Ctrl-C (files being
+    written are dropped whole, the run directory's lock is released), with one line."""
 
 
 def run(args: argparse.Namespace, cfg: RunConfig, argv: list[str] | None = None) -> int:
@@ -250,7 +281,7 @@ def _run(args: argparse.Namespace, cfg: RunConfig, workflow, phases: dict[str, f
                 print(line)
         lap("prepare")
     if cmd in ("sample", "all"):
-        t = workflow.sample(cfg)
+        t = workflow.sample(cfg, replace=getattr(args, "replace_triplets", False))
         lap("sample")
         what = (f"{len(t['train'])} train (for scoring; training draws online)" if cfg.triplet_source == "online"
                 else f"{len(t['train'])} train")

@@ -51,7 +51,7 @@ from ranking_lib.retrieval.query import (
     query_vector,
 )
 from ranking_lib.training import distributed
-from ranking_lib.training.checkpoint import load_model_state, read_checkpoint
+from ranking_lib.training.checkpoint import checkpoint_identity, load_model_state, read_checkpoint
 from ranking_lib.training.trainer import Trainer, TrainResult
 from ranking_lib.triplets.golden import golden_features
 from ranking_lib.triplets.online import OnlineTriplets
@@ -176,38 +176,76 @@ def check_sample_size(cfg: RunConfig) -> None:
                            f"(a {mb(biggest)} array), but only {mb(mem)} are available: lower --num-triplets")
 
 
+TRIPLET_SEED_OFFSETS = {"train": 0, "val": 1, "tune": 2}  # each triplet file's seed: cfg.seed + offset
+
+
+def triplet_settings(cfg: RunConfig, name: str) -> dict:
+    """The settings the run's triplet file `name` (train, val, tune) is sampled with, as its
+    sidecar records them: `sample` writes them, `train` and `evaluate` refuse a file with others."""
+    own = name == "train" and cfg.triplet_source == "presampled"  # else course triplets for scoring
+    s = {"seed": cfg.seed + TRIPLET_SEED_OFFSETS[name], "holdout_per_class": cfg.holdout_per_class,
+         "num_triplets": cfg.num_triplets if own else cfg.val_triplets, "sampler": "uniform"}
+    if own and cfg.uses_relevance:
+        s.update(sampler="relevance", out_of_class_fraction=cfg.out_of_class_fraction,
+                 relevance_tp=cfg.relevance_tp, relevance_tr=cfg.relevance_tr)
+    return s
+
+
+def check_replacing_triplets(cfg: RunConfig, names: list[str]) -> None:
+    """Refuse to replace a run's triplet files with triplets sampled with other settings (a copied
+    run's ``config.json`` names the original's run_dir; a trained checkpoint depends on them)."""
+    trained = Path(cfg.run_dir, "checkpoints", "last.pt").is_file()
+    for name in names:
+        try:
+            side = read_json(Path(cfg.run_dir, f"triplets_{name}.json"), "triplet sidecar", missing_ok=True)
+        except RankingError:  # an unreadable sidecar vouches for nothing: sampling again is the fix
+            continue
+        if not isinstance(side, dict):
+            continue
+        want = triplet_settings(cfg, name)
+        diff = [k for k, v in want.items() if side.get(k, "uniform" if k == "sampler" else None) not in (None, v)]
+        if diff:
+            k = diff[0]
+            also = " and a checkpoint trained on them" if trained and name == "train" else ""
+            raise RankingError(f"run directory {cfg.run_dir} already holds triplets_{name}.npy sampled with "
+                               f"{k}={side.get(k, 'uniform')!r}{also}; sampling with {k}={want[k]!r} would replace them: pass "
+                               "--replace-triplets to do so, or --run-dir for a new run")
+
+
 @writes_run_dir
-def sample(cfg: RunConfig) -> dict[str, np.ndarray]:
+def sample(cfg: RunConfig, *, replace: bool = False) -> dict[str, np.ndarray]:
     """Sample training triplets (train split) and evaluation triplets (val split only).
 
     With ``triplet_source=online`` training draws its triplets as it runs; the train file then
-    holds `val_triplets` course triplets of the training images, to score the train split."""
+    holds `val_triplets` course triplets of the training images, to score the train split.
+    Triplets sampled with other settings are not replaced unless `replace`
+    (`check_replacing_triplets`)."""
     check_sample_size(cfg)
+    if not replace:
+        check_replacing_triplets(cfg, ["train", "val"] + (["tune"] if cfg.holdout_per_class else []))
     caches = load_caches(cfg, progress=False)
     train = caches["train"]
     kept, held = holdout_split(train.labels, cfg.holdout_per_class, cfg.seed, train.wnids)
-    # (name, split's cache, images it may use, how many, seed); indices map back into the split
-    plan = [("train", train, kept, cfg.num_triplets, cfg.seed),
-            ("val", caches["val"], np.arange(len(caches["val"])), cfg.val_triplets, cfg.seed + 1)]
+    # (name, split's cache, images it may use); indices map back into the split
+    plan = [("train", train, kept), ("val", caches["val"], np.arange(len(caches["val"])))]
     if len(held):
-        plan.append(("tune", train, held, cfg.val_triplets, cfg.seed + 2))
+        plan.append(("tune", train, held))
     else:
         Path(cfg.run_dir, "triplets_tune.npy").unlink(missing_ok=True)
     out = {}
-    for name, cache, ids, n, seed in plan:
+    for name, cache, ids in plan:
         where = "train" if name == "tune" else name
-        meta = {"split": where, "seed": seed, "num_images": len(cache), "holdout_per_class": cfg.holdout_per_class}
+        meta = {"split": where, "num_images": len(cache), **triplet_settings(cfg, name)}
+        n, seed = meta["num_triplets"], meta["seed"]
         if name == "train" and cfg.triplet_source == "online":
             # training draws its own triplets as it runs: this file only scores the train split
-            n, meta["purpose"] = cfg.val_triplets, "evaluation only: training draws its triplets online"
-        if name == "train" and cfg.uses_relevance and cfg.triplet_source == "presampled":  # evaluation triplets stay the course's
+            meta["purpose"] = "evaluation only: training draws its triplets online"
+        if meta["sampler"] == "relevance":  # evaluation triplets stay the course's
             sampler = RelevanceTripletSampler(cache.labels[ids], golden_features(cfg, cache)[ids],
                                               cfg.out_of_class_fraction, cfg.relevance_tp, cfg.relevance_tr,
                                               seed=seed, class_ids=cache.wnids, split=where)
             t = ids[sampler.sample(n)]
-            meta.update(sampler="relevance", out_of_class_fraction=cfg.out_of_class_fraction,
-                        relevance_tp=cfg.relevance_tp, relevance_tr=cfg.relevance_tr,
-                        in_class_negatives=int((cache.labels[t[:, 0]] == cache.labels[t[:, 2]]).sum()),
+            meta.update(in_class_negatives=int((cache.labels[t[:, 0]] == cache.labels[t[:, 2]]).sum()),
                         in_class_fallbacks=sampler.in_class_fallbacks)
         else:
             t = ids[TripletSampler(cache.labels[ids], seed=seed, class_ids=cache.wnids, split=where).sample(n)]
@@ -229,7 +267,8 @@ def training_triplets(cfg: RunConfig, cache: ImageCache, progress: bool = True):
 
 
 def load_run_triplets(cfg: RunConfig, split: str, num_images: int) -> np.ndarray:
-    return load_triplets(run_path(cfg, f"triplets_{split}.npy"), num_images)
+    """The run's triplet file of `split`, refused when sampled with other settings than `cfg`'s."""
+    return load_triplets(run_path(cfg, f"triplets_{split}.npy"), num_images, expect=triplet_settings(cfg, split))
 
 
 def initial_model(cfg: RunConfig, wnids: list[str], progress: bool = False) -> EmbeddingNet:
@@ -308,6 +347,7 @@ def embed(cfg: RunConfig, model: str = "trained", progress: bool = True) -> dict
     setup_torch(cfg)
     caches = load_caches(cfg, progress=False)
     net = load_model(cfg, model)
+    network = network_record(cfg, model)
     splits = SPLITS if cfg.evaluate_val else ("train",)
     ctx = distributed.context()  # under torchrun each rank embeds a slice, rank 0 writes
     device = distributed.rank_device(cfg.device, ctx)
@@ -328,7 +368,7 @@ def embed(cfg: RunConfig, model: str = "trained", progress: bool = True) -> dict
                 continue
             z = z.cpu().numpy()
         EmbeddingIndex(z, c.labels, list(c.paths)).save(embeddings_path(cfg, model, split),
-                                                        meta=embeddings_meta(model, c))
+                                                        meta=embeddings_meta(model, c, network))
         out[split] = embeddings_path(cfg, model, split)
         if progress:
             print(f"embedded {len(c)} {split} images in {time.perf_counter() - t0:.1f} s")
@@ -342,11 +382,49 @@ def index_options(cfg: RunConfig) -> dict:
                 refine=cfg.index_refine, hnsw_m=cfg.index_hnsw_m, ef_search=cfg.index_ef_search)
 
 
-def embeddings_meta(model: str, cache: ImageCache) -> dict:
-    """What an embeddings file records about its source (checked by `check_embeddings`)."""
+def embeddings_meta(model: str, cache: ImageCache, network: dict | None = None) -> dict:
+    """What an embeddings file records about its source (checked by `check_embeddings`) and the
+    network that computed it (`network_record`, checked by `check_network`)."""
     return {"model": model, "split": cache.split, "num_images": len(cache), "wnids": list(cache.wnids),
             "image_cache": None if cache.cache_file is None else str(cache.cache_file),
-            "image_cache_crc32": cache.crc32}
+            "image_cache_crc32": cache.crc32, "network": network}
+
+
+def network_record(cfg: RunConfig, model: str) -> dict:
+    """Which network `model` is in this run: the trained one by its checkpoint's step and weights
+    (`checkpoint_identity`), the frozen pretrained baseline by its backbone and input size."""
+    if model == "baseline":
+        return {"model": "baseline", "backbone": cfg.backbone, "pretrained": cfg.pretrained,
+                "input_size": cfg.input_size}
+    return {"model": model, **checkpoint_identity(Path(cfg.run_dir, "checkpoints", "last.pt"))}
+
+
+def describe_network(record: dict) -> str:
+    if record.get("model") == "baseline":
+        return (f"the frozen {'pretrained ' if record.get('pretrained') else ''}baseline "
+                f"({record.get('backbone')}, {record.get('input_size')} px)")
+    return (f"the trained network of checkpoint step {record.get('checkpoint_step')} "
+            f"(weights {str(record.get('weights_sha256'))[:12]})")
+
+
+def check_network(cfg: RunConfig, model: str, index: EmbeddingIndex, path: Path) -> None:
+    """Refuse (one line naming the file) embeddings that `model`'s network in this run did not
+    compute: a file copied from another run, a baseline's file renamed, or one left from an
+    earlier checkpoint (an 'embed' stopped between its files). Used wherever a run's embeddings
+    are opened (`load_index`: evaluate, query, the explorer, verify-run)."""
+    have = (getattr(index, "meta", None) or {}).get("network")
+    redo = f"re-run 'embed --model {model}'"
+    if not isinstance(have, dict):
+        raise RankingError(f"embedding file {path} does not record which network computed it (written by an "
+                           f"earlier version, or edited): {redo}")
+    try:
+        want = network_record(cfg, model)
+    except RankingError as e:
+        raise RankingError(f"cannot check which network computed embedding file {path}: {e}") from None
+    if have != want:
+        raise RankingError(f"embedding file {path} was computed by {describe_network(have)}, not by this run's "
+                           f"{model} network, {describe_network(want)} (copied from another run, renamed, or "
+                           f"left by an 'embed' that stopped early): {redo}")
 
 
 def check_index_size(cfg: RunConfig, cache: ImageCache) -> None:
@@ -403,6 +481,7 @@ def load_index(cfg: RunConfig, model: str, split: str) -> EmbeddingIndex:
         check_index_size(cfg, cache)
     index = EmbeddingIndex.load(path, **index_options(cfg))
     check_embeddings(cfg, index, split, cache, path)
+    check_network(cfg, model, index, path)
     return index
 
 

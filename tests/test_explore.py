@@ -172,3 +172,23 @@ def test_app_picks_uploads_and_errors_in_one_line(run, tmp_path):
 def test_missing_run_is_one_line(tmp_path):
     with pytest.raises(RankingError, match="no run at"):
         QueryExplorer(tmp_path)
+
+
+def test_a_run_whose_embeddings_come_from_two_networks_is_refused_in_one_line(run, tmp_path):
+    """'embed' stopped (SIGTERM) after the train file: train from the newer checkpoint, val from
+    the older one. The explorer opens such a run with the check evaluate and query use."""
+    import shutil
+    from pathlib import Path
+
+    from ranking_lib.core.config import RunConfig
+
+    mixed = Path(shutil.copytree(run, tmp_path / "mixed"))
+    cfg = RunConfig.load(mixed / "config.json").replace(run_dir=str(mixed))
+    workflow.train(cfg.replace(steps=cfg.steps + 1), progress=False)
+    workflow.embed(cfg.replace(steps=cfg.steps + 1, evaluate_val=False), progress=False)  # the train file only
+    with pytest.raises(RankingError) as e:
+        QueryExplorer(mixed)
+    msg = str(e.value)
+    assert msg.startswith(f"embedding file {mixed / 'embeddings_trained_val.npz'} was computed by the trained "
+                          f"network of checkpoint step {cfg.steps} ") and "\n" not in msg
+    assert QueryExplorer(mixed, model="baseline").available_models()["trained"] == msg

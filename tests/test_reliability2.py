@@ -518,3 +518,148 @@ def test_full_disk_exits_1_as_the_readme_says(embedded, tmp_path, capsys, monkey
     assert rc == 1 and len(err) == 1 and err[0].startswith("error: no space left on the device to write "), err
     readme = (REPO / "README.md").read_text()
     assert "1 an OS error, a full disk included" in readme
+
+
+# ---------------------------------------------------------------------------- 6. which network, which run
+@pytest.fixture(scope="module")
+def trained(demo, tmp_path_factory):
+    """A run trained for 4 steps, both models embedded, the trained one evaluated."""
+    root = tmp_path_factory.mktemp("net")
+    flags = _flags(demo, root / "run", root / "cache", steps=4)
+    for step in (["prepare"], ["sample"], ["train"], ["embed"], ["embed", "--model", "baseline"], ["evaluate"]):
+        assert cli.main(step + flags) == 0, step
+    return root / "run", flags
+
+
+def _own_copy(trained, tmp_path, name="run") -> tuple[Path, list[str]]:
+    """A copy of the trained run whose config.json names the copy (as a run made there would)."""
+    from ranking_lib.core.config import RunConfig
+
+    run, flags = trained
+    mine = Path(shutil.copytree(run, tmp_path / name, symlinks=True))
+    RunConfig.load(mine / "config.json").replace(run_dir=str(mine)).save(mine / "config.json")
+    flags = list(flags)
+    flags[flags.index("--run-dir") + 1] = str(mine)
+    return mine, flags
+
+
+def _train_on(flags, steps) -> list[str]:
+    out = list(flags)
+    out[out.index("--steps") + 1] = str(steps)
+    return out
+
+
+def test_embeddings_name_the_network_that_computed_them(trained):
+    run, _ = trained
+    t, b = (EmbeddingIndex.load(run / f"embeddings_{m}_val.npz").meta["network"] for m in ("trained", "baseline"))
+    assert t["model"] == "trained" and t["checkpoint_step"] == 4 and len(t["weights_sha256"]) == 64
+    assert b == {"model": "baseline", "backbone": "efficientnet_lite0", "pretrained": True, "input_size": 32}
+
+
+def _refused(cmds, flags, path: Path, capsys, *words) -> None:
+    for cmd in cmds:
+        rc, err, _ = _run_cli(cmd + flags, capsys)
+        assert rc == 2 and len(err) == 1, (cmd, err)
+        assert err[0].startswith(f"error: embedding file {path} was computed by "), err
+        assert all(w in err[0] for w in words) and "re-run 'embed --model trained'" in err[0], err
+
+
+READERS = [["evaluate"], ["query", "--val-index", "0"]]
+
+
+def test_val_embeddings_of_another_network_are_refused_and_the_metrics_kept(trained, tmp_path, capsys):
+    run, flags = _own_copy(trained, tmp_path)
+    other, other_flags = _own_copy(trained, tmp_path, "other")
+    for step in (["train"], ["embed"]):  # the other run trained on to step 6
+        assert _run_cli(step + _train_on(other_flags, 6), capsys)[0] == 0
+    shutil.copy(other / "embeddings_trained_val.npz", run / "embeddings_trained_val.npz")
+    before = (run / "metrics_trained.json").read_bytes()
+    _refused(READERS, flags, run / "embeddings_trained_val.npz", capsys,
+             "checkpoint step 6", "this run's trained network, the trained network of checkpoint step 4")
+    assert (run / "metrics_trained.json").read_bytes() == before
+
+
+def test_baseline_embeddings_renamed_to_trained_are_refused(trained, tmp_path, capsys):
+    run, flags = _own_copy(trained, tmp_path)
+    for split in ("train", "val"):
+        shutil.copy(run / f"embeddings_baseline_{split}.npz", run / f"embeddings_trained_{split}.npz")
+    _refused(READERS, flags, run / "embeddings_trained_train.npz", capsys,
+             "the frozen pretrained baseline (efficientnet_lite0, 32 px)", "checkpoint step 4")
+
+
+def test_embed_stopped_after_the_train_file_leaves_a_pair_that_is_refused(trained, tmp_path, capsys):
+    """As a SIGTERM between the two files of 'embed' leaves them: train from the new network, val
+    from the old (here the train file alone is rewritten, as by --no-evaluate-val)."""
+    run, flags = _own_copy(trained, tmp_path)
+    assert _run_cli(["train"] + _train_on(flags, 6), capsys)[0] == 0
+    assert _run_cli(["embed", "--no-evaluate-val"] + _train_on(flags, 6), capsys)[0] == 0
+    _refused(READERS, _train_on(flags, 6), run / "embeddings_trained_val.npz", capsys,
+             "checkpoint step 4", "this run's trained network, the trained network of checkpoint step 6")
+    assert _run_cli(["embed"] + _train_on(flags, 6), capsys)[0] == 0  # the fix the message names
+    assert _run_cli(["evaluate"] + _train_on(flags, 6), capsys)[0] == 0
+
+
+def test_embeddings_without_a_network_record_are_refused(trained, tmp_path, capsys):
+    run, flags = _own_copy(trained, tmp_path)
+    path = run / "embeddings_trained_val.npz"
+    meta = {k: v for k, v in EmbeddingIndex.load(path).meta.items() if k != "network"}
+    _tamper(path, path, meta=lambda m: np.array(json.dumps(meta)))
+    rc, err, _ = _run_cli(["evaluate"] + flags, capsys)
+    assert rc == 2 and len(err) == 1 and f"embedding file {path} does not record which network" in err[0], err
+
+
+def test_sigterm_during_a_command_is_one_line(demo, tmp_path, capsys):
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    flags = _flags(demo, run, cache, steps=400, checkpoint_every=3)
+    for s in ("prepare", "sample"):
+        assert _run_cli([s] + flags, capsys)[0] == 0
+    proc = subprocess.Popen([sys.executable, "-m", "ranking_lib", "train", *map(str, flags)], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log, t0 = run / "loss_log.csv", time.time()
+    try:
+        while not (log.is_file() and len(log.read_text().splitlines()) > 5):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() - t0 < 240, "training never got going"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)  # a scheduler's time limit
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    err = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 143 and len(err) == 1 and "Traceback" not in stderr, stderr
+    assert err[0].startswith("error: terminated (SIGTERM): train stopped after step ") and "resumes from step" in err[0]
+    assert not [p for p in _files(run, run / "checkpoints") if ".tmp" in p.name]
+
+
+# ---------------------------------------------------------------------------- 7. a copied run's config, stale triplets
+def test_sample_with_a_copied_runs_config_says_where_and_keeps_the_trained_runs_triplets(trained, tmp_path, capsys):
+    a, _ = _own_copy(trained, tmp_path, "A")
+    b = Path(shutil.copytree(a, tmp_path / "B", symlinks=True))  # cp -a runs/A runs/B
+    before = {p.name: p.read_bytes() for p in a.glob("triplets_*")}
+    rc, err, out = _run_cli(["sample", "--config", b / "config.json", "--seed", "5", "--quiet"], capsys)
+    assert rc == 2 and len(err) == 1, err
+    assert f"note: --config {b / 'config.json'} sets run_dir {a}, not the folder it is in ({b})" in out
+    assert err[0] == (f"error: run directory {a} already holds triplets_train.npy sampled with seed=0 and a "
+                      "checkpoint trained on them; sampling with seed=5 would replace them: pass --replace-triplets "
+                      "to do so, or --run-dir for a new run")
+    assert {p.name: p.read_bytes() for p in a.glob("triplets_*")} == before
+    # the same settings sample the same triplets again: allowed; asked, other settings replace them
+    assert _run_cli(["sample", "--config", b / "config.json", "--quiet"], capsys)[0] == 0
+    assert {p.name: p.read_bytes() for p in a.glob("triplets_*.npy")} == \
+        {k: v for k, v in before.items() if k.endswith(".npy")}
+    rc, err, _ = _run_cli(["sample", "--config", b / "config.json", "--seed", "5", "--replace-triplets", "--quiet"],
+                          capsys)
+    assert rc == 0, err
+    assert json.loads((a / "triplets_train.json").read_text())["seed"] == 5
+
+
+@pytest.mark.parametrize("flag,value,msg", [("--seed", "5", "sampled with seed=0, but the run's config says seed=5"),
+                                             ("--val-triplets", "7", "sampled with num_triplets=20, but the run's "
+                                                                     "config says num_triplets=7")])
+def test_evaluate_refuses_triplets_sampled_with_other_settings(trained, tmp_path, capsys, flag, value, msg):
+    run, flags = _own_copy(trained, tmp_path)
+    before = (run / "metrics_trained.json").read_bytes()
+    rc, err, _ = _run_cli(["evaluate"] + flags + [flag, value], capsys)
+    assert rc == 2 and len(err) == 1 and "error: triplet file " in err[0] and msg in err[0], err
+    assert (run / "metrics_trained.json").read_bytes() == before

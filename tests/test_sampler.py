@@ -88,3 +88,20 @@ def test_damaged_or_edited_triplets_are_refused(tmp_path):
     np.save(path, t.astype(np.float64))
     with pytest.raises(RankingError, match=r"expected \(N, 3\) integers"):
         load_triplets(path)
+
+
+def test_empty_triplet_file_with_a_valid_sidecar_is_one_line(tmp_path):
+    path = save_triplets(tmp_path / "t.npy", np.zeros((0, 3), np.int64), {"seed": 0})
+    with pytest.raises(RankingError, match=r"holds no triplets \(shape \(0, 3\)\).*re-run 'sample'"):
+        load_triplets(path, num_images=10)
+
+
+def test_triplets_sampled_with_other_settings_are_refused_naming_the_first(tmp_path):
+    t = TripletSampler(_labels(10, 20), seed=3).sample(50)
+    path = save_triplets(tmp_path / "t.npy", t, {"seed": 3, "holdout_per_class": 0})
+    assert np.array_equal(load_triplets(path, 200, expect={"seed": 3, "holdout_per_class": 0, "sampler": "uniform"}), t)
+    with pytest.raises(RankingError, match=r"t.npy was sampled with seed=3, but the run's config says seed=5"):
+        load_triplets(path, 200, expect={"seed": 5})
+    with pytest.raises(RankingError, match=r"sampler='uniform', but the run's config says sampler='relevance'"):
+        load_triplets(path, 200, expect={"seed": 3, "sampler": "relevance"})
+    assert len(load_triplets(path, 200, expect={"relevance_tp": 0.6})) == 50  # a setting it does not record

@@ -8,7 +8,9 @@ gives one line naming the file and the bytes needed, and the previous checkpoint
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -70,3 +72,37 @@ def load_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | P
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not fit the model: {str(e).splitlines()[0]}") from e
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and bytes, in name order: which weights a
+    network has (equal for a checkpoint and the network it was loaded into)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}\t{t.dtype}\t{tuple(t.shape)}\n".encode("utf-8"))
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+_identities: dict[tuple, dict] = {}  # (file, size, mtime, inode) -> its identity, read once per process
+
+
+def checkpoint_identity(path: str | Path) -> dict[str, Any]:
+    """Which trained network the checkpoint at `path` holds: ``checkpoint_step`` and
+    ``weights_sha256`` (what files computed by it record; `CheckpointError` when unreadable)."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    except OSError:
+        key = None
+    if key not in _identities:
+        ckpt = read_checkpoint(path)
+        if not isinstance(ckpt.get("model"), dict):
+            raise CheckpointError(f"checkpoint {path} holds no model weights")
+        ident = {"checkpoint_step": int(ckpt.get("step", 0)), "weights_sha256": weights_sha256(ckpt["model"])}
+        if key is None:
+            return ident
+        _identities[key] = ident
+    return dict(_identities[key])

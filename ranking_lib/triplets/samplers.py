@@ -231,8 +231,10 @@ def _digest(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr, dtype=np.int64)).hexdigest()
 
 
-def load_triplets(path: str | Path, num_images: int | None = None) -> np.ndarray:
-    """Load triplets saved by :func:`save_triplets`; check they index a split of `num_images`."""
+def load_triplets(path: str | Path, num_images: int | None = None, *, expect: dict | None = None) -> np.ndarray:
+    """Load triplets saved by :func:`save_triplets`; check they index a split of `num_images`
+    and that their sidecar records the settings in `expect` (``{"seed": 5, ...}``; a key the
+    sidecar lacks is not checked, except ``sampler``, whose absence means ``uniform``)."""
     path = Path(path)
     if not path.is_file():
         raise RankingError(f"triplet file not found: {path} (run the 'sample' step first)")
@@ -255,8 +257,23 @@ def load_triplets(path: str | Path, num_images: int | None = None) -> np.ndarray
         raise RankingError(f"triplet file {path} is damaged or was modified (its checksum differs from "
                            f"{path.with_suffix('.json').name}); re-run 'sample'")
     if num_images is not None and (t.min() < 0 or t.max() >= num_images):
+    if len(t) == 0:
+        raise RankingError(f"triplet file {path} holds no triplets (shape {t.shape}): there is nothing to train "
+                           "or score with; re-run 'sample' (--num-triplets, --val-triplets at least 1)")
+    _check_settings(path, side, expect or {})
         raise RankingError(
             f"triplet file {path} indexes images up to {int(t.max())} but the split has "
             f"{num_images}: it was sampled for other data (re-run 'sample')"
         )
     return t
+
+
+def _check_settings(path: Path, side: dict, expect: dict) -> None:
+    """Refuse triplets whose sidecar records other sampling settings than `expect` (see
+    :func:`load_triplets`), naming the first that differs."""
+    for key, want in expect.items():
+        have = side.get(key, "uniform" if key == "sampler" else None)
+        if have is not None and have != want:
+            raise RankingError(f"triplet file {path} was sampled with {key}={have!r}, but the run's config says "
+                               f"{key}={want!r}: they are another run's triplets or the config changed: use the "
+                               "settings they were sampled with, or re-run 'sample'")
