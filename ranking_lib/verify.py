@@ -1,5 +1,6 @@
 """``python -m ranking_lib verify-run RUN_DIR [--card CARD]``: recompute a run's metrics from its
-saved embeddings and triplets and compare them with a run card.
+saved embeddings and triplets and compare them with a run card and with the run's own
+``metrics_<model>.json`` files (what the report reads).
 
 The metrics are recomputed by `workflow.evaluate` itself, in a scratch directory that links the
 run's files but its metrics and card (the run directory is only read). Every numeric metric the card
@@ -21,6 +22,8 @@ from pathlib import Path
 
 from ranking_lib.core.config import RunConfig
 from ranking_lib.core.errors import RankingError
+from ranking_lib.core.fileio import read_json
+from ranking_lib.core.names import METRIC_SPLITS, MODELS
 from ranking_lib.core.runcard import CARD_NAME, bf16_used, load_card, machine, machine_class
 
 DEFAULT_TOLERANCE = 0.01
@@ -34,7 +37,8 @@ RENAMED = {"knn1": "precision@1"}  # older cards: KNN-1 is the nearest neighbour
 class Verification:
     card: Path
     compared: int = 0
-    mismatches: list[tuple[str, float, float]] = field(default_factory=list)
+    mismatches: list[tuple[str, float, float, Path]] = field(default_factory=list)
+    """(model/split/metric, recomputed, recorded, the file that records it: the card or a metrics file)."""
     card_class: str = ""
     this_class: str = ""
 
@@ -94,8 +98,20 @@ def verify(run_dir: str | Path, card: str | Path | None = None,
     result = Verification(path, card_class=machine_class(c))
     mach = machine()
     result.this_class = machine_class({"machine": mach, "bf16": bf16_used(config, mach)})
-    fresh = recompute(run, config, list(c["metrics"]))
-    for model, splits in c["metrics"].items():
+    files = {m: run / f"metrics_{m}.json" for m in MODELS if (run / f"metrics_{m}.json").is_file()}
+    fresh = recompute(run, config, list(dict.fromkeys([*c["metrics"], *files])))
+    _compare(result, c["metrics"], fresh, tolerance, path)
+    for model, f in files.items():  # what the report reads must be what the embeddings give
+        saved = read_json(f, "metrics file")
+        splits = {s: saved[s] for s in METRIC_SPLITS if isinstance(saved, dict) and isinstance(saved.get(s), dict)}
+        _compare(result, {model: splits}, fresh, tolerance, f)
+    return result
+
+
+def _compare(result: Verification, recorded: dict, fresh: dict, tolerance: float, source: Path) -> None:
+    """Add to `result` each numeric metric of `recorded` ({model: {split: metrics}}, from
+    `source`) compared with `fresh`, and those that differ by more than `tolerance`."""
+    for model, splits in recorded.items():
         for split, metrics in splits.items():
             got_split = fresh.get(model, {}).get(split)
             for key, want in metrics.items():
@@ -104,12 +120,11 @@ def verify(run_dir: str | Path, card: str | Path | None = None,
                 name = f"{model}/{split}/{key}"
                 got = None if got_split is None else got_split.get(RENAMED.get(key, key))
                 if got is None:
-                    result.mismatches.append((name, float("nan"), float(want)))
+                    result.mismatches.append((name, float("nan"), float(want), source))
                     continue
                 result.compared += 1
                 if not abs(float(got) - float(want)) <= tolerance:
-                    result.mismatches.append((name, float(got), float(want)))
-    return result
+                    result.mismatches.append((name, float(got), float(want), source))
 
 
 def main_verify(run_dir: str, card: str | None, tolerance: float) -> int:
@@ -122,12 +137,13 @@ def main_verify(run_dir: str, card: str | None, tolerance: float) -> int:
     if not r.ok:
         if not r.compared and not r.mismatches:
             raise RankingError(f"{r.card}: no metric to compare")
-        name, got, want = r.mismatches[0]
+        name, got, want, source = r.mismatches[0]
         more = f" (and {len(r.mismatches) - 1} more)" if len(r.mismatches) > 1 else ""
-        how = "is missing from the recomputed metrics" if got != got else f"is {got:.4f}, the card says {want:.4f}"
-        print(f"error: {run_dir} does not match {r.card}: {name} {how}, beyond {tolerance:g} points{more}",
+        what = "the card" if source == r.card else "the file"
+        how = "is missing from the recomputed metrics" if got != got else f"is {got:.4f}, {what} says {want:.4f}"
+        print(f"error: {run_dir} does not match {source}: {name} {how}, beyond {tolerance:g} points{more}",
               file=sys.stderr)
         return 2
-    print(f"verified: {r.compared} metrics of {run_dir} match {r.card} within {tolerance:g} points "
-          f"({r.this_class})")
+    print(f"verified: {r.compared} metrics of {run_dir} match {r.card} and the run's metrics files within "
+          f"{tolerance:g} points ({r.this_class})")
     return 0

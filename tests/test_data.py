@@ -426,6 +426,28 @@ def test_default_cache_dir(ds_root, tmp_path, monkeypatch):
         os.chmod(ro, 0o755)
 
 
+def test_a_shared_cache_dir_says_it_held_another_dataset(ds_root, tmp_path, caplog):
+    """Two datasets pointed at one --cache-dir: each build says whose cache it replaces; even a
+    byte-identical copy elsewhere (same names, sizes, mtimes) is another dataset."""
+    import shutil
+
+    other = make_dataset(tmp_path / "other", wnids=("n007", "n008"))
+    twin = Path(shutil.copytree(ds_root, tmp_path / "twin"))  # copy2: same sizes and mtimes
+    shared = tmp_path / "shared"
+    load_or_build_cache(TinyImageNet(ds_root), "val", cache_dir=shared, progress=False)
+    for ds, was, n in ((other, ds_root, 6), (twin, other, 4), (ds_root, twin, 6)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ranking_lib.data"):
+            cache = load_or_build_cache(TinyImageNet(ds), "val", cache_dir=shared, progress=False)
+        said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(said) == 1 and f"it holds another dataset's images ({was.resolve()}, {n} images; this dataset " \
+            f"is {ds.resolve()})" in said[0] and "give each its own --cache-dir" in said[0], said
+        assert "changed" not in said[0]
+        assert cache.wnids == TinyImageNet(ds).wnids and len(cache) == len(TinyImageNet(ds).items("val"))
+        meta = json.loads((shared / "val_64px_meta.json").read_text())
+        assert meta["root"] == str(ds.resolve())
+
+
 # ----------------------------------------------------------------------------- real sample
 def test_real_sample(tmp_path):
     if not (SAMPLE / "wnids.txt").is_file():

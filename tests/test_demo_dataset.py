@@ -180,3 +180,23 @@ def test_published_constants():
     assert dl.TINY_IMAGENET_URL == "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
     assert dl.TINY_IMAGENET_SIZE == 248100043
     assert dl.TINY_IMAGENET_MD5 == "90528d7ca1a48142e341f4ef8d21d0de"
+
+
+def test_demo_profile_with_a_data_dir_that_holds_other_files_is_one_line(tmp_path, capsys):
+    """``make report DATA=data``: the folder the download script fills, not the dataset inside it."""
+    from ranking_lib.cli import main
+
+    data = tmp_path / "data"
+    (data / "tiny-imagenet-200").mkdir(parents=True)
+    (data / "tiny-imagenet-200.zip").write_bytes(b"zip")
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    capsys.readouterr()
+    assert main(["prepare", "--profile", "demo", "--data-dir", str(data), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: data_dir {data} is a folder with files but no wnids.txt")
+    assert "--out" not in err[0] and "e.g. data/tiny-imagenet-200" in err[0]
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    from ranking_lib.data.demo import ensure_demo_dataset
+
+    with pytest.raises(DatasetError, match="is not a folder"):
+        ensure_demo_dataset(data / "tiny-imagenet-200.zip", quiet=True)

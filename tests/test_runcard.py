@@ -114,3 +114,21 @@ def test_budget_check_sets_the_evaluation_estimate_beside_its_measured_time():
     assert runcard.budget_check(phases, {"budget": None}) is None  # a run of fixed steps
     card = runcard.build_card(".", command="x", phases=phases)
     assert "budget_check" not in card or card["budget_check"]["wall_s"] == 4410.0
+
+
+def test_verify_run_checks_the_runs_metrics_files_too(run, tmp_path, capsys):
+    """The report reads metrics_<model>.json: an edited one fails verify-run though the card is intact."""
+    import shutil
+    from pathlib import Path
+
+    copy = Path(shutil.copytree(run, tmp_path / "run", symlinks=True))
+    f = copy / "metrics_trained.json"
+    m = json.loads(f.read_text())
+    m["val"]["precision@30"] += 5
+    f.write_text(json.dumps(m))
+    capsys.readouterr()
+    assert main(["verify-run", str(copy)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {copy} does not match {f}: trained/val/precision@30 is "), err
+    assert f"the file says {m['val']['precision@30']:.4f}" in err[0]
+    assert json.loads(f.read_text()) == m  # only read

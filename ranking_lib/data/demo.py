@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ranking_lib.core.errors import DatasetError
+
 JPEG_QUALITY = 90
 _SS = 2  # supersampling factor for anti-aliased edges
 
@@ -295,6 +297,11 @@ def ensure_demo_dataset(data_dir, quiet: bool = False) -> bool:
     data_dir = Path(data_dir)
     if (data_dir / "wnids.txt").is_file():
         return False
+    if data_dir.exists() and not (data_dir.is_dir() and not any(data_dir.iterdir())):
+        what = "is not a folder" if not data_dir.is_dir() else "is a folder with files but no wnids.txt"
+        raise DatasetError(f"data_dir {data_dir} {what}: it holds no dataset, and the demo profile generates its "
+                           "synthetic dataset only into a new or empty folder; pass the folder that holds "
+                           "wnids.txt (e.g. data/tiny-imagenet-200) or a new one")
     if not quiet:
         print(f"generating the synthetic demo dataset in {data_dir} ...", flush=True)
     make_demo_dataset(data_dir)

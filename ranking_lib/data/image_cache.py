@@ -89,10 +89,12 @@ def default_cache_dir(root) -> Path:
 
 
 def _fingerprint(dataset: TinyImageNet, split: str, items, image_size: int) -> str:
+    """Which dataset (its resolved root) and which content (class list, each image's path,
+    label, size and mtime) a cache holds: two datasets sharing a cache folder never match."""
     h = hashlib.sha1()
+    root = str(dataset.root)  # resolved by TinyImageNet
     h.update(json.dumps({"v": CACHE_VERSION, "split": split, "max_classes": dataset.max_classes,
-                         "size": image_size, "wnids": dataset.wnids}).encode("utf-8"))
-    root = str(dataset.root)
+                         "size": image_size, "wnids": dataset.wnids, "root": root}).encode("utf-8"))
     for rel, label in sorted(items):
         st = os.stat(os.path.join(root, rel))
         h.update(f"\n{rel}\t{label}\t{st.st_size}\t{st.st_mtime_ns}".encode("utf-8"))
@@ -122,8 +124,9 @@ def verify_content(path: Path, arr: np.ndarray, expected: int | None) -> str | N
     return None
 
 
-def _try_load(npy: Path, meta_file: Path, fingerprint: str, image_size: int):
-    """Return (ImageCache-args dict, None) when the cache is valid, else (None, reason)."""
+def _try_load(npy: Path, meta_file: Path, fingerprint: str, image_size: int, root: str | None = None):
+    """Return (ImageCache-args dict, None) when the cache is valid, else (None, reason); `root`
+    is the dataset's, to say when the cache is another dataset's."""
     if not meta_file.is_file():
         return None, "no cache yet" if not npy.exists() else "meta file missing (partial cache)"
     try:
@@ -133,6 +136,11 @@ def _try_load(npy: Path, meta_file: Path, fingerprint: str, image_size: int):
     if not isinstance(meta, dict) or meta.get("complete") is not True:
         return None, "meta says the cache is incomplete"
     if meta.get("fingerprint") != fingerprint:
+        other = meta.get("root")
+        if root is not None and isinstance(other, str) and other != root:
+            return None, (f"it holds another dataset's images ({other}, {len(meta.get('paths') or [])} images; "
+                          f"this dataset is {root}): datasets that share a cache folder replace each other's "
+                          "caches, so give each its own --cache-dir")
         return None, "dataset changed since the cache was built (fingerprint differs)"
     if not npy.is_file():
         return None, "image array file missing"
@@ -257,6 +265,7 @@ def _build(dataset, split, items, npy, meta_file, fingerprint, skip_corrupt, ima
         "split": split,
         "image_size": image_size,
         "max_classes": dataset.max_classes,
+        "root": str(dataset.root),
         "paths": paths,
         "labels": labels,
         "wnids": dataset.wnids,
@@ -299,7 +308,7 @@ def load_or_build_cache(
     npy, meta_file = _cache_files(cache_dir, split, image_size)
     fingerprint = _fingerprint(dataset, split, items, image_size)
 
-    loaded, reason = _try_load(npy, meta_file, fingerprint, image_size)
+    loaded, reason = _try_load(npy, meta_file, fingerprint, image_size, str(dataset.root))
     if loaded is not None:
         if loaded["skipped"] and not skip_corrupt:
             raise CorruptImageError(
