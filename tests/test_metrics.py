@@ -15,7 +15,7 @@ from ranking_lib.retrieval.metrics import (
 )
 
 # three queries with labels 0, 1, 2; rows are neighbour labels from nearest to farthest
-NEIGHBORS = np.array(
+NEIGHBOURS = np.array(
     [
         [0, 1, 0, 0],  # query 0 (label 0)
         [2, 1, 1, 0],  # query 1 (label 1)
@@ -26,33 +26,33 @@ QUERIES = np.array([0, 1, 2])
 
 
 def test_precision_at_k_by_hand():
-    assert precision_at_k(NEIGHBORS, QUERIES, 1) == pytest.approx(100 * (1 + 0 + 0) / 3)
-    assert precision_at_k(NEIGHBORS, QUERIES, 3) == pytest.approx(
+    assert precision_at_k(NEIGHBOURS, QUERIES, 1) == pytest.approx(100 * (1 + 0 + 0) / 3)
+    assert precision_at_k(NEIGHBOURS, QUERIES, 3) == pytest.approx(
         100 * (2 / 3 + 2 / 3 + 0) / 3
     )
-    assert precision_at_k(NEIGHBORS, QUERIES, 4) == pytest.approx(
+    assert precision_at_k(NEIGHBOURS, QUERIES, 4) == pytest.approx(
         100 * (3 / 4 + 2 / 4 + 0) / 3
     )
-    assert isinstance(precision_at_k(NEIGHBORS, QUERIES, 1), float)
+    assert isinstance(precision_at_k(NEIGHBOURS, QUERIES, 1), float)
     with pytest.raises(RankingError, match=r"k=5 must be between 1 and 4"):
-        precision_at_k(NEIGHBORS, QUERIES, 5)
+        precision_at_k(NEIGHBOURS, QUERIES, 5)
     with pytest.raises(RankingError, match=r"query_labels"):
-        precision_at_k(NEIGHBORS, QUERIES[:2], 1)
+        precision_at_k(NEIGHBOURS, QUERIES[:2], 1)
 
 
 def test_any_hit_by_hand():
-    assert any_hit_at_k(NEIGHBORS, QUERIES, 1) == pytest.approx(100 / 3)
-    assert any_hit_at_k(NEIGHBORS, QUERIES, 2) == pytest.approx(200 / 3)
-    assert any_hit_at_k(NEIGHBORS, QUERIES, 4) == pytest.approx(200 / 3)
+    assert any_hit_at_k(NEIGHBOURS, QUERIES, 1) == pytest.approx(100 / 3)
+    assert any_hit_at_k(NEIGHBOURS, QUERIES, 2) == pytest.approx(200 / 3)
+    assert any_hit_at_k(NEIGHBOURS, QUERIES, 4) == pytest.approx(200 / 3)
 
 
 def test_knn_accuracy_by_hand():
     # k=1: predictions 0, 2, 0 -> only query 0 right
-    assert knn_accuracy(NEIGHBORS, QUERIES) == pytest.approx(100 / 3)
+    assert knn_accuracy(NEIGHBOURS, QUERIES) == pytest.approx(100 / 3)
     # k=2: every row is a 1-1 tie -> nearest label wins: 0 (right), 2 (wrong), 0 (wrong)
-    assert knn_accuracy(NEIGHBORS, QUERIES, k=2) == pytest.approx(100 / 3)
+    assert knn_accuracy(NEIGHBOURS, QUERIES, k=2) == pytest.approx(100 / 3)
     # k=3: majorities 0 (right), 1 (right), 1 (wrong)
-    assert knn_accuracy(NEIGHBORS, QUERIES, k=3) == pytest.approx(200 / 3)
+    assert knn_accuracy(NEIGHBOURS, QUERIES, k=3) == pytest.approx(200 / 3)
     # tie 2-2 between labels 5 and 7 with 7 nearest -> 7
     assert knn_accuracy(np.array([[7, 5, 5, 7]]), np.array([7]), k=4) == 100.0
     assert knn_accuracy(np.array([[7, 5, 5, 7]]), np.array([5]), k=4) == 0.0
@@ -64,21 +64,21 @@ def test_map_at_r_by_hand():
     # query 1: rel = [0, 1]    -> P(2) / 2 = (1/2) / 2 = 1/4
     # query 2: rel = [0]       -> 0
     expected = 100 * (5 / 9 + 1 / 4 + 0) / 3
-    assert map_at_r(NEIGHBORS, QUERIES, np.array([3, 2, 1])) == pytest.approx(expected)
+    assert map_at_r(NEIGHBOURS, QUERIES, np.array([3, 2, 1])) == pytest.approx(expected)
     # a scalar R = 2 for everyone: q0 rel [1,0] -> 1/2; q1 [0,1] -> 1/4; q2 -> 0
-    assert map_at_r(NEIGHBORS, QUERIES, 2) == pytest.approx(
+    assert map_at_r(NEIGHBOURS, QUERIES, 2) == pytest.approx(
         100 * (1 / 2 + 1 / 4 + 0) / 3
     )
     # perfect retrieval gives 100
     assert map_at_r(np.array([[4, 4, 9]]), np.array([4]), 2) == pytest.approx(100.0)
     # R = 0 queries are left out of the mean
-    assert map_at_r(NEIGHBORS, QUERIES, np.array([3, 2, 0])) == pytest.approx(
+    assert map_at_r(NEIGHBOURS, QUERIES, np.array([3, 2, 0])) == pytest.approx(
         100 * (5 / 9 + 1 / 4) / 2
     )
     with pytest.raises(RankingError, match=r"max\(R\)=5 neighbour columns"):
-        map_at_r(NEIGHBORS, QUERIES, np.array([5, 1, 1]))
+        map_at_r(NEIGHBOURS, QUERIES, np.array([5, 1, 1]))
     with pytest.raises(RankingError, match=r"all R = 0"):
-        map_at_r(NEIGHBORS, QUERIES, 0)
+        map_at_r(NEIGHBOURS, QUERIES, 0)
 
 
 def test_triplet_accuracy_by_hand_with_tie():

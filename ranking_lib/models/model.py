@@ -106,7 +106,7 @@ class EmbeddingNet(nn.Module):
     def multiscale(self) -> bool:
         return self.arch == "multiscale"
 
-    def normalized(self, images: torch.Tensor) -> torch.Tensor:
+    def normalised(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) -> float (N, 3, H, W) normalised with the backbone's mean and std."""
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise RankingError(f"expected uint8 images of shape (N, H, W, 3), got {tuple(images.shape)} {images.dtype}")
@@ -157,7 +157,7 @@ class EmbeddingNet(nn.Module):
         if self.multiscale:
             if images is None:
                 raise RankingError("the multiscale network needs the images for its shallow paths")
-            x = self.normalized(images)
+            x = self.normalised(images)
             feats = torch.cat([F.normalize(feats, dim=1)] + [F.normalize(p(x).float(), dim=1) for p in self.paths], 1)
         z = self.head(feats)
         return F.normalize(z, dim=1) if self.normalize else z

@@ -1,6 +1,6 @@
 """Evaluation metrics for embeddings. Every metric is returned as a percentage (0-100, Python float).
 
-Conventions: ``neighbor_labels`` is a (Q, K) integer array whose row i holds the labels of query
+Conventions: ``neighbour_labels`` is a (Q, K) integer array whose row i holds the labels of query
 i's database neighbours sorted from nearest to farthest (the query itself already removed when the
 queries are database items); ``query_labels`` is (Q,).
 """
@@ -22,16 +22,16 @@ def _to_numpy(x, name: str, dtype=None) -> np.ndarray:
     return a
 
 
-def _check_neighbors(neighbor_labels, query_labels, k: int | None = None):
-    nl = _to_numpy(neighbor_labels, "neighbor_labels")
+def _check_neighbours(neighbour_labels, query_labels, k: int | None = None):
+    nl = _to_numpy(neighbour_labels, "neighbour_labels")
     ql = _to_numpy(query_labels, "query_labels")
     if nl.ndim != 2:
         raise RankingError(
-            f"neighbor_labels must be a 2-D (Q, K) array (got shape {nl.shape})"
+            f"neighbour_labels must be a 2-D (Q, K) array (got shape {nl.shape})"
         )
     if ql.ndim != 1 or len(ql) != len(nl):
         raise RankingError(
-            f"query_labels must be (Q,) = ({len(nl)},) to match neighbor_labels (got shape {ql.shape})"
+            f"query_labels must be (Q,) = ({len(nl)},) to match neighbour_labels (got shape {ql.shape})"
         )
     if len(nl) == 0:
         raise RankingError("no queries to evaluate (Q = 0)")
@@ -140,16 +140,16 @@ def score_at_top_k(embeddings, triplets, k: int = 30, index=None) -> dict:
 
 
 # ---------------------------------------------------------------------------------- retrieval
-def precision_at_k(neighbor_labels, query_labels, k: int) -> float:
-    """Precision@k in percent: ``100 * mean_q( #{j < k : neighbor_labels[q, j] == query_labels[q]} / k )``."""
-    nl, ql = _check_neighbors(neighbor_labels, query_labels, k)
+def precision_at_k(neighbour_labels, query_labels, k: int) -> float:
+    """Precision@k in percent: ``100 * mean_q( #{j < k : neighbour_labels[q, j] == query_labels[q]} / k )``."""
+    nl, ql = _check_neighbours(neighbour_labels, query_labels, k)
     return float(100.0 * np.mean(nl[:, :k] == ql[:, None]))
 
 
-def any_hit_at_k(neighbor_labels, query_labels, k: int) -> float:
-    """Any-hit@k in percent: ``100 * mean_q( any_{j < k} neighbor_labels[q, j] == query_labels[q] )``,
+def any_hit_at_k(neighbour_labels, query_labels, k: int) -> float:
+    """Any-hit@k in percent: ``100 * mean_q( any_{j < k} neighbour_labels[q, j] == query_labels[q] )``,
     i.e. the share of queries with at least one same-label item among their k nearest."""
-    nl, ql = _check_neighbors(neighbor_labels, query_labels, k)
+    nl, ql = _check_neighbours(neighbour_labels, query_labels, k)
     return float(100.0 * np.mean((nl[:, :k] == ql[:, None]).any(axis=1)))
 
 
@@ -166,31 +166,31 @@ def _majority_labels(nl: np.ndarray) -> np.ndarray:
     return nl[np.arange(q), best]
 
 
-def knn_accuracy(neighbor_labels, query_labels, k: int = 1) -> float:
+def knn_accuracy(neighbour_labels, query_labels, k: int = 1) -> float:
     """k-NN classification accuracy in percent.
 
     The predicted label of query q is the most frequent label among its k nearest neighbours;
     ties between labels are broken in favour of the label whose first occurrence is nearest
     (so k=1 is the nearest neighbour's label). Returns ``100 * mean_q(pred[q] == query_labels[q])``.
     """
-    nl, ql = _check_neighbors(neighbor_labels, query_labels, k)
+    nl, ql = _check_neighbours(neighbour_labels, query_labels, k)
     return float(100.0 * np.mean(_majority_labels(nl[:, :k]) == ql))
 
 
-def map_at_r(neighbor_labels, query_labels, r) -> float:
+def map_at_r(neighbour_labels, query_labels, r) -> float:
     """MAP@R in percent, as defined by pytorch-metric-learning's ``AccuracyCalculator``.
 
     For query q, R_q = number of database items sharing q's label (not counting q itself when the
     queries are database items); ``r`` is that count, an int or a (Q,) int array. Then::
 
         AP@R(q) = (1 / R_q) * sum_{i=1..R_q} P_q(i) * rel_q(i),
-        rel_q(i) = [neighbor_labels[q, i-1] == query_labels[q]],  P_q(i) = (1/i) sum_{j<=i} rel_q(j)
+        rel_q(i) = [neighbour_labels[q, i-1] == query_labels[q]],  P_q(i) = (1/i) sum_{j<=i} rel_q(j)
         MAP@R   = 100 * mean_q AP@R(q)
 
     Queries with R_q = 0 (no relevant database item) are left out of the mean, as
-    pytorch-metric-learning leaves out "lone" queries. ``neighbor_labels`` needs >= max(R_q) columns.
+    pytorch-metric-learning leaves out "lone" queries. ``neighbour_labels`` needs >= max(R_q) columns.
     """
-    nl, ql = _check_neighbors(neighbor_labels, query_labels)
+    nl, ql = _check_neighbours(neighbour_labels, query_labels)
     r_arr = _to_numpy(r, "r")
     if r_arr.dtype.kind not in "iu":
         raise RankingError(
@@ -210,7 +210,7 @@ def map_at_r(neighbor_labels, query_labels, r) -> float:
     r_max = int(r_arr.max())
     if r_max > nl.shape[1]:
         raise RankingError(
-            f"MAP@R needs at least max(R)={r_max} neighbour columns but neighbor_labels has {nl.shape[1]}"
+            f"MAP@R needs at least max(R)={r_max} neighbour columns but neighbour_labels has {nl.shape[1]}"
         )
     keep = r_arr > 0
     if not keep.any():
@@ -225,11 +225,11 @@ def map_at_r(neighbor_labels, query_labels, r) -> float:
     return float(100.0 * ap.mean())
 
 
-def r_precision(neighbor_labels, query_labels, r) -> float:
+def r_precision(neighbour_labels, query_labels, r) -> float:
     """R-precision in percent, as defined by pytorch-metric-learning's ``AccuracyCalculator``:
-    ``100 * mean_q( #{i < R_q : neighbor_labels[q, i] == query_labels[q]} / R_q )``, with R_q as in
-    :func:`map_at_r` (queries with R_q = 0 left out). ``neighbor_labels`` needs >= max(R_q) columns."""
-    nl, ql = _check_neighbors(neighbor_labels, query_labels)
+    ``100 * mean_q( #{i < R_q : neighbour_labels[q, i] == query_labels[q]} / R_q )``, with R_q as in
+    :func:`map_at_r` (queries with R_q = 0 left out). ``neighbour_labels`` needs >= max(R_q) columns."""
+    nl, ql = _check_neighbours(neighbour_labels, query_labels)
     r_arr = np.broadcast_to(_to_numpy(r, "r").astype(np.int64), (len(nl),))
     keep = r_arr > 0
     if not keep.any():
@@ -237,7 +237,7 @@ def r_precision(neighbor_labels, query_labels, r) -> float:
     r_max = int(r_arr.max())
     if r_max > nl.shape[1]:
         raise RankingError(
-            f"R-precision needs at least max(R)={r_max} neighbour columns but neighbor_labels has {nl.shape[1]}"
+            f"R-precision needs at least max(R)={r_max} neighbour columns but neighbour_labels has {nl.shape[1]}"
         )
     nl, ql, r_arr = nl[keep, :r_max], ql[keep], r_arr[keep]
     rel = (nl == ql[:, None]) & (np.arange(1, r_max + 1)[None, :] <= r_arr[:, None])

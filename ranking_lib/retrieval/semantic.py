@@ -214,8 +214,8 @@ def load_hierarchy(wnids: Sequence[str], wordnet_dir: str | Path = DEFAULT_WORDN
 
 
 # ---------------------------------------------------------------------------------- metrics
-def _check(neighbor_labels, query_labels, similarity, k: int):
-    nl, ql = np.asarray(neighbor_labels), np.asarray(query_labels)
+def _check(neighbour_labels, query_labels, similarity, k: int):
+    nl, ql = np.asarray(neighbour_labels), np.asarray(query_labels)
     sim = np.asarray(similarity, dtype=np.float64)
     if nl.ndim != 2 or ql.shape != (len(nl),) or len(nl) == 0:
         raise RankingError(f"need (Q, K) neighbour labels and (Q,) query labels, Q > 0 (got {nl.shape}, {ql.shape})")
@@ -226,19 +226,19 @@ def _check(neighbor_labels, query_labels, similarity, k: int):
     return nl[:, :k], ql, sim
 
 
-def wup_at_k(neighbor_labels, query_labels, similarity, k: int) -> float:
+def wup_at_k(neighbour_labels, query_labels, similarity, k: int) -> float:
     """Hierarchical precision@k in percent: ``100 * mean_{q, j<k} similarity[query_labels[q],
-    neighbor_labels[q, j]]`` (NaN entries, classes missing from WordNet, left out)."""
-    nl, ql, sim = _check(neighbor_labels, query_labels, similarity, k)
+    neighbour_labels[q, j]]`` (NaN entries, classes missing from WordNet, left out)."""
+    nl, ql, sim = _check(neighbour_labels, query_labels, similarity, k)
     s = sim[ql[:, None], nl]
     return float(100.0 * np.nanmean(s)) if np.isfinite(s).any() else float("nan")
 
 
-def mistake_wup_at_k(neighbor_labels, query_labels, similarity, k: int) -> tuple[float, int]:
+def mistake_wup_at_k(neighbour_labels, query_labels, similarity, k: int) -> tuple[float, int]:
     """Mistake severity in percent and the number of mistakes: the mean similarity of the wrong
     neighbours among the k nearest (label != the query's), pooled over all queries. NaN when there
     is no wrong neighbour."""
-    nl, ql, sim = _check(neighbor_labels, query_labels, similarity, k)
+    nl, ql, sim = _check(neighbour_labels, query_labels, similarity, k)
     wrong = nl != ql[:, None]
     s = sim[ql[:, None], nl][wrong]
     s = s[np.isfinite(s)]
