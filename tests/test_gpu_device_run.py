@@ -5,7 +5,7 @@ On the GPU machine the script unpacks the carried chunks, runs ``python -m ranki
 (report/make_figures.py) and leaves the run card, the metrics and the figures in OUT. Here the
 same script runs on the sample's first 4 classes packed in 2 MiB chunks, with the tiny run's
 settings and ``--device cpu`` after ``--``, on an interpreter that cannot import FAISS or
-papermill (as on that machine); then report.html is built from the same run through the
+papermill (as on that machine), with a carried folder of one small wheel and WordNet; then report.html is built from the same run through the
 papermill path (``make_figures.py --html``), which needs the Jupyter kernel this checkout has.
 """
 
@@ -15,11 +15,14 @@ import json
 import os
 import subprocess
 import sys
+import shutil
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
 
+from conftest import HAVE_SAMPLE
 from data_scripts import chunks
 from tiny_runs import tiny_flags
 
@@ -41,23 +44,44 @@ def without(tmp: Path, *modules: str) -> str:
     return str(tmp)
 
 
+def probe_wheel(folder: Path) -> Path:
+    """A minimal pure-Python wheel (package `ranking_probe`), standing in for the carried ones."""
+    folder.mkdir(parents=True)
+    path = folder / "ranking_probe-0.1-py3-none-any.whl"
+    info = "ranking_probe-0.1.dist-info"
+    files = {"ranking_probe/__init__.py": "VALUE = 1\n",
+             f"{info}/METADATA": "Metadata-Version: 2.1\nName: ranking-probe\nVersion: 0.1\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in {**files, f"{info}/RECORD": record}.items():
+            z.writestr(name, text)
+    return path
+
+
 @pytest.fixture(scope="module")
 def device_run(sample_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("device")
     chunks.pack(sample_dir, root / "chunks", chunk_mib=2, show_progress=False)
+    probe_wheel(root / "support" / "wheels")
+    wordnet = Path("/usr/share/wordnet/data.noun")
+    if wordnet.is_file():
+        (root / "support" / "wordnet").mkdir()
+        shutil.copy(wordnet, root / "support" / "wordnet" / "data.noun")
     data, run, out = root / "data" / sample_dir.name, root / "run", root / "out"
     flags = tiny_flags(data, run, root / "cache", max_classes=4, num_query_examples=2, warmup_steps=1,
                        batch_size=8, device="cpu")
     flags = [f for f in flags if f not in ("--data-dir", str(data), "--run-dir", str(run))]
     r = run_script(["--minutes", "4", "--eval-minutes", "1", "--data", str(data), "--chunks", str(root / "chunks"),
-                    "--run-dir", str(run), "--out", str(out), "--", *flags],
-                   {"PYTHONPATH": without(root / "missing", "faiss", "papermill")})
-    return r, data, run, out
+                    "--support", str(root / "support"), "--run-dir", str(run), "--out", str(out), "--", *flags],
+                   {"PYTHONPATH": without(root / "missing", "faiss", "papermill"), "TMPDIR": str(root)})
+    return r, data, run, out, root
 
 
 def test_device_script_runs_the_profile_from_chunks(device_run, sample_dir):
-    r, data, run, out = device_run
+    r, data, run, out, root = device_run
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (root / "ranking-site" / "ranking_probe" / "__init__.py").is_file()  # the carried wheels, installed
     assert (data / "wnids.txt").read_bytes() == (sample_dir / "wnids.txt").read_bytes()  # unpacked from the chunks
     assert sorted(p.name for p in out.iterdir()) == [
         "device_run.json", "device_run.log", "metrics_baseline.json", "metrics_trained.json", "results.tar.gz",
@@ -66,6 +90,10 @@ def test_device_script_runs_the_profile_from_chunks(device_run, sample_dir):
     assert card["command"].startswith("python -m ranking_lib all --profile gpu")
     assert card["config"]["device"] == "cpu" and card["config"]["max_classes"] == 4
     assert card["machine"]["faiss"] is None  # the exact search ran in torch
+    if (root / "support" / "wordnet").is_dir():  # the carried WordNet, used
+        assert card["metrics"]["trained"]["semantic"]["wordnet_dir"] == str(root / "support" / "wordnet")
+        if HAVE_SAMPLE:  # real WordNet class ids (the demo data's are made up)
+            assert card["metrics"]["trained"]["val"]["wup@30"] > 0
     for model in ("trained", "baseline"):
         assert 0 <= card["metrics"][model]["val"]["precision@30"] <= 100
     assert json.loads((out / "metrics_trained.json").read_text())["val"] == card["metrics"]["trained"]["val"]
@@ -82,7 +110,7 @@ def test_device_script_runs_the_profile_from_chunks(device_run, sample_dir):
 
 def test_report_html_through_papermill(device_run):
     pytest.importorskip("papermill")
-    r, _, run, _ = device_run
+    r, _, run, _, _ = device_run
     assert r.returncode == 0
     card = (run / "run_card.json").read_bytes()
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
