@@ -74,12 +74,14 @@ results: $(VENV)/.installed
 	$(PY) -m ranking_lib.reporting.results
 
 # The explorer (notebooks/explore.ipynb) as a standalone page served by Voila, on a finished run:
-#   make explore RUN=runs/x [PORT=8866]      -> http://127.0.0.1:8866 (another run can be opened there)
+#   make explore RUN=runs/x [ROOT=runs] [PORT=8866]   -> prints http://127.0.0.1:8866/?token=...
+# (a random token; only localhost; the page opens other runs only under ROOT, default RUN's parent;
+#  python -m ranking_lib.explore_server --help for the kernel cap and idle culling)
 PORT ?= 8866
+ROOT ?=
 .PHONY: explore
 explore: $(VENV)/.installed
-	@test -f $(RUN)/config.json || { echo "error: no run at $(RUN) ($(RUN)/config.json not found; make explore RUN=<run dir>)"; exit 2; }
-	RANKING_EXPLORE_RUN=$(abspath $(RUN)) $(PY) -m voila notebooks/explore.ipynb --port=$(PORT) --Voila.ip=127.0.0.1
+	$(PY) -m ranking_lib.explore_server --run-dir $(RUN) --port $(PORT) $(if $(ROOT),--root $(ROOT))
 
 demo-data:
 	$(PY) data_scripts/make_demo_dataset.py --out runs/demo-data

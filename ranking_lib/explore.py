@@ -26,6 +26,7 @@ import numpy as np
 from ranking_lib import workflow
 from ranking_lib.core.config import RunConfig
 from ranking_lib.core.errors import RankingError
+from ranking_lib.explore_server import inside_root
 
 MODEL_TITLES = {"trained": "trained (ranking fine-tuned)", "baseline": "baseline (frozen pretrained)"}
 
@@ -299,12 +300,16 @@ class ExplorerApp:
     and the results of both models side by side. Errors are one line in the status bar.
 
     ``app.widget`` is the ipywidgets box to display; the widgets carry ``rx-*`` CSS classes.
+    With `root`, the run-directory box opens only directories under it (symlinks resolved; a
+    relative path is taken under it): what ``make explore ROOT=...`` serves.
     """
 
-    def __init__(self, run_dir: str | Path = "", k: int = 10, seed: int | None = None) -> None:
+    def __init__(self, run_dir: str | Path = "", k: int = 10, seed: int | None = None, *,
+                 root: str | Path | None = None) -> None:
         import ipywidgets as w
 
         self.k = k
+        self.root = root or None  # runs open only from under it (None: anywhere); "" is None
         self.rng = np.random.default_rng(seed)
         self.explorer: QueryExplorer | None = None
         self.last: dict[str, workflow.QueryResult | str] = {}
@@ -350,11 +355,13 @@ class ExplorerApp:
         """Load a run directory (its caches and embeddings once) and show its first val image."""
         if run_dir is not None:
             self._set(self.run_dir, str(run_dir))
+        path = self.run_dir.value.strip()
+        if path and self.root is not None:  # refused before the open run is closed
+            path = str(inside_root(path, self.root))
         self.explorer, self.last = None, {}
         self.results.value = ""
         for dd in (self.cls, self.image):
             self._set(dd, None, options=[])
-        path = self.run_dir.value.strip()
         if not path:
             raise RankingError("type a run directory (one that has been through 'embed') and press open")
         t0 = time.perf_counter()

@@ -67,9 +67,13 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> N
 
 
 class Server:
-    """A JupyterLab (``kind="lab"``) or Voila server in its own folders; ``url(path)`` adds the token."""
+    """A JupyterLab (``kind="lab"``) or Voila server in its own folders; ``url(path)`` adds the token.
+    Voila is started as ``make explore`` starts it (``ranking_lib.explore_server``: token, Host
+    allow-list, kernel cap and culling, run root), on `target` (the notebook) with `args`
+    (``--run-dir RUN`` and any other of its flags)."""
 
-    def __init__(self, kind: str, target: Path, work: Path, env: dict | None = None, timeout: float = 60) -> None:
+    def __init__(self, kind: str, target: Path, work: Path, env: dict | None = None, timeout: float = 60,
+                 args: list[str] | tuple = ()) -> None:
         self.kind, self.port, self.token = kind, free_port(), secrets.token_hex(16)
         work.mkdir(parents=True, exist_ok=True)
         full_env = {**os.environ, **(env or {}),
@@ -85,8 +89,9 @@ class Server:
                    "--LabApp.workspaces_dir=" + str(work / "workspaces")] + (["--allow-root"] if os.geteuid() == 0 else [])
             self.ready = f"http://127.0.0.1:{self.port}/api/status?token={self.token}"
         else:
-            cmd = [sys.executable, "-m", "voila", *common, str(target), "--Voila.ip=127.0.0.1",
-                   f"--token={self.token}"]
+            cmd = [sys.executable, "-m", "ranking_lib.explore_server", "--notebook", str(target),
+                   f"--port={self.port}", *args]
+            full_env["RANKING_EXPLORE_TOKEN"] = self.token  # not in the command line others can read
             self.ready = f"http://127.0.0.1:{self.port}/voila/static/voila.js?token={self.token}"
         self.log = work / f"{kind}.log"
         self._log = self.log.open("w")
@@ -98,8 +103,24 @@ class Server:
         _wait_http(self.ready, self.proc, self.log, self.timeout)
         return self
 
-    def url(self, path: str = "") -> str:
-        return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}?token={self.token}"
+    def url(self, path: str = "", token: bool = True, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}/{path.lstrip('/')}" + (f"?token={self.token}" if token else "")
+
+    def kernels(self) -> int:
+        """How many kernels the server runs now (its ipykernel child processes)."""
+        import psutil
+
+        try:
+            kids = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return 0
+        n = 0
+        for p in kids:
+            try:
+                n += any("ipykernel" in a for a in p.cmdline())
+            except psutil.Error:  # exited meanwhile
+                pass
+        return n
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -113,13 +134,15 @@ class Server:
 
 
 @contextmanager
-def chromium(profile: Path, width: int = 1500, height: int = 1100):
-    """A headless Chromium page (fresh user-data-dir), closed on exit."""
+def chromium(profile: Path, width: int = 1500, height: int = 1100, resolve: dict | None = None):
+    """A headless Chromium page (fresh user-data-dir), closed on exit. `resolve` maps host names
+    to addresses for this browser alone (as a DNS answer would)."""
     from playwright.sync_api import sync_playwright
 
+    rules = [f"--host-resolver-rules={', '.join(f'MAP {h} {a}' for h, a in resolve.items())}"] if resolve else []
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS + rules,
             viewport={"width": width, "height": height}, chromium_sandbox=False)
         try:
             page = ctx.pages[0] if ctx.pages else ctx.new_page()
@@ -180,8 +203,8 @@ def _small_png(png: bytes, colors: int) -> bytes:
 def screenshot(run_dir: Path, out: Path, find: str | None = None, timeout: float = 120, colors: int = 128) -> Path:
     """The Voila page on `run_dir` (after typing `find` into the class search) as a PNG."""
     work = Path(tempfile.mkdtemp(prefix="explore-shot-"))
-    server = Server("voila", NOTEBOOK, work / "voila", {"RANKING_EXPLORE_RUN": str(Path(run_dir).resolve())},
-                    timeout=timeout).wait()
+    server = Server("voila", NOTEBOOK, work / "voila", timeout=timeout,
+                    args=["--run-dir", str(Path(run_dir).resolve())]).wait()
     try:
         with chromium(work / "profile", width=1400, height=900) as page:
             page.goto(server.url(), timeout=timeout * 1000)

@@ -4,8 +4,13 @@ and images), errors included. Skips with the reason where Chromium or Playwright
 
 from __future__ import annotations
 
+import http.client
 import io
+import json
 import shutil
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +42,15 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def servers(run, tmp_path_factory):
     """JupyterLab (its notebook folder a copy, its first run dir one without embeddings) and Voila
-    (on the finished run), started together."""
+    (on the finished run, as ``make explore`` starts it, its root the run's parent), started together."""
     run_dir, empty = run
     work = tmp_path_factory.mktemp("servers")
     nbdir = work / "notebooks"
     nbdir.mkdir()
     shutil.copy(eb.NOTEBOOK, nbdir / "explore.ipynb")
     lab = eb.Server("lab", nbdir, work / "lab", {"RANKING_EXPLORE_RUN": str(empty)})
-    voila = eb.Server("voila", nbdir / "explore.ipynb", work / "voila", {"RANKING_EXPLORE_RUN": str(run_dir)})
+    voila = eb.Server("voila", nbdir / "explore.ipynb", work / "voila",
+                      args=["--run-dir", str(run_dir), "--root", str(run_dir.parent)])
     try:
         yield lab.wait(), voila.wait()
     finally:
@@ -159,7 +165,7 @@ def test_jupyterlab_runs_the_notebook_picks_and_uploads(servers, run, page, tmp_
     _no_traceback(page)
 
 
-def test_voila_page_picks_and_shows_results(servers, page, tmp_path):
+def test_voila_page_picks_and_shows_results(servers, run, page, tmp_path):
     _, voila = servers
     page.goto(voila.url(), timeout=60_000)
     eb.wait_status(page, "shown in", 60)
@@ -178,3 +184,93 @@ def test_voila_page_picks_and_shows_results(servers, page, tmp_path):
     assert _results(page)[0] == 2 * 2 * K and eb.distances(page) != first
     page.locator(".rx-app").screenshot(path=str(tmp_path / "voila-explorer.png"))
     _no_traceback(page)
+
+    # a folder outside the server's root, holding only a hand-written config.json: refused in one
+    # line before anything is read (the dataset it names is not decoded, its cache dir not made)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    cache = tmp_path / "cache-it-chose"
+    cfg = json.loads((run[0] / "config.json").read_text())
+    (outside / "config.json").write_text(json.dumps({**cfg, "run_dir": str(outside), "cache_dir": str(cache)}))
+    shown = eb.distances(page)
+    page.fill(".rx-run-dir input", str(outside))
+    page.click(".rx-open")
+    line = eb.wait_status(page, "error:")
+    assert line.startswith(f"error: {outside} is outside {run[0].parent.resolve()}") and "\n" not in line, line
+    assert not cache.exists() and eb.distances(page) == shown
+
+
+# ---- who may reach the page ------------------------------------------------------------------
+def _get(url: str, host: str | None = None, **headers) -> tuple[int, dict, str]:
+    """status, headers and body of a GET (redirects not followed), with `host` as the Host header."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+    try:
+        conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""),
+                     headers={**({"Host": host} if host else {}), **headers})
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def test_voila_refuses_a_request_without_its_token(servers, page):
+    _, voila = servers
+    before = voila.kernels()
+    status, headers, _ = _get(voila.url(token=False))
+    assert status == 302 and "/login" in headers["Location"]  # to the token form, nothing started
+    resp = page.goto(voila.url(token=False), timeout=60_000)
+    assert resp.ok and "/login" in page.url and page.locator(".rx-app").count() == 0
+    assert _get(voila.url(token=False) + "?token=" + "0" * 48)[0] == 302  # a wrong one
+    time.sleep(1)
+    assert voila.kernels() == before
+
+
+def test_voila_refuses_a_foreign_host(servers, tmp_path):
+    """A page on another site whose name now resolves to 127.0.0.1 (DNS rebinding) sends its own
+    name as Host and Origin: refused, token or not, page or kernel websocket."""
+    _, voila = servers
+    before = voila.kernels()
+    with eb.chromium(tmp_path / "profile", resolve={"rebind.example": "127.0.0.1"}) as page:
+        resp = page.goto(voila.url(host="rebind.example"), timeout=60_000)
+        assert resp.status == 403
+        assert page.inner_text("body").startswith("refused: this explorer does not answer to the host name "
+                                                  "'rebind.example'")
+        assert page.locator(".rx-app").count() == 0
+    kernel = "00000000-0000-4000-8000-000000000000"
+    ws = dict(Upgrade="websocket", Connection="Upgrade", Origin=f"http://rebind.example:{voila.port}",
+              **{"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"})
+    channels = voila.url(f"api/kernels/{kernel}/channels")
+    assert _get(channels, host=f"rebind.example:{voila.port}", **ws)[0] == 403
+    assert _get(channels, **{**ws, "Origin": f"http://127.0.0.1:{voila.port}"})[0] == 404  # past the Host check
+    assert voila.kernels() == before
+
+
+def test_a_burst_of_pages_starts_at_most_max_kernels_and_idle_ones_are_culled(run, tmp_path):
+    run_dir, _ = run
+    voila = eb.Server("voila", eb.NOTEBOOK, tmp_path / "voila", timeout=120,
+                      args=["--run-dir", str(run_dir), "--max-kernels", "2", "--cull-idle-seconds", "4"]).wait()
+    try:
+        most, done = [0], []
+
+        def watch():
+            while not done:
+                most[0] = max(most[0], voila.kernels())
+                time.sleep(0.2)
+
+        with ThreadPoolExecutor(21) as pool:
+            watcher = pool.submit(watch)
+            answers = list(pool.map(lambda _: _get(voila.url()), range(20)))
+            done.append(True)
+            watcher.result()
+        codes = [a[0] for a in answers]
+        assert codes.count(200) == 2 and codes.count(503) == 18, codes
+        assert all("at its most open pages (2, --max-kernels)" in body for code, _, body in answers if code == 503)
+        assert most[0] <= 2
+        end = time.monotonic() + 60  # the two pages' kernels: idle, no browser connected
+        while voila.kernels() and time.monotonic() < end:
+            time.sleep(0.5)
+        assert voila.kernels() == 0
+        assert _get(voila.url())[0] == 200  # room again
+    finally:
+        voila.stop()
