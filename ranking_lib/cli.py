@@ -14,11 +14,11 @@ import argparse
 import errno
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from ranking_lib.core.config import RunConfig, field_kind
 from ranking_lib.core.names import MODELS
-import threading
 from ranking_lib.core.errors import DiskFullError, RankingError
 from ranking_lib.core.settings import Settings, resolve
 
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from_command_line = argv is None
     args = build_parser().parse_args(argv)
     settings = None
+    before = _stop_on_sigterm()
     try:
         if args.command == "verify-run":
             from ranking_lib.verify import main_verify
@@ -133,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     except RankingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"error: {interrupted(args, settings.config if settings else None, 'terminated (SIGTERM)')}",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"error: {interrupted(args, settings.config if settings else None)}", file=sys.stderr)
         return 130
@@ -143,11 +148,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {disk_full_error(e.filename or '.')}", file=sys.stderr)
             return 1
         where = f": {e.filename}" if e.filename else ""
-    before = _stop_on_sigterm()
         hint = ("; that place cannot be written: pass a --run-dir (or --cache-dir) on a writable filesystem, "
                 "or make it writable") if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else ""
         print(f"error: {e.strerror or type(e).__name__}{where}{hint}", file=sys.stderr)
         return 1
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, ``kill``): the command stops as on Ctrl-C (files being
+    written are dropped whole, the run directory's lock is released), with one line."""
 
 
 def _raise_terminated(signum, frame):
@@ -180,10 +192,6 @@ def interrupted(args: argparse.Namespace, cfg: RunConfig | None, how: str = "int
         rows = (run / "loss_log.csv").read_text().strip().splitlines()
         logged = int(rows[-1].split(",")[0]) + 1 if len(rows) > 1 else None
     except (OSError, ValueError, IndexError):
-    except Terminated:
-        print(f"error: {interrupted(args, settings.config if settings else None, 'terminated (SIGTERM)')}",
-              file=sys.stderr)
-        return 128 + signal.SIGTERM
         logged = None
     where = f" after step {logged:,} of {cfg.steps:,} (the loss log's last row)" if logged else ""
     nxt = (f"the next 'train' resumes from step {resume_at:,} ({ckpt}, saved every "
@@ -198,14 +206,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-    finally:
-        if before is not None:
-            signal.signal(signal.SIGTERM, before)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's time limit, ``kill``): the command stops as on Ctrl-C (files being
-    written are dropped whole, the run directory's lock is released), with one line."""
 
 
 def run(args: argparse.Namespace, cfg: RunConfig, argv: list[str] | None = None) -> int:

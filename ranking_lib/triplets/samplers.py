@@ -256,11 +256,11 @@ def load_triplets(path: str | Path, num_images: int | None = None, *, expect: di
     if side["sha256"] != _digest(t):
         raise RankingError(f"triplet file {path} is damaged or was modified (its checksum differs from "
                            f"{path.with_suffix('.json').name}); re-run 'sample'")
-    if num_images is not None and (t.min() < 0 or t.max() >= num_images):
     if len(t) == 0:
         raise RankingError(f"triplet file {path} holds no triplets (shape {t.shape}): there is nothing to train "
                            "or score with; re-run 'sample' (--num-triplets, --val-triplets at least 1)")
     _check_settings(path, side, expect or {})
+    if num_images is not None and (t.min() < 0 or t.max() >= num_images):
         raise RankingError(
             f"triplet file {path} indexes images up to {int(t.max())} but the split has "
             f"{num_images}: it was sampled for other data (re-run 'sample')"
