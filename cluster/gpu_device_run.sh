@@ -26,6 +26,13 @@
 #     the loss log, report.html) go to OUT; this script's output goes to OUT/device_run.log.
 #     Seven files: a caller that takes back only a few files gets all of them.
 #
+# Carrying the data (each transfer at most 64 MiB with the working tree, ~2 MB; ignored files
+# stay on the machine between consecutive commands while it is in use): here
+# `make chunks DATA=data/tiny-imagenet-200 && make gpu-support`, then one command after the other
+# carrying (1) runs/chunks/tiny-imagenet-200.manifest.json, runs/gpu-support/wheels and
+# runs/gpu-support/wordnet; (2..) one runs/chunks/tiny-imagenet-200.NNN.chunk each; (last) the last
+# chunk and runs/gpu-support/jupyter, running this script. A missing chunk stops it in step 2.
+#
 # PYTHON (default: .venv/bin/python where it exists, else python3) runs everything.
 # RANKING_GIT_COMMIT names the commit when the tree was copied without .git (see runcard.py).
 # Exit status: 0 done; 2 bad arguments or an incomplete/damaged chunk set; otherwise the first

@@ -9,8 +9,8 @@ back, as one stream cut into chunks of ``chunk_bytes`` (the last one shorter)::
     <name>.000.chunk  <name>.001.chunk  ...  <name>.manifest.json
 
 The manifest lists every chunk (name, size, SHA-256) and every file as ``[relative POSIX path,
-size, SHA-256]``, in stream order (compact JSON: about 100 bytes a file, 11 MB for Tiny
-ImageNet's 110,000 images); a file may span two chunks. :func:`unpack` refuses, in one line and
+size, SHA-256]``, in stream order (compact JSON: about 110 bytes a file, about 12 MB
+for Tiny ImageNet's 110,000 images); a file may span two chunks. :func:`unpack` refuses, in one line and
 before writing anything, a manifest that is not one, a missing, extra, short or damaged chunk,
 then rebuilds the files in a temporary folder beside the destination, checks every file's
 SHA-256 and renames the folder into place: the destination appears whole or not at all.
