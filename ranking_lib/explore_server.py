@@ -30,14 +30,16 @@ LOCAL_NAMES = ("localhost",)
 
 def host_allowed(host_name: str, names=LOCAL_NAMES) -> bool:
     """Whether a request's host name (the ``Host`` header without its port) is one the server
-    answers to: a loopback address, or one of `names` (case-insensitive)."""
+    answers to: a loopback address, or one of `names` (names or addresses, case-insensitive)."""
     host = host_name.strip().lower()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    if host in {n.strip().lower().strip("[]") for n in names}:
+        return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return host in {n.lower() for n in names}
+        return False
 
 
 def inside_root(path: str | Path, root: str | Path) -> Path:
@@ -146,8 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--port", type=int, default=8866, help="port to listen on (default 8866)")
     ap.add_argument("--ip", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     ap.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                    help="a host name the page may be reached by besides localhost and loopback addresses "
-                         "(repeatable; the name a remote browser uses when --ip is not a loopback address)")
+                    help="a host name or address the page may be reached by besides localhost and loopback "
+                         "addresses (repeatable; what a remote browser puts in its URL when --ip is not a "
+                         "loopback address)")
     ap.add_argument("--max-kernels", type=int, default=4,
                     help="most pages (each a kernel holding the run in memory) open at once (default 4)")
     ap.add_argument("--cull-idle-seconds", type=int, default=600,

@@ -23,6 +23,8 @@ def test_host_names_answered(host, allowed):
 
 def test_extra_host_names():
     assert host_allowed("box.lan", ["localhost", "Box.LAN"]) and not host_allowed("other.lan", ["box.lan"])
+    assert host_allowed("10.0.0.5", ["10.0.0.5"]) and host_allowed("[fd00::5]", ["fd00::5"])
+    assert not host_allowed("10.0.0.6", ["10.0.0.5"])
 
 
 def test_run_dirs_inside_the_root_only(tmp_path):
