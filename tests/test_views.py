@@ -97,6 +97,20 @@ def test_instance_triplets_positive_is_the_query_and_negative_its_class():
         InstanceTriplets(src, labels, 0.0)
 
 
+def test_instance_triplets_over_online_buffers():
+    from ranking_lib.triplets.online import OnlineTriplets
+
+    labels = np.repeat(np.arange(5), 12)
+    kept = np.flatnonzero(np.arange(60) % 12 != 0)  # one image per class held out
+    online = OnlineTriplets(labels[kept], batch_size=10, buffer_size=4, refresh_steps=3, seed=2, index=kept)
+    inst = InstanceTriplets(online, labels, 0.3, seed=2, candidates=kept)
+    for step in range(8):
+        t, rows = inst.batch(step), inst.instance_rows(step)[0]
+        assert rows.sum() == 3 and np.array_equal(t[~rows], online.batch(step)[~rows])
+        assert np.array_equal(t[rows, 1], t[rows, 0]) and (labels[t[rows, 2]] == labels[t[rows, 0]]).all()
+        assert np.isin(t, kept).all()
+
+
 def test_training_views_put_the_querys_view_in_the_positive_slot():
     x = _images(9)  # 3 triplets: queries 0-2, positives 3-5, negatives 6-8
     rows = np.array([True, False, True])
