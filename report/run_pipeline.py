@@ -307,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    from ranking_lib.core.errors import DiskFullError
     from ranking_lib.core.runlock import TOKEN_ENV, RunDirLock
 
     try:
@@ -317,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
             if rc == 0:
                 write_run_card(settings, phases, argv)
             return rc
+    except DiskFullError as e:  # the environment, not the input: exit 1 like any OS error
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except ValueError as e:  # RankingError: run dir busy or not a directory
         print(f"error: {e}", file=sys.stderr)
         return 2

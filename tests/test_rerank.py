@@ -55,8 +55,10 @@ def test_bad_values_are_one_line_errors(kwargs, match):
 
 def test_config_fields():
     assert RunConfig().rerank == "none"
-    with pytest.raises(RankingError, match="rerank must be one of"):
-        RunConfig(rerank="bogus")
+    from ranking_lib.choices import check_choices
+
+    with pytest.raises(RankingError, match=r"^rerank must be one of none, aqe, dba, dba\+aqe, auto \(got 'bogus'\)$"):
+        check_choices(RunConfig(rerank="bogus"))
     with pytest.raises(RankingError, match="rerank_k"):
         RunConfig(rerank_k=0)
 

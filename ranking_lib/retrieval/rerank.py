@@ -24,11 +24,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from ranking_lib.core.errors import RankingError
+from ranking_lib.core.registry import Registry
 from ranking_lib.retrieval.index import EmbeddingIndex
 
-METHODS = ("none", "aqe", "dba", "dba+aqe")
-CHOICES = METHODS + ("auto",)
-"""``auto``: the protocol tries `AUTO_CANDIDATES` on the tuning split and keeps the best."""
+RERANKERS: Registry[str] = Registry("rerank")
+"""Re-ranking name -> what it does (the config field ``rerank``)."""
+RERANKERS.add("none", "plain search")
+RERANKERS.add("aqe", "query expansion")
+RERANKERS.add("dba", "database-side augmentation")
+RERANKERS.add("dba+aqe", "both, the query expanded over the augmented database")
+RERANKERS.add("auto", "the protocol tries AUTO_CANDIDATES on the tuning split and keeps the best")
+METHODS = tuple(name for name in RERANKERS if name != "auto")
+"""The methods a search runs directly (``auto`` is resolved by the protocol first)."""
+CHOICES = RERANKERS.names()  # the older name of RERANKERS' names
 
 AUTO_CANDIDATES = (
     ("none", 1, 0.0),
@@ -64,8 +72,7 @@ class Reranker:
     chunk_size: int = 4096
 
     def __post_init__(self) -> None:
-        if self.method not in CHOICES:
-            raise RankingError(f"rerank must be one of {', '.join(CHOICES)} (got {self.method!r})")
+        RERANKERS.check(self.method)
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise RankingError(f"rerank_k must be a positive integer (got {self.k!r})")
         if not np.isfinite(self.alpha) or self.alpha < 0:
@@ -99,7 +106,7 @@ class Reranker:
     def _check_resolved(self) -> None:
         if self.method == "auto":
             raise RankingError("rerank 'auto' is chosen on the tuning split by the evaluation protocol; "
-                               "pass a method (none, aqe, dba, dba+aqe) to search directly")
+                               f"pass a method ({', '.join(METHODS)}) to search directly")
 
     def neighbours(self, db: EmbeddingIndex, q: np.ndarray, exclude: np.ndarray | None = None,
                    k: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ranking_lib.core.errors import RankingError
 from ranking_lib.core.fileio import atomic_path, write_json
+from ranking_lib.core.registry import Registry
 
 
 class TripletSampler:
@@ -277,3 +278,11 @@ def _check_settings(path: Path, side: dict, expect: dict) -> None:
             raise RankingError(f"triplet file {path} was sampled with {key}={have!r}, but the run's config says "
                                f"{key}={want!r}: they are another run's triplets or the config changed: use the "
                                "settings they were sampled with, or re-run 'sample'")
+
+
+SAMPLERS: Registry = Registry("sampler")
+"""Sampler name -> the class drawing a run's training triplets, or None for ``auto`` (relevance
+when out_of_class_fraction < 1: `RunConfig.uses_relevance`) (the config field ``sampler``)."""
+SAMPLERS.add("auto", None)
+SAMPLERS.add("uniform", TripletSampler)
+SAMPLERS.add("relevance", RelevanceTripletSampler)
