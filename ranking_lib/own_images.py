@@ -281,14 +281,15 @@ def query_index(cfg: RunConfig, name: str, *, image: str | None = None, file: st
 # ---------------------------------------------------------------------------------- duplicates
 def duplicate_threshold(cfg: RunConfig, net: dict) -> dict:
     """The near-duplicate threshold of the run's network (`collection.duplicates.calibrate` on
-    `near_dup_queries` val images of the run's data), computed once and kept in
-    ``RUN/near_dup_threshold_<model>.json`` with the network's key."""
+    `near_dup_queries` val images of the run's data and their copies), computed once and kept in
+    ``RUN/near_dup_threshold_<model>.json`` with the network's key and the calibration's rule."""
     from ranking_lib.retrieval.semantic import TRANSFORMS, near_duplicate_ids
     from ranking_lib.workflow import load_caches
 
     path = Path(cfg.run_dir) / f"near_dup_threshold_{net['model']}.json"
     saved = read_json(path, "threshold file", missing_ok=True)
-    if isinstance(saved, dict) and saved.get("network_key") == net["key"]:
+    if isinstance(saved, dict) and saved.get("network_key") == net["key"] and \
+            saved.get("false_pair_rate") == dup.FALSE_PAIR_RATE:
         return saved
     try:
         val = load_caches(cfg, progress=False, splits=("val",))["val"]
@@ -312,7 +313,7 @@ def find_duplicates(cfg: RunConfig, name: str, *, threshold: float | None = None
     t = float(calib["threshold"]) if calib else float(threshold)
     from ranking_lib.workflow import index_options
 
-    found = dup.groups(len(data), dup.near_pairs(data.embeddings, t, index_options=index_options(cfg)))
+    found = dup.groups(data.embeddings, dup.near_pairs(data.embeddings, t, index_options=index_options(cfg)), t)
     where = index_dir(cfg, name)
     title = f"{sum(map(len, found))} images in {len(found)} near-duplicate groups of {data.meta['root']} (d <= {t:.4f})"
     csv_path = dup.write_csv(where / "duplicates.csv", found, data.paths, data.embeddings)
@@ -402,8 +403,8 @@ def run_command(args, cfg: RunConfig) -> int:
         found = find_duplicates(cfg, args.index, threshold=args.threshold)
         c = found["calibration"]
         how = (f"calibrated on the near-duplicate protocol ({c['images']} val images of {c['data_dir']} and their "
-               f"{', '.join(c['transforms'])} copies): pair precision {c['precision']:.1f} %, recall "
-               f"{c['recall']:.1f} %" if c else "given")
+               f"{', '.join(c['transforms'])} copies; {c['false_pair_rate']:g} of the pairs of different images "
+               f"within it): pair precision {c['precision']:.1f} %, recall {c['recall']:.1f} %" if c else "given")
         print(f"threshold {found['threshold']:.4f} ({how})")
         print(f"{len(found['groups'])} group(s) of near-duplicates, {sum(map(len, found['groups']))} images")
         for g, members in enumerate(found["groups"][:20], 1):

@@ -3,11 +3,12 @@ that show them (a CSV and an HTML contact sheet).
 
 * `near_pairs`: every pair of indexed images within `threshold` of each other (Euclidean),
   found among each image's `k` nearest neighbours;
-* `groups`: the connected components of those pairs (union-find), largest first;
-* `calibrate`: the threshold that maximises F1 over image pairs on the project's near-duplicate
-  protocol (`retrieval.semantic.TRANSFORMS`: crop and rescale, colour jitter, blur, JPEG
-  re-encoding): `n` originals and their transformed copies, a pair positive when both come from
-  one original; returns it with the pair precision and recall there.
+* `groups`: groups in which every two images are within the threshold (complete linkage);
+* `calibrate`: the threshold on the project's near-duplicate protocol
+  (`retrieval.semantic.TRANSFORMS`: crop and rescale, colour jitter, blur, JPEG re-encoding; `n`
+  originals and their transformed copies, a pair positive when both come from one original):
+  the largest distance within which at most `FALSE_PAIR_RATE` (1 in 10,000) of the pairs of
+  different images fall, with the pair precision and recall there.
 """
 
 from __future__ import annotations
@@ -48,25 +49,24 @@ def near_pairs(embeddings: np.ndarray, threshold: float, *, k: int = NEIGHBOURS,
     return sorted((a, b, d) for (a, b), d in pairs.items())
 
 
-def groups(n: int, pairs: list[tuple[int, int, float]]) -> list[list[int]]:
-    """Connected components (of size >= 2) of `pairs` over n items: each sorted, largest first
-    (ties by first member)."""
-    parent = list(range(n))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b, _ in pairs:
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    comps: dict[int, list[int]] = {}
-    for i in range(n):
-        comps.setdefault(root(i), []).append(i)
-    return sorted((c for c in comps.values() if len(c) > 1), key=lambda c: (-len(c), c[0]))
+def groups(embeddings: np.ndarray, pairs: list[tuple[int, int, float]], threshold: float) -> list[list[int]]:
+    """Groups (of size >= 2) in which every two images are within `threshold` (complete linkage:
+    `pairs` taken nearest first, two groups merged only when all their cross distances are within
+    it, so a chain of similar images never becomes one group); each sorted, largest first (ties by
+    first member)."""
+    group = {i: [i] for i in range(len(embeddings))}  # image -> its group's member list (shared)
+    for a, b, _ in sorted(pairs, key=lambda p: (p[2], p[0], p[1])):
+        ga, gb = group[a], group[b]
+        if ga is gb:
+            continue
+        cross = embeddings[ga][:, None, :] - embeddings[gb][None, :, :]
+        if np.sqrt((cross ** 2).sum(-1)).max() > threshold:
+            continue
+        ga.extend(gb)
+        for j in gb:
+            group[j] = ga
+    unique = {id(g): sorted(g) for g in group.values() if len(g) > 1}
+    return sorted(unique.values(), key=lambda g: (-len(g), g[0]))
 
 
 def protocol_distances(embed: Callable[[np.ndarray], np.ndarray], images: np.ndarray, seed: int = 0
@@ -86,23 +86,23 @@ def protocol_distances(embed: Callable[[np.ndarray], np.ndarray], images: np.nda
     return dist[same], dist[~same]
 
 
-def calibrate(positive: np.ndarray, negative: np.ndarray) -> dict:
-    """The threshold (a positive pair's distance) maximising F1 of "distance <= threshold", with
-    its pair precision and recall in percent."""
-    dist = np.concatenate([positive, negative])
-    label = np.concatenate([np.ones(len(positive), bool), np.zeros(len(negative), bool)])
-    order = np.argsort(dist, kind="stable")
-    dist, label = dist[order], label[order]
-    tp = np.cumsum(label)
-    fp = np.cumsum(~label)
-    last = np.r_[dist[1:] != dist[:-1], True]  # a threshold includes every pair at its distance
-    precision = tp / np.maximum(tp + fp, 1)
-    recall = tp / max(len(positive), 1)
-    f1 = np.where(last, 2 * precision * recall / np.maximum(precision + recall, 1e-12), -1)
-    best = int(np.argmax(f1))
-    return {"threshold": float(dist[best]), "precision": float(100 * precision[best]),
-            "recall": float(100 * recall[best]), "f1": float(100 * f1[best]),
-            "positive_pairs": int(len(positive)), "negative_pairs": int(len(negative))}
+FALSE_PAIR_RATE = 1e-4  # of the protocol's pairs of different images, the share within the threshold
+
+
+def calibrate(positive: np.ndarray, negative: np.ndarray, false_pair_rate: float = FALSE_PAIR_RATE) -> dict:
+    """The largest threshold within which at most `false_pair_rate` of the pairs of different
+    images fall (a property of the network, not of how many images were drawn), with the pair
+    precision and recall there, in percent."""
+    if not len(positive) or not len(negative):
+        raise RankingError("calibrating a near-duplicate threshold needs pairs of copies and of different images")
+    neg = np.sort(np.asarray(negative, dtype=np.float64))
+    allowed = int(false_pair_rate * len(neg))
+    t = float(np.nextafter(np.float32(neg[allowed]), np.float32(0)))  # `allowed` negatives are <= t
+    tp = int((positive <= t).sum())
+    fp = int((negative <= t).sum())
+    return {"threshold": t, "precision": float(100 * tp / max(tp + fp, 1)), "recall": float(100 * tp / len(positive)),
+            "false_pair_rate": false_pair_rate, "positive_pairs": int(len(positive)),
+            "negative_pairs": int(len(negative))}
 
 
 # ---------------------------------------------------------------------------------- outputs
