@@ -6,10 +6,12 @@ numbers are not timings to keep."""
 import json
 
 import numpy as np
+import pytest
 
 from test_benchmarks import load_script
 
 
+@pytest.mark.slow
 def test_bench_gpu_synthetic_measures_training_embedding_and_search(tmp_path, capsys):
     out = tmp_path / "gpu_synthetic.json"
     bench = load_script("bench_gpu_synthetic")

@@ -78,6 +78,7 @@ def device_run(sample_dir, tmp_path_factory):
     return r, data, run, out, root
 
 
+@pytest.mark.slow
 def test_device_script_runs_the_profile_from_chunks(device_run, sample_dir):
     r, data, run, out, root = device_run
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -108,6 +109,7 @@ def test_device_script_runs_the_profile_from_chunks(device_run, sample_dir):
     assert "run card written to" in (out / "device_run.log").read_text()
 
 
+@pytest.mark.slow
 def test_report_html_through_papermill(device_run):
     pytest.importorskip("papermill")
     r, _, run, _, _ = device_run
