@@ -124,3 +124,19 @@ def test_bench_budget_load_pins_a_load_that_ends_by_itself():
     assert proc.wait(timeout=10) == 0 and time.perf_counter() - t0 < 10
     with pytest.raises(SystemExit):
         bench.main(["--load-at", "1.5"])
+
+
+def test_bench_views_measures_the_cached_views_against_the_stage_pass(sample_dir, sample_cache_dir, tmp_path):
+    out = tmp_path / "views.json"
+    assert load_script("bench_views").main([
+        "--data-dir", str(sample_dir), "--cache-dir", str(sample_cache_dir), "--profile", "sample", "--images", "12",
+        "--views", "3", "--live-batch", "4", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    m = res["metrics"]
+    assert m["stage_bytes_per_image"] == 2 * 192 * 6 * 6  # float16 maps of stages [0, 7) at 192 px
+    full = m["full_data_extrapolated"]
+    assert full["views_extra_gib"] == pytest.approx(3 * full["stage_cache_gib"])  # K views: K x the disk
+    assert m["view_pass_over_stage_pass"] == pytest.approx(m["per_image"]["view_pass_ms"] / m["per_image"]["stage_pass_ms"])
+    assert res["machine"]["cpu_flags"] is not None and res["config"]["images"] == 12
+    assert (tmp_path / "views.card.json").is_file()
+    assert load_script("bench_views").main(["--data-dir", str(sample_dir), "--images", "0"]) == 2
