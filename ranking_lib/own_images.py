@@ -289,7 +289,7 @@ def duplicate_threshold(cfg: RunConfig, net: dict) -> dict:
     path = Path(cfg.run_dir) / f"near_dup_threshold_{net['model']}.json"
     saved = read_json(path, "threshold file", missing_ok=True)
     if isinstance(saved, dict) and saved.get("network_key") == net["key"] and \
-            saved.get("false_pair_rate") == dup.FALSE_PAIR_RATE:
+            saved.get("false_pair_rate") == dup.FALSE_PAIR_RATE and "negatives" in saved:
         return saved
     try:
         val = load_caches(cfg, progress=False, splits=("val",))["val"]
@@ -298,8 +298,10 @@ def duplicate_threshold(cfg: RunConfig, net: dict) -> dict:
                            f"read ({e}); pass --threshold T") from None
     n = cfg.near_dup_queries or 1000
     ids = near_duplicate_ids(len(val), n, cfg.seed)
-    pos, neg = dup.protocol_distances(_embedder(cfg, net["model"]), np.asarray(val.images[ids]), cfg.seed)
-    out = {"network_key": net["key"], "model": net["model"], **dup.calibrate(pos, neg), "images": int(len(ids)),
+    pos, neg = dup.protocol_distances(_embedder(cfg, net["model"]), np.asarray(val.images[ids]), val.labels[ids],
+                                      cfg.seed)
+    out = {"network_key": net["key"], "model": net["model"], **dup.calibrate(pos, neg),
+           "negatives": "pairs of different images of one class", "images": int(len(ids)),
            "transforms": list(TRANSFORMS), "seed": cfg.seed, "data_dir": str(cfg.data_dir)}
     write_json(path, out)
     return out
@@ -403,8 +405,8 @@ def run_command(args, cfg: RunConfig) -> int:
         found = find_duplicates(cfg, args.index, threshold=args.threshold)
         c = found["calibration"]
         how = (f"calibrated on the near-duplicate protocol ({c['images']} val images of {c['data_dir']} and their "
-               f"{', '.join(c['transforms'])} copies; {c['false_pair_rate']:g} of the pairs of different images "
-               f"within it): pair precision {c['precision']:.1f} %, recall {c['recall']:.1f} %" if c else "given")
+               f"{', '.join(c['transforms'])} copies; {c['false_pair_rate']:g} of the pairs of different images of "
+               f"one class within it): pair precision {c['precision']:.1f} %, recall {c['recall']:.1f} %" if c else "given")
         print(f"threshold {found['threshold']:.4f} ({how})")
         print(f"{len(found['groups'])} group(s) of near-duplicates, {sum(map(len, found['groups']))} images")
         for g, members in enumerate(found["groups"][:20], 1):

@@ -8,7 +8,7 @@ that show them (a CSV and an HTML contact sheet).
   (`retrieval.semantic.TRANSFORMS`: crop and rescale, colour jitter, blur, JPEG re-encoding; `n`
   originals and their transformed copies, a pair positive when both come from one original):
   the largest distance within which at most `FALSE_PAIR_RATE` (1 in 10,000) of the pairs of
-  different images fall, with the pair precision and recall there.
+  different images of one class fall, with the pair precision and recall there.
 """
 
 from __future__ import annotations
@@ -69,32 +69,39 @@ def groups(embeddings: np.ndarray, pairs: list[tuple[int, int, float]], threshol
     return sorted(unique.values(), key=lambda g: (-len(g), g[0]))
 
 
-def protocol_distances(embed: Callable[[np.ndarray], np.ndarray], images: np.ndarray, seed: int = 0
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Distances of the positive and of the negative image pairs among `images` (uint8 NHWC,
-    the originals) and their copies under every transform of `TRANSFORMS`."""
-    if len(images) < 2:
-        raise RankingError("calibrating a near-duplicate threshold needs at least 2 images")
+def protocol_distances(embed: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Distances of the positive pairs (an original and a copy, or two copies of one original)
+    and of the negative pairs (two different images of one class: the similar photos a
+    collection holds, which a near-duplicate threshold must keep apart) among `images` (uint8
+    NHWC, the originals, of classes `labels`) and their copies under every transform of
+    `TRANSFORMS`."""
+    labels = np.asarray(labels)
+    if len(images) < 2 or len(labels) != len(images):
+        raise RankingError("calibrating a near-duplicate threshold needs at least 2 images, each with its class")
     z = [np.asarray(embed(images), dtype=np.float32)]
     z += [np.asarray(embed(transform_images(images, name, seed)), dtype=np.float32) for name in TRANSFORMS]
     source = np.tile(np.arange(len(images)), len(z))
+    label = np.tile(labels, len(z))
     x = torch.from_numpy(np.concatenate(z))
     d = torch.cdist(x, x).numpy()
     iu = np.triu_indices(len(d), k=1)
     same = source[iu[0]] == source[iu[1]]
+    same_class = (label[iu[0]] == label[iu[1]]) & ~same
     dist = d[iu]
-    return dist[same], dist[~same]
+    return dist[same], dist[same_class]
 
 
-FALSE_PAIR_RATE = 1e-4  # of the protocol's pairs of different images, the share within the threshold
+FALSE_PAIR_RATE = 1e-4  # of the protocol's pairs of different images of one class, the share within the threshold
 
 
 def calibrate(positive: np.ndarray, negative: np.ndarray, false_pair_rate: float = FALSE_PAIR_RATE) -> dict:
-    """The largest threshold within which at most `false_pair_rate` of the pairs of different
-    images fall (a property of the network, not of how many images were drawn), with the pair
-    precision and recall there, in percent."""
+    """The largest threshold within which at most `false_pair_rate` of the `negative` pairs fall
+    (a property of the network, not of how many images were drawn), with the pair precision and
+    recall there, in percent."""
     if not len(positive) or not len(negative):
-        raise RankingError("calibrating a near-duplicate threshold needs pairs of copies and of different images")
+        raise RankingError("calibrating a near-duplicate threshold needs pairs of copies and pairs of different "
+                           "images of one class (the val images drawn hold no two of a class: raise --near-dup-queries)")
     neg = np.sort(np.asarray(negative, dtype=np.float64))
     allowed = int(false_pair_rate * len(neg))
     t = float(np.nextafter(np.float32(neg[allowed]), np.float32(0)))  # `allowed` negatives are <= t
