@@ -221,3 +221,13 @@ def test_config_refuses_views_without_their_path():
         RunConfig(instance_fraction=1.5)
     with pytest.raises(RankingError, match="instance_fraction must be >= 0"):
         RunConfig(instance_fraction=-0.1)
+
+
+def test_the_ablation_rows_of_instance_triplets_are_valid_runs_of_the_cpu_profile():
+    from ranking_lib.core.settings import resolve
+    from ranking_lib.reporting import ablation
+
+    cached = resolve("cpu", {**ablation.ROWS["instance-0.5"][0], "data_dir": "unused"}).config
+    assert cached.cache_stage_features and cached.views_per_image == 2 and cached.instance_fraction == 0.5
+    live = resolve("cpu", {**ablation.ROWS["instance-0.5-live"][0], "data_dir": "unused"}).config
+    assert not live.cache_stage_features and live.views_per_image == 0 and live.instance_fraction == 0.5

@@ -38,6 +38,10 @@ ROWS: dict[str, tuple[dict, str]] = {
     "relevance-0.0": ({"out_of_class_fraction": 0.0}, "relevance-weighted, in-class negatives only"),
     "multiscale": ({"architecture": "multiscale"}, "the multiscale network (two shallow 4:1 and 8:1 paths)"),
     "online": ({"triplet_source": "online"}, "online reservoir buffers instead of the pre-sampled file"),
+    "instance-0.5": ({"instance_fraction": 0.5, "views_per_image": 2},
+                     "half the triplets instance triplets (positive: one of 2 cached views of the query's image)"),
+    "instance-0.5-live": ({"instance_fraction": 0.5, "cache_stage_features": False},
+                          "half the triplets instance triplets, views made live (no stage cache)"),
 }
 
 COLUMNS = ("precision@1", "precision@10", "precision@30", "map@r", "any_hit@30", "triplet_acc", "score_at_top_30",
