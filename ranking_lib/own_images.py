@@ -142,18 +142,7 @@ def index_folder(cfg: RunConfig, images: str | Path, *, name: str | None = None,
     report = IndexReport(path, 0, skipped=list(walk.skipped), ignored=walk.ignored)
     keep, todo = _plan(walk.files, old, root, report)
     shards = store.Shards(where)
-    done, done_skipped = shards.load(net["key"])
-    fresh, resumed = [], []
-    for f in todo:
-        k = (f.path, f.size, f.mtime_ns)
-        if k in done:
-            data, i = done[k]
-            resumed.append(store.select(data, [i]))
-        elif k in done_skipped:
-            report.skipped.append(Skipped(f.path, done_skipped[k]))
-        else:
-            fresh.append(f)
-    report.resumed = len(todo) - len(fresh)
+    resumed, fresh = _from_shards(todo, shards, net["key"], report)
     embed = _embedder(cfg, model) if fresh else None
     bar = progress_bar(total=len(fresh), desc=f"index {where.name}", unit="img", enabled=progress)
     for s in range(0, len(fresh), shard_size):
@@ -175,6 +164,25 @@ def index_folder(cfg: RunConfig, images: str | Path, *, name: str | None = None,
     shards.clear()
     report.images, report.seconds = len(final), time.perf_counter() - t0
     return report
+
+
+def _from_shards(todo, shards: store.Shards, network_key: str, report: IndexReport):
+    """(rows the shards of an interrupted run hold for `todo`, the files still to embed); the
+    shards' skipped files go to the report."""
+    done, done_skipped = shards.load(network_key)
+    rows: dict[int, tuple[store.IndexData, list[int]]] = {}
+    fresh = []
+    for f in todo:
+        k = (f.path, f.size, f.mtime_ns)
+        if k in done:
+            data, i = done[k]
+            rows.setdefault(id(data), (data, []))[1].append(i)
+        elif k in done_skipped:
+            report.skipped.append(Skipped(f.path, done_skipped[k]))
+        else:
+            fresh.append(f)
+    report.resumed = len(todo) - len(fresh)
+    return [store.select(data, idx) for data, idx in rows.values()], fresh
 
 
 def _plan(files, old: store.IndexData | None, root: Path, report: IndexReport):
