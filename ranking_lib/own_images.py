@@ -135,7 +135,7 @@ def index_folder(cfg: RunConfig, images: str | Path, *, name: str | None = None,
         raise RankingError(f"no images in {root} ({FORMATS}, searched recursively; {walk.ignored} other file(s))")
     if shard_size < 1:
         raise RankingError(f"shard size must be >= 1 (got {shard_size})")
-    where = index_dir(cfg, name or root.name)
+    where = index_dir(cfg, name or re.sub(r"[^A-Za-z0-9._-]+", "_", root.name).lstrip("._-") or "images")
     net = network_identity(cfg, model)
     path = where / store.INDEX_FILE
     old = _load_existing(path, net, root)
@@ -362,7 +362,8 @@ def add_arguments(parser, command: str) -> None:
     models = f"the network: {MODELS[0]} (the run's checkpoint) or {MODELS[1]} (the frozen pretrained backbone)"
     if command == "index":
         parser.add_argument("--images", required=True, help="the folder of images (JPEG, PNG, WebP, BMP, TIFF, GIF)")
-        parser.add_argument("--name", help="the index's name under RUN/indexes (default: the folder's name)")
+        parser.add_argument("--name", help="the index's name under RUN/indexes (default: the folder's name, characters "
+                                             "other than letters, digits, '.', '_' and '-' made '_')")
         parser.add_argument("--model", choices=MODELS, default="trained", help=models)
         parser.add_argument("--shard-size", type=int, default=SHARD_SIZE,
                             help=f"images embedded between two saves; an interrupted run resumes from the last "

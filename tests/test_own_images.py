@@ -140,10 +140,11 @@ def test_an_empty_folder_is_one_line_and_exit_2(run, tmp_path, capsys):
 
 
 def test_an_index_of_another_network_is_refused(run, tmp_path, capsys):
-    folder = tmp_path / "f"
+    folder = tmp_path / "my photos"
     for i, img in enumerate(_sources(run, 3)):
         _save(img, folder / f"{i}.png", "PNG")
     assert _index(run, folder, capsys, "--model", "baseline")[0] == 0
+    assert _load(run, "my_photos").meta["network"]["model"] == "baseline"  # the folder's name, made plain
     rc, out, err = _index(run, folder, capsys, "--model", "trained")
     assert rc == 2 and "was made by another network" in err and len(err.strip().splitlines()) == 1
 
