@@ -406,6 +406,9 @@ def run_command(args, cfg: RunConfig) -> int:
                               progress=progress)
         print("\n".join(report.lines()))
     elif args.command == "query":
+        if not args.index or args.val_index:
+            raise RankingError("query --index NAME takes --image FILE or --file INDEXED_FILE (--val-index queries "
+                               "the run's val images against its training set, without --index)")
         what, hits = query_index(cfg, args.index, image=args.image, file=args.file, k=args.k)
         print(f"query {what}\n  top-{len(hits)}:")
         for path, d in hits:

@@ -300,6 +300,9 @@ def test_query_an_index_by_file_and_by_image(run, tmp_path, capsys):
     assert first[1] == "img03.png" and float(first[0]) < 1e-4
     rc, _, err = _cli([*base, "--file", "nope.png"], capsys)
     assert rc == 2 and "not in index q" in err
+    for bad in (["--file", "img03.png"], ["--index", "q", "--val-index", "0"]):  # nothing silently dropped
+        rc, _, err = _cli(["query", "--run-dir", str(run), *bad], capsys)
+        assert rc == 2 and err.startswith("error: query --index NAME takes")
 
 
 # ---------------------------------------------------------------------------------- export
