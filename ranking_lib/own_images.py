@@ -149,13 +149,13 @@ def index_folder(cfg: RunConfig, images: str | Path, *, name: str | None = None,
         part = _embed_shard(fresh[s:s + shard_size], root, embed, net["key"])
         shards.write(part)
         resumed.append(part)
-        report.skipped += [Skipped(x["path"], x["reason"]) for x in part.meta["skipped"]]
+        report.skipped += [Skipped.from_dict(x) for x in part.meta["skipped"]]
         report.embedded += len(part)  # this run's embeddings only
         bar.update(len(fresh[s:s + shard_size]))
     bar.close()
     report.skipped.sort(key=lambda x: x.path)
     meta = {"root": str(root), "network": net, "image_size": IMAGE_SIZE,
-            "skipped": [{"path": x.path, "reason": x.reason} for x in report.skipped]}
+            "skipped": [x.to_dict() for x in report.skipped]}
     final = store.concat([keep, *resumed], meta)
     if not len(final):
         raise RankingError(f"none of the {len(report.skipped)} image file(s) in {root} could be read (first: "
@@ -178,7 +178,7 @@ def _from_shards(todo, shards: store.Shards, network_key: str, report: IndexRepo
             data, i = done[k]
             rows.setdefault(id(data), (data, []))[1].append(i)
         elif k in done_skipped:
-            report.skipped.append(Skipped(f.path, done_skipped[k]))
+            report.skipped.append(Skipped(f.path, done_skipped[k], f.size, f.mtime_ns))
         else:
             fresh.append(f)
     report.resumed = len(todo) - len(fresh)
@@ -191,8 +191,12 @@ def _plan(files, old: store.IndexData | None, root: Path, report: IndexReport):
         report.added = len(files)
         return store.select(store.empty({}), []), list(files)
     keep, todo, seen = [], [], set()
+    before = {s.path: s for s in map(Skipped.from_dict, old.meta.get("skipped", []))}
     for f in files:
         i = old.row(f.path)
+        if i is None and f.path in before and before[f.path].same_file(f):
+            report.skipped.append(before[f.path])  # unreadable last time, unchanged since: not tried again
+            continue
         if i is None:
             report.added += 1
             todo.append(f)
@@ -217,7 +221,7 @@ def _embed_shard(files, root: Path, embed, network_key: str) -> store.IndexData:
     for f in files:
         img, reason = read_image(root / f.path, IMAGE_SIZE)
         if img is None:
-            skipped.append({"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, "reason": reason})
+            skipped.append(Skipped(f.path, reason, f.size, f.mtime_ns).to_dict())
             continue
         arrays.append(img)
         ok.append(f)

@@ -3,7 +3,6 @@ incremental reruns, kill -9 and resume, queries, near-duplicate groups, the expo
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import struct
@@ -149,17 +148,26 @@ def test_an_index_of_another_network_is_refused(run, tmp_path, capsys):
     assert rc == 2 and "was made by another network" in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_rerun_embeds_only_added_and_changed_files(run, tmp_path, capsys):
+def test_a_rerun_embeds_only_added_and_changed_files(run, tmp_path, capsys, monkeypatch):
     folder = tmp_path / "inc"
     imgs = _sources(run, 8)
     for i, img in enumerate(imgs[:6]):
         _save(img, folder / f"{i}.png", "PNG")
+    (folder / "broken.png").write_text("x")  # tried again on each run: a shard of no images
     assert _index(run, folder, capsys)[0] == 0
     before = _load(run, "inc")
     _save(imgs[6], folder / "new.png", "PNG")                     # added
     _save(imgs[7], folder / "1.png", "PNG")                       # changed content
     os.utime(folder / "2.png", ns=(time.time_ns(), time.time_ns() + 10**9))  # touched, same bytes
     (folder / "3.png").unlink()                                   # deleted
+    from ranking_lib.data import decode
+
+    decoded, real = [], decode.load_image_rgb
+
+    def counting(path, *a, **k):
+        decoded.append(Path(path).name)
+        return real(path, *a, **k)
+    monkeypatch.setattr(decode, "load_image_rgb", counting)
     rc, out, err = _index(run, folder, capsys)
     assert rc == 0, err
     assert "(added 1, changed 1, removed 1, unchanged 4); embedded 2 now" in out
@@ -169,8 +177,10 @@ def test_a_rerun_embeds_only_added_and_changed_files(run, tmp_path, capsys):
         assert np.array_equal(after.embeddings[after.row(p)], before.embeddings[before.row(p)])
     assert not np.allclose(after.embeddings[after.row("1.png")], before.embeddings[before.row("1.png")])
     assert after.mtimes[after.row("2.png")] == (folder / "2.png").stat().st_mtime_ns
-    rc, out, _ = _index(run, folder, capsys)  # nothing changed: nothing embedded
-    assert "unchanged 6); embedded 0 now" in out
+    assert sorted(decoded) == ["1.png", "new.png"]  # the unreadable file, unchanged, is not tried again
+    rc, out, err = _index(run, folder, capsys)  # nothing changed: nothing embedded
+    assert rc == 0, err
+    assert "unchanged 6); embedded 0 now; 1 skipped" in out
 
 
 def test_kill_9_mid_index_then_rerun_gives_the_uninterrupted_index(run, tmp_path, capsys):
@@ -338,3 +348,28 @@ def test_the_exported_network_matches_the_library(run, tmp_path, capsys, fmt):
         other = sess.run(None, {"image": np.zeros((100, 37, 3), np.uint8)})[0]
     assert np.abs(got - want).max() <= 1e-4
     assert other.shape == (8,)  # any image size in
+
+
+# ---------------------------------------------------------------------------------- benchmark
+def test_bench_index_folder_writes_its_numbers_and_card(run, tmp_path):
+    import json
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench_index_folder
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    folder = tmp_path / "bench"
+    for i, img in enumerate(_sources(run, 6)):
+        _save(img, folder / f"{i}.png", "PNG")
+    (folder / "broken.png").write_text("x")
+    out = tmp_path / "index_folder.json"
+    assert bench_index_folder.main(["--images", str(folder), "--profile", "demo", "--near-dup-queries", "0",
+                                    "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert (r["full"]["images"], r["full"]["embedded"], r["full"]["skipped"]) == (6, 6, 1)
+    assert r["full"]["images_per_s"] > 0 and r["full"]["peak_rss_mb"] > 100
+    assert (r["rerun_unchanged"]["embedded"], r["rerun_unchanged"]["images"]) == (0, 6)
+    assert r["machine"]["cpu_flags"] is not None and r["duplicates"] is None
+    card = json.loads((tmp_path / "index_folder.card.json").read_text())
+    assert card["kind"] == "benchmark" and card["phases"]["index"] == pytest.approx(r["full"]["wall_s"], abs=0.051)

@@ -39,10 +39,23 @@ class FileRecord:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A file left out of the index and why (one line)."""
+    """A file left out of the index and why (one line); with its size and mtime when it could
+    be read from the disk but not decoded (then not tried again until one of them changes)."""
 
     path: str
     reason: str
+    size: int | None = None
+    mtime_ns: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "reason": self.reason, "size": self.size, "mtime_ns": self.mtime_ns}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Skipped":
+        return cls(str(d["path"]), str(d["reason"]), d.get("size"), d.get("mtime_ns"))
+
+    def same_file(self, f: FileRecord) -> bool:
+        return self.size == f.size and self.mtime_ns == f.mtime_ns
 
 
 @dataclass

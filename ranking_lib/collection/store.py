@@ -52,7 +52,8 @@ class IndexData:
 
 def _arrays(data: IndexData) -> dict[str, np.ndarray]:
     n = len(data.paths)
-    return {"embeddings": np.asarray(data.embeddings, dtype=np.float32).reshape(n, -1),
+    emb = np.asarray(data.embeddings, dtype=np.float32)
+    return {"embeddings": emb.reshape(n, -1) if n else emb.reshape(0, emb.shape[-1] if emb.ndim == 2 else 0),
             "labels": np.zeros(n, dtype=np.int64), "paths": np.array(data.paths, dtype=str),
             "sizes": np.asarray(data.sizes, dtype=np.int64), "mtimes": np.asarray(data.mtimes, dtype=np.int64),
             "sha256": np.array(data.sha256, dtype=str), "meta": np.array(json.dumps(data.meta))}
