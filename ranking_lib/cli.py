@@ -4,20 +4,24 @@ Every `RunConfig` field is a flag of the same name (``--input-size 128``, ``--no
 so CLI runs, notebook parameters and profiles are interchangeable. ``--profile NAME`` loads
 ``profiles/NAME.yaml`` first; ``--config FILE`` loads a saved ``config.json``; explicit flags win.
 
-Commands: prepare, sample, train, embed, evaluate, query, all; verify-run RUN_DIR [--card CARD]
+Commands: prepare, sample, train, embed, evaluate, query, all; index, duplicates, export (your own
+images: `ranking_lib.own_images`); verify-run RUN_DIR [--card CARD]
 recomputes a run's metrics from its saved embeddings and compares them with its run card.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
+import re
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from ranking_lib.core.config import RunConfig, field_kind
+from ranking_lib.choices import check_choices, choices
+from ranking_lib.core.config import RunConfig, field_doc, field_kind
 from ranking_lib.core.names import MODELS
 from ranking_lib.core.errors import DiskFullError, RankingError
 from ranking_lib.core.settings import Settings, resolve
@@ -25,21 +29,43 @@ from ranking_lib.core.settings import Settings, resolve
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag per RunConfig field: its help from the field's docstring (`flag_help`), a choice
+    field's ``choices`` from its registry (`ranking_lib.choices`)."""
     for name in RunConfig.field_names():
         flag = "--" + name.replace("_", "-")
         kind = field_kind(name)
         if kind == "bool":
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=flag_help(name))
         elif kind == "tuple":
-            parser.add_argument(flag, dest=name, type=int, nargs="+", default=None)
+            parser.add_argument(flag, dest=name, type=int, nargs="+", default=None, help=flag_help(name))
         else:
-            parser.add_argument(flag, dest=name, type={"int": int, "float": float}.get(kind, str), default=None)
+            parser.add_argument(flag, dest=name, type={"int": int, "float": float}.get(kind, str), default=None,
+                                choices=choices(name), help=flag_help(name))
+
+
+def flag_help(name: str) -> str:
+    """The first sentence of the field's docstring (markup dropped) and its default."""
+    doc = field_doc(name).replace("``", "").replace("`", "")
+    first = re.match(r"(.+?[.!?])(?=\s+[A-Z(]|$)", doc)
+    text = first.group(1) if first else doc
+    default = RunConfig.__dataclass_fields__[name].default
+    if isinstance(default, bool):
+        text += f" (default: {'on' if default else 'off'})"
+    elif isinstance(default, tuple):
+        text += f" (default: {' '.join(map(str, default))})"
+    elif default is not None and default is not dataclasses.MISSING:
+        text += f" (default: {default})"
+    return text.replace("%", "%%")  # argparse formats help with %
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """profile < --config < flags, through the one resolver (`settings.resolve`)."""
+    """profile < --config < flags, through the one resolver (`settings.resolve`); an unknown choice
+    (from a profile or a config file; flags are refused by argparse) is one RankingError."""
     flags = {n: getattr(args, n) for n in RunConfig.field_names() if getattr(args, n, None) is not None}
-    return resolve(args.profile, flags, config_file=args.config)
+    settings = resolve(args.profile, flags, config_file=args.config)
+    check_choices(settings.config)
+    return settings
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -50,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m ranking_lib", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+    from ranking_lib import own_images
     helps = {
         "prepare": "decode the dataset once into the uint8 cache",
         "sample": "sample and save training and val triplets",
@@ -58,21 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate": "triplet accuracy and retrieval metrics; prints and writes metrics_<model>.json",
         "query": "top-k and bottom-k training images for val indices or an image file",
         "all": "prepare, sample, train, embed and evaluate (trained and baseline)",
+        **own_images.COMMANDS,
     }
     for name, h in helps.items():
-        sp = sub.add_parser(name, help=h, description=h)
+        sp = sub.add_parser(name, help=h, description=h, usage="%(prog)s [options]")  # each option below
         sp.add_argument("--profile", help="profiles/<NAME>.yaml (or a .yaml path) as base settings")
         sp.add_argument("--config", help="a config.json to start from (e.g. a run's)")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
         add_config_flags(sp)
         if name in ("embed", "evaluate", "query"):
-            sp.add_argument("--model", choices=MODELS, default="trained")
+            sp.add_argument("--model", choices=MODELS, default="trained",
+                            help="trained (the run's checkpoint) or baseline (the untrained network) (default: trained)")
         if name == "query":
             sp.add_argument("--val-index", type=int, nargs="+", help="val image indices")
             sp.add_argument("--image", help="an image file to query with")
             sp.add_argument("--k", type=int, default=None, help="how many nearest/farthest (default top_k_show)")
         if name == "train":
             sp.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+        own_images.add_arguments(sp, name)
         if name in ("sample", "all"):
             sp.add_argument("--replace-triplets", action="store_true",
                             help="replace the run's triplet files even when they were sampled with other settings "
@@ -83,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Recompute the metrics of RUN_DIR from its saved embeddings and triplets and "
                                    "compare them with a run card (default: RUN_DIR/run_card.json; a kept card such "
                                    "as docs/runs/NAME/card.json to check a run of the same recipe).")
-    v.add_argument("run_dir", metavar="RUN_DIR")
+    v.add_argument("run_dir", metavar="RUN_DIR", help="the run directory whose metrics are recomputed")
     v.add_argument("--card", help="the card to compare with (default RUN_DIR/run_card.json)")
     v.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help=f"largest difference allowed, in percentage points (default {DEFAULT_TOLERANCE})")
@@ -262,6 +292,10 @@ def _run(args: argparse.Namespace, cfg: RunConfig, workflow, phases: dict[str, f
 
     progress = not args.quiet
     cmd = args.command
+    if cmd in ("index", "duplicates", "export") or (cmd == "query" and (args.index or args.file)):
+        from ranking_lib import own_images
+
+        return own_images.run_command(args, cfg)
     if cmd == "all":  # refused before `prepare` does any work
         workflow.check_sample_size(cfg)
     phases = {} if phases is None else phases

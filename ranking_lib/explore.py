@@ -5,6 +5,9 @@ distances, for the trained model and the frozen pretrained baseline side by side
 * `QueryExplorer`: the logic on one run directory (plain, tested methods). A run's image caches,
   embeddings, indexes and networks are loaded once per process and kept (keyed by the run
   directory and the files' modification times), so a pick is one search, not a reload.
+* `IndexExplorer`: one index of the user's own images (``RUN/indexes/NAME``, made by
+  ``python -m ranking_lib index``): a file of the collection or an upload -> its nearest indexed
+  files, shown from their paths (a file deleted since indexing is said so, not a failure).
 * `ExplorerApp`: the ipywidgets page over it (``notebooks/explore.ipynb`` in JupyterLab, or the
   same notebook served by Voila: ``make explore RUN=runs/x``). The run directory is chosen in the
   page; every error is one line in the page.
@@ -23,11 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ranking_lib import workflow
+from ranking_lib import own_images, workflow
+from ranking_lib.collection import store
+from ranking_lib.collection.files import read_image
 from ranking_lib.core.config import RunConfig
 from ranking_lib.core.errors import RankingError
 from ranking_lib.explore_server import inside_root
 
+MAX_FILE_CHOICES = 1000  # an index's paths offered in the page's file box (any indexed path may be typed)
 MODEL_TITLES = {"trained": "trained (ranking fine-tuned)", "baseline": "baseline (frozen pretrained)"}
 
 
@@ -166,6 +172,16 @@ class QueryExplorer:
         return [(f"{self.val.class_names[int(lab)]}: {Path(p).name}", i)
                 for i, (p, lab) in enumerate(zip(self.val.paths, self.val.labels))]
 
+    # ---- indexes of the user's own images ----------------------------------------------
+    def index_names(self) -> list[str]:
+        """The names of the run's indexes (``RUN/indexes/NAME/index.npz``), sorted."""
+        where = Path(self.cfg.run_dir) / "indexes"
+        return sorted(p.parent.name for p in where.glob(f"*/{store.INDEX_FILE}")) if where.is_dir() else []
+
+    def open_index(self, name: str) -> "IndexExplorer":
+        """The run's index `name`, refused in one line when missing, damaged or made by another network."""
+        return IndexExplorer(self, name)
+
     # ---- queries ---------------------------------------------------------------------
     def _result(self, md: _ModelData, z: np.ndarray, index: int | None, path: str) -> workflow.QueryResult:
         ti, td = md.db.topk(z[None], self.k)
@@ -277,6 +293,105 @@ class QueryExplorer:
                 f'{"".join(tiles)}</div></div>')
 
 
+@dataclass
+class IndexResult:
+    """The nearest indexed files of a query: an indexed file (`row`; itself left out) or an upload."""
+
+    query: str  # the indexed path, or the upload's name
+    row: int | None
+    paths: list[str]
+    distances: np.ndarray
+
+
+class IndexExplorer:
+    """Queries against one index of the user's own images, with `own_images`' own checks and search.
+
+    Args:
+        explorer: the open run (its settings and `k`).
+        name: the index's name under ``RUN/indexes``.
+    """
+
+    def __init__(self, explorer: QueryExplorer, name: str) -> None:
+        self.name, self.k, self.cfg = name.strip(), explorer.k, explorer.cfg
+        self.data, self.net = own_images.open_index(self.cfg, self.name)
+        self.root = Path(self.data.meta["root"])
+        self.model = self.net["model"]
+        self._search = own_images.search_index(self.cfg, self.data)
+        self._embed = None  # the network, loaded on the first upload
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def paths(self) -> list[str]:
+        return self.data.paths
+
+    def _k(self, others: int) -> int:
+        k = min(self.k, others)
+        if k < 1:
+            raise RankingError(f"index {self.name} has no other image to return")
+        return k
+
+    def query_file(self, path: str) -> IndexResult:
+        """The nearest other files of an indexed file (`path` as the index holds it, relative to its folder)."""
+        row = self.data.row(str(path).strip())
+        if row is None:
+            raise RankingError(f"{str(path).strip()!r} is not in index {self.name} (paths are relative to {self.root})")
+        idx, dist = self._search.topk(self.data.embeddings[row][None], self._k(len(self) - 1), exclude=np.array([row]))
+        return IndexResult(self.data.paths[row], row, [self.data.paths[i] for i in idx[0]], dist[0])
+
+    def query_pixels(self, img: np.ndarray, name: str = "upload") -> IndexResult:
+        """The nearest indexed files of a decoded 64 px uint8 RGB image, embedded as the index was."""
+        if self._embed is None:
+            self._embed = own_images._embedder(self.cfg, self.model)
+        z = self._embed(np.asarray(img)[None])[0]
+        idx, dist = self._search.topk(z[None], self._k(len(self)))
+        return IndexResult(name, None, [self.data.paths[i] for i in idx[0]], dist[0])
+
+    def thumbnail(self, path: str) -> tuple[np.ndarray | None, str | None]:
+        """An indexed file's pixels now (64 px) and a note: ``(None, why)`` when deleted or unreadable
+        since indexing, ``(img, "changed since indexing")`` when its size or mtime differ."""
+        f = self.root / path
+        if not f.exists():
+            return None, "deleted since indexing"
+        img, reason = read_image(f, own_images.IMAGE_SIZE)
+        if img is None:
+            return None, f"unreadable now: {reason}"
+        row, st = self.data.row(path), f.stat()
+        if row is not None and (st.st_size != int(self.data.sizes[row]) or st.st_mtime_ns != int(self.data.mtimes[row])):
+            return img, "changed since indexing"
+        return img, None
+
+    def result_html(self, result: IndexResult, query_image, caption: str, *, note: str | None = None) -> str:
+        """The query tile (`note`: why it has no image) and its nearest files: each tile with its
+        distance, path and any note (`thumbnail`)."""
+        head = (f'<div class="rx-cquery" style="display:flex;align-items:center;gap:12px;margin:4px 0 8px">'
+                f'{_tile_image(query_image, 96, "rx-cquery-img", note)}<div>{html.escape(caption)}</div></div>')
+        tiles = []
+        for path, d in zip(result.paths, result.distances):
+            img, note = self.thumbnail(path)
+            tiles.append(
+                f'<div class="rx-ctile" data-path="{html.escape(path)}" title="{html.escape(path)}" '
+                f'style="width:96px;font-size:11px;line-height:1.2;text-align:center">'
+                f'{_tile_image(img, 80, "rx-cimg", note)}<div class="rx-cdist">d={float(d):.3f}</div>'
+                f'<div class="rx-cpath" style="overflow:hidden;white-space:nowrap;text-overflow:ellipsis">'
+                f'{html.escape(path)}</div>'
+                + (f'<div class="rx-note" style="color:#b00020">{html.escape(note)}</div>' if note else "")
+                + "</div>")
+        return (f'<div class="rx-cresult">{head}<div style="font-size:90%">top-{len(tiles)} of index '
+                f'{html.escape(self.name)} ({len(self)} images of {html.escape(str(self.root))})</div>'
+                f'<div style="display:flex;flex-wrap:wrap;gap:4px">{"".join(tiles)}</div></div>')
+
+
+def _tile_image(img: np.ndarray | None, px: int, cls: str, note: str | None = None) -> str:
+    """An image tile, or a grey box of the same size saying why there is no image."""
+    if img is not None:
+        return _img_tag(img, px, cls)
+    return (f'<div class="{cls} rx-noimg" style="width:{px}px;height:{px}px;margin:0 auto;background:#ddd;'
+            f'display:flex;align-items:center;justify-content:center;font-size:10px">'
+            f'{html.escape(note or "no image")}</div>')
+
+
 def _img_tag(img: np.ndarray, px: int, cls: str, style: str = "") -> str:
     """A uint8 RGB array as an inline JPEG <img>, scaled to `px` pixels with crisp edges."""
     from PIL import Image
@@ -297,7 +412,8 @@ def one_line(e: BaseException) -> str:
 # ---- the page ------------------------------------------------------------------------------
 class ExplorerApp:
     """The explorer page: run directory, class search, image / val index / random pick, upload,
-    and the results of both models side by side. Errors are one line in the status bar.
+    and the results of both models side by side; below, one of the run's indexes of the user's own
+    images, queried by a file of it or an upload. Errors are one line in the status bar.
 
     ``app.widget`` is the ipywidgets box to display; the widgets carry ``rx-*`` CSS classes.
     With `root`, the run-directory box opens only directories under it (symlinks resolved; a
@@ -312,6 +428,8 @@ class ExplorerApp:
         self.root = root or None  # runs open only from under it (None: anywhere); "" is None
         self.rng = np.random.default_rng(seed)
         self.explorer: QueryExplorer | None = None
+        self.collection: IndexExplorer | None = None  # the open index of the user's own images
+        self.last_index: IndexResult | None = None
         self.last: dict[str, workflow.QueryResult | str] = {}
         self.text = ""  # the status line, as shown
         self.picks = 0  # results shown so far (the page's data-pick)
@@ -328,12 +446,19 @@ class ExplorerApp:
         self.index = w.BoundedIntText(value=0, min=0, max=0, description="val index", layout=lay("170px"),
                                       style=style)
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="upload image")
+        self.coll_name = w.Combobox(options=[], placeholder="name of an index of your own images",
+                                    description="index", continuous_update=False, layout=lay("30%"), style=style)
+        self.coll_file = w.Combobox(options=[], placeholder="a file of the index (type its path, Enter)",
+                                    description="file", continuous_update=False, layout=lay("45%"), style=style)
+        self.coll_upload = w.FileUpload(accept="image/*", multiple=False, description="upload to index")
         self.status = w.HTML(value="")
         self.results = w.HTML(value="")
+        self.coll_results = w.HTML(value="")
         for widget, name in ((self.run_dir, "run-dir"), (self.open, "open"), (self.find, "find"),
                              (self.cls, "class"), (self.image, "image"), (self.random, "random"),
                              (self.index, "index"), (self.upload, "upload"), (self.status, "status"),
-                             (self.results, "results")):
+                             (self.results, "results"), (self.coll_name, "coll-name"), (self.coll_file, "coll-file"),
+                             (self.coll_upload, "coll-upload"), (self.coll_results, "coll-results")):
             widget.add_class(f"rx-{name}")
         self.open.on_click(lambda _: self._guard(self.open_run))
         self.find.observe(lambda ch: self._guard(self._on_find, ch["new"]), names="value")
@@ -342,10 +467,14 @@ class ExplorerApp:
         self.index.observe(lambda ch: self._guard(self._on_pick, ch["new"]), names="value")
         self.random.on_click(lambda _: self._guard(self.pick_random))
         self.upload.observe(lambda ch: self._guard(self._on_upload, ch["new"]), names="value")
+        self.coll_name.observe(lambda ch: self._guard(self.open_index, ch["new"]), names="value")
+        self.coll_file.observe(lambda ch: self._guard(self._on_index_file, ch["new"]), names="value")
+        self.coll_upload.observe(lambda ch: self._guard(self._on_index_upload, ch["new"]), names="value")
         self.widget = w.VBox([w.HBox([self.run_dir, self.open]),
                               w.HBox([self.find, self.cls, self.image]),
                               w.HBox([self.random, self.index, self.upload]),
-                              self.status, self.results])
+                              w.HBox([self.coll_name, self.coll_file, self.coll_upload]),
+                              self.status, self.results, self.coll_results])
         self.widget.add_class("rx-app")
         if str(run_dir):
             self._guard(self.open_run)
@@ -362,6 +491,8 @@ class ExplorerApp:
         self.results.value = ""
         for dd in (self.cls, self.image):
             self._set(dd, None, options=[])
+        self._close_index()
+        self._set(self.coll_name, "", options=[])
         if not path:
             raise RankingError("type a run directory (one that has been through 'embed') and press open")
         t0 = time.perf_counter()
@@ -371,6 +502,10 @@ class ExplorerApp:
         self._set(self.index, 0, max=len(ex.val) - 1)
         self._set(self.find, "")
         self._set(self.cls, None, options=ex.class_choices())
+        names = ex.index_names()
+        self._set(self.coll_name, "", options=names, placeholder=(
+            f"{len(names)} index(es) of your own images" if names else
+            "none yet: python -m ranking_lib index --run-dir RUN --images DIR"))
         self._say(f"opened {path}: {len(ex.train)} training and {len(ex.val)} val images, "
                   f"{len(ex.val.class_names)} classes, in {time.perf_counter() - t0:.1f} s")
         self.show_val(int(ex.class_images(self.cls.options[0][1])[0][1]) if self.cls.options else 0)
@@ -397,6 +532,39 @@ class ExplorerApp:
         results = self._each_model(lambda m: ex.query_pixels(img, name, m))
         self._show(results, img, f"uploaded: {name}", t0)
 
+    def open_index(self, name: str | None = None) -> None:
+        """Open the run's index `name` (``RUN/indexes/NAME``) and show the nearest files of its first file."""
+        if name is not None:
+            self._set(self.coll_name, name)
+        name = self.coll_name.value.strip()
+        self._close_index()
+        if not name:
+            return
+        ex = self._explorer()
+        t0 = time.perf_counter()
+        coll = ex.open_index(name)
+        self.collection = coll
+        self._set(self.coll_file, "", options=coll.paths[:MAX_FILE_CHOICES])
+        self._say(f"opened index {name}: {len(coll)} images of {coll.root} ({coll.model} network) in "
+                  f"{time.perf_counter() - t0:.1f} s")
+        self.show_index_file(coll.paths[0])
+
+    def show_index_file(self, path: str) -> None:
+        """The nearest other files of an indexed file."""
+        coll = self._collection()
+        t0 = time.perf_counter()
+        r = coll.query_file(path)
+        self._set(self.coll_file, r.query)
+        img, note = coll.thumbnail(r.query)
+        self._show_index(r, img, f"{coll.name}: {r.query}" + (f" ({note})" if note else ""), t0, note)
+
+    def show_index_upload(self, data: bytes, name: str) -> None:
+        """The nearest indexed files of an uploaded image's bytes."""
+        coll = self._collection()
+        t0 = time.perf_counter()
+        img = self._explorer().decode_upload(data, name)
+        self._show_index(coll.query_pixels(img, name), img, f"{coll.name}: uploaded {name}", t0)
+
     def pick_class(self, text: str) -> None:
         """Select the first class matching `text` and show one of its val images."""
         self.find.value = text
@@ -412,6 +580,34 @@ class ExplorerApp:
         if self.explorer is None:
             raise RankingError("no run open: type a run directory and press open")
         return self.explorer
+
+    def _collection(self) -> IndexExplorer:
+        if self.collection is None:
+            raise RankingError("no index open: choose or type the name of one of the run's indexes")
+        return self.collection
+
+    def _close_index(self) -> None:
+        self.collection, self.last_index = None, None
+        self.coll_results.value = ""
+        self._set(self.coll_file, "", options=[])
+
+    def _show_index(self, result: IndexResult, query_image, caption: str, t0: float, note: str | None = None) -> None:
+        self.last_index = result
+        self.coll_results.value = self.collection.result_html(result, query_image, caption, note=note)
+        self._say(f"{caption}: {len(result.paths)} nearest shown in {1000 * (time.perf_counter() - t0):.0f} ms")
+
+    def _on_index_file(self, path: str) -> None:
+        if path and path.strip() and self.collection is not None:
+            self.show_index_file(path)
+
+    def _on_index_upload(self, files) -> None:
+        if not files:
+            return
+        f = files[0]
+        try:
+            self.show_index_upload(bytes(f["content"]), f["name"])
+        finally:
+            self._set(self.coll_upload, ())
 
     def _each_model(self, fn) -> dict[str, workflow.QueryResult | str]:
         out: dict[str, workflow.QueryResult | str] = {}

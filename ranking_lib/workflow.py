@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ranking_lib.choices import check_choices
 from ranking_lib.core.config import RunConfig
 from ranking_lib.core.devices import resolve_device
 from ranking_lib.core.errors import RankingError
@@ -37,8 +38,8 @@ from ranking_lib.data.holdout import holdout_split
 from ranking_lib.models.inference import ModelInputs, embed_images
 from ranking_lib.models.model import (
     EmbeddingNet,
+    HEAD_INITS,
     build_model,
-    init_head_from_classifier,
 )
 from ranking_lib.models.stage_cache import model_inputs, stage_inputs  # noqa: F401 - stage_inputs re-exported
 from ranking_lib.retrieval.index import EmbeddingIndex
@@ -53,8 +54,9 @@ from ranking_lib.retrieval.query import (
 from ranking_lib.training import distributed
 from ranking_lib.training.checkpoint import checkpoint_identity, load_model_state, read_checkpoint
 from ranking_lib.training.trainer import Trainer, TrainResult
+from ranking_lib.training.views import instance_training
 from ranking_lib.triplets.golden import golden_features
-from ranking_lib.triplets.online import OnlineTriplets
+from ranking_lib.triplets.online import TRIPLET_SOURCES
 from ranking_lib.triplets.samplers import (
     RelevanceTripletSampler,
     TripletSampler,
@@ -76,9 +78,11 @@ def run_path(cfg: RunConfig, *parts: str) -> Path:
 
 
 def writes_run_dir(step):
-    """Run `step(cfg, ...)` holding the run directory's lock (one writer per run dir)."""
+    """Run `step(cfg, ...)` holding the run directory's lock (one writer per run dir), once every
+    choice field of `cfg` names a registered choice (`choices.check_choices`)."""
     @functools.wraps(step)
     def locked(cfg: RunConfig, *args, **kwargs):
+        check_choices(cfg)
         if not distributed.context().is_main:  # under torchrun rank 0 holds the lock and writes
             return step(cfg, *args, **kwargs)
         with RunDirLock(cfg.run_dir, step.__name__):
@@ -256,14 +260,15 @@ def sample(cfg: RunConfig, *, replace: bool = False) -> dict[str, np.ndarray]:
 
 def training_triplets(cfg: RunConfig, cache: ImageCache, progress: bool = True):
     """What training draws its triplets from: the run's pre-sampled file, or online buffers."""
-    if cfg.triplet_source == "presampled":
+    source = TRIPLET_SOURCES.get(cfg.triplet_source)  # None: the run's pre-sampled file
+    if source is None:
         return load_run_triplets(cfg, "train", len(cache))
     kept, _ = holdout_split(cache.labels, cfg.holdout_per_class, cfg.seed, cache.wnids)
     feats = golden_features(cfg, cache, progress)[kept] if cfg.uses_relevance else None
-    return OnlineTriplets(cache.labels[kept], cfg.batch_size, cfg.buffer_size, cfg.buffer_refresh_steps,
-                          features=feats, out_of_class_fraction=cfg.out_of_class_fraction,
-                          tp=cfg.relevance_tp, tr=cfg.relevance_tr, seed=cfg.seed, class_ids=cache.wnids,
-                          index=kept)
+    return source(cache.labels[kept], cfg.batch_size, cfg.buffer_size, cfg.buffer_refresh_steps,
+                  features=feats, out_of_class_fraction=cfg.out_of_class_fraction,
+                  tp=cfg.relevance_tp, tr=cfg.relevance_tr, seed=cfg.seed, class_ids=cache.wnids,
+                  index=kept)
 
 
 def load_run_triplets(cfg: RunConfig, split: str, num_images: int) -> np.ndarray:
@@ -274,8 +279,9 @@ def load_run_triplets(cfg: RunConfig, split: str, num_images: int) -> np.ndarray
 def initial_model(cfg: RunConfig, wnids: list[str], progress: bool = False) -> EmbeddingNet:
     """The network a training run starts from: `build_model`, then the head init of `cfg`."""
     model = build_model(cfg)
-    if cfg.head_init == "classifier":
-        copied = init_head_from_classifier(model, wnids)
+    init = HEAD_INITS.get(cfg.head_init)  # None: the head keeps its seeded random init
+    if init is not None:
+        copied = init(model, wnids)
         if progress:
             print(f"head initialised from the ImageNet classifier rows of {copied} dataset classes")
     return model
@@ -288,14 +294,16 @@ TRAINED_OUTPUTS = ("checkpoints/last.pt", "loss_log.csv", "train_summary.json", 
 
 @writes_run_dir
 def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: int | None = None,
-          steps_per_s: float | None = None) -> TrainResult:
+          steps_per_s: float | None = None, replans: list | None = None) -> TrainResult:
     """Train the ranking network on the pre-sampled training triplets.
 
     Resumes from ``checkpoints/last.pt`` when it exists (see `Trainer.resume` for what is
     refused); ``resume=False`` first removes everything an earlier training run wrote. With
     ``train_minutes`` the steps are chosen from the step rate (measured, or `steps_per_s`) and
     saved in config.json; a resumed run keeps them. With ``budget_minutes`` the time spent
-    counts from the pipeline's start (`core.plan.pipeline_started`), else from this call."""
+    counts from the pipeline's start (`core.plan.pipeline_started`), else from this call. The
+    budget's moves of the schedule's end are in train_summary.json (``replans``); handed back as
+    `replans` to a run of the final steps without a budget, they repeat its schedule."""
     started = pipeline_started(time.time())
     setup_torch(cfg)
     ctx = distributed.context()
@@ -307,7 +315,10 @@ def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: i
     triplets = distributed.main_first(ctx, lambda: training_triplets(cfg, caches["train"], progress and ctx.is_main))
     model = initial_model(cfg, caches["train"].wnids, progress and ctx.is_main)
     inputs = distributed.main_first(ctx, lambda: model_inputs(cfg, model, caches["train"], progress and ctx.is_main))
-    trainer = Trainer(cfg, model, inputs, caches["train"].labels, triplets, cfg.run_dir)
+    triplets, views = distributed.main_first(  # instance triplets mixed in (instance_fraction), their views
+        ctx, lambda: instance_training(cfg, triplets, model, caches["train"], progress and ctx.is_main))
+    trainer = Trainer(cfg, model, inputs, caches["train"].labels, triplets, cfg.run_dir, replans=replans or (),
+                      views=views)
     if resume:
         trainer.resume()  # refuses changed settings before config.json is rewritten
     evaluation_s = evaluation_seconds(cfg, len(caches["train"])) if cfg.budget_minutes is not None else 0.0
@@ -317,6 +328,9 @@ def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: i
     if ctx.is_main:
         cfg.save(run_path(cfg, "config.json"))
     result = trainer.fit(resume=resume, stop_at=stop_at, progress=progress)
+    if ctx.is_main and trainer.cfg.steps != cfg.steps:  # the budget moved the schedule's end
+        cfg = trainer.cfg
+        cfg.save(run_path(cfg, "config.json"))
     summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
     summary["world_size"] = ctx.world_size
     summary["steps_chosen_by_budget"] = result.budget["steps"] if result.budget else None
@@ -534,9 +548,10 @@ def semantic_metrics(cfg: RunConfig, model: str, db: EmbeddingIndex, kept: np.nd
     * ``wup@k``, ``mistake_wup@k`` (all / wrong neighbours' mean Wu-Palmer similarity to the
       query's class), ``mistake_wup_chance``, ``semantic_triplet_acc`` (on `val_triplets` seeded
       WordNet triplets): with WordNet (`wordnet_dir`) and WordNet class ids, else left out;
-    * ``near_dup_recall@1`` / ``@10`` (and per transform): `near_dup_queries` images of the split
-      transformed, embedded with the network, searched among the split's database plus the
-      originals (embedded the same way).
+    * ``near_dup_recall@1`` / ``@10`` (the standard transforms), ``near_dup_held_out_recall@1`` /
+      ``@10`` (the held-out ones, which no training augmentation makes) and per transform:
+      `near_dup_queries` images of the split transformed, embedded with the network, searched
+      among the split's database plus the originals (embedded the same way).
 
     Returns what ``metrics_<model>.json`` keeps under ``semantic``: the WordNet directory, a note
     when the graded metrics were left out, and one val (else tune) query's wrong neighbours with
@@ -544,7 +559,8 @@ def semantic_metrics(cfg: RunConfig, model: str, db: EmbeddingIndex, kept: np.nd
     (``near_dup_by_transform``)."""
     from ranking_lib.retrieval.protocol import semantic_evaluation
     from ranking_lib.retrieval.semantic import (
-        TRANSFORMS,
+        ALL_TRANSFORMS,
+        FAMILIES,
         load_hierarchy,
         near_duplicate_ids,
         near_duplicate_recall,
@@ -582,9 +598,10 @@ def semantic_metrics(cfg: RunConfig, model: str, db: EmbeddingIndex, kept: np.nd
             plan.append(("val", caches["val"].images[near_duplicate_ids(len(val), cfg.near_dup_queries, cfg.seed)],
                          db.embeddings))
         info["near_dup_by_transform"] = {}
+        info["near_dup_families"] = {f: list(names) for f, names in FAMILIES.items()}
         for split, images, base in plan:
             m = near_duplicate_recall(embed_fn, images, base, seed=cfg.seed)
-            per = {key: m.pop(key) for key in list(m) if key.rsplit("_", 1)[-1] in TRANSFORMS}
+            per = {key: m.pop(key) for key in list(m) if key.rsplit("_", 1)[-1] in ALL_TRANSFORMS}
             metrics[split].update(m)
             info["near_dup_by_transform"][split] = per  # recall@k_<transform>
     return info

@@ -192,3 +192,122 @@ def test_a_run_whose_embeddings_come_from_two_networks_is_refused_in_one_line(ru
     assert msg.startswith(f"embedding file {mixed / 'embeddings_trained_val.npz'} was computed by the trained "
                           f"network of checkpoint step {cfg.steps} ") and "\n" not in msg
     assert QueryExplorer(mixed, model="baseline").available_models()["trained"] == msg
+
+
+# ---- an index of the user's own images --------------------------------------------------------
+def _photos(run, root, n: int = 8):
+    """A folder of `n` of the run's demo val images (one of them in a subfolder) and its index
+    ``photos`` under the run, made by the baseline network; returns the folder."""
+    import shutil
+    from pathlib import Path
+
+    from ranking_lib import own_images
+    from ranking_lib.core.config import RunConfig
+
+    folder = root / "photos"
+    files = sorted(Path(run.parent / "data" / "val" / "images").glob("*.JPEG"))[:n]
+    for i, f in enumerate(files):
+        dest = folder / ("sub" if i == 0 else "") / f.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dest)
+    cfg = RunConfig.load(run / "config.json")
+    own_images.index_folder(cfg, folder, name="photos", model="baseline", progress=False)
+    return folder
+
+
+@pytest.fixture()
+def photos(run, tmp_path):
+    import shutil
+
+    folder = _photos(run, tmp_path)
+    yield folder
+    shutil.rmtree(run / "indexes" / "photos", ignore_errors=True)
+
+
+def test_an_index_is_queried_by_a_file_and_an_upload_as_the_query_command(run, photos):
+    from ranking_lib import own_images
+
+    ex = QueryExplorer(run, k=3)
+    assert ex.index_names() == ["photos"]
+    coll = ex.open_index("photos")
+    assert len(coll) == 8 and coll.model == "baseline" and coll.paths[0].startswith("sub/")  # sorted
+    for path in (coll.paths[0], coll.paths[-1]):
+        r = coll.query_file(path)
+        what, hits = own_images.query_index(ex.cfg, "photos", file=path, k=3)
+        assert r.query == what == path and r.row == coll.paths.index(path) and path not in r.paths
+        assert r.paths == [p for p, _ in hits]
+        np.testing.assert_allclose(r.distances, [d for _, d in hits], atol=1e-6)
+    up = coll.query_pixels(ex.decode_upload((photos / coll.paths[2]).read_bytes(), "mine.jpg"), "mine.jpg")
+    _, hits = own_images.query_index(ex.cfg, "photos", image=str(photos / coll.paths[2]), k=3)
+    assert up.query == "mine.jpg" and up.row is None and up.paths == [p for p, _ in hits]
+    assert up.paths[0] == coll.paths[2] and float(up.distances[0]) < 1e-4  # itself, as indexed
+    with pytest.raises(RankingError, match=r"^'nope.jpg' is not in index photos \(paths are relative to "):
+        coll.query_file("nope.jpg")
+
+
+def test_a_missing_or_foreign_index_is_one_line(run, photos):
+    from ranking_lib.collection import store
+
+    ex = QueryExplorer(run, k=3)
+    with pytest.raises(RankingError, match=r"index .*indexes/nope not found: build it with 'index"):
+        ex.open_index("nope")
+    with pytest.raises(RankingError, match="must be a plain name"):
+        ex.open_index("../photos")
+    path = run / "indexes" / "photos" / store.INDEX_FILE
+    data = store.load_npz(path)
+    data.meta["network"] = {**data.meta["network"], "key": "0" * 16, "checkpoint_sha256": "f" * 64}
+    store.save_npz(path, data)
+    with pytest.raises(RankingError, match="was made by another network") as e:
+        ex.open_index("photos")
+    assert "\n" not in str(e.value)
+
+
+def test_a_file_deleted_or_changed_since_indexing_is_said_so(run, photos):
+    ex = QueryExplorer(run, k=7)
+    coll = ex.open_index("photos")
+    gone, changed, query = coll.paths[1], coll.paths[2], coll.paths[0]
+    (photos / gone).unlink()
+    (photos / changed).write_bytes((photos / changed).read_bytes() + b"\0")
+    assert coll.thumbnail(gone) == (None, "deleted since indexing")
+    img, note = coll.thumbnail(changed)
+    assert img.shape == (64, 64, 3) and note == "changed since indexing"
+    assert coll.thumbnail(query)[1] is None
+    r = coll.query_file(query)
+    assert {gone, changed} <= set(r.paths) and len(r.paths) == 7
+    page = coll.result_html(r, coll.thumbnail(query)[0], f"photos: {query}")
+    assert page.count('class="rx-ctile"') == 7 and page.count('class="rx-cimg rx-noimg"') == 1
+    assert page.count("deleted since indexing") == 2  # the grey box and the note under it
+    assert page.count("changed since indexing") == 1 and page.count("<img") == 1 + 6
+    for p, d in zip(r.paths, r.distances):
+        assert f'data-path="{p}"' in page and f"d={float(d):.3f}" in page
+    r = coll.query_file(gone)  # its embedding is kept: still a query
+    img, note = coll.thumbnail(gone)
+    assert gone not in r.paths and coll.result_html(r, img, f"photos: {gone}", note=note).count("deleted since") == 1
+
+
+def test_app_opens_an_index_and_queries_it_by_file_and_upload(run, photos):
+    pytest.importorskip("ipywidgets")
+    app = ExplorerApp(run, k=3, seed=0)
+    assert list(app.coll_name.options) == ["photos"] and app.coll_name.placeholder.startswith("1 index(es)")
+    val_results = app.results.value
+    app.coll_name.value = "photos"
+    coll = app.collection
+    assert coll is not None and list(app.coll_file.options) == coll.paths
+    assert app.last_index.query == coll.paths[0] == app.coll_file.value
+    assert app.text.startswith(f"photos: {coll.paths[0]}: 3 nearest shown in ")
+    assert app.coll_results.value.count('class="rx-ctile"') == 3 and app.results.value == val_results
+    app.coll_file.value = coll.paths[4]
+    assert app.last_index.query == coll.paths[4] and app.last_index.paths == coll.query_file(coll.paths[4]).paths
+    shown = app.coll_results.value
+    app.coll_file.value = "no/such.jpg"
+    assert app.text.startswith("error: 'no/such.jpg' is not in index photos") and app.coll_results.value == shown
+    data = (photos / coll.paths[5]).read_bytes()
+    app.coll_upload.value = ({"name": "mine.jpg", "content": memoryview(data), "type": "image/jpeg",
+                              "size": len(data), "last_modified": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)},)
+    assert app.text.startswith("photos: uploaded mine.jpg: 3 nearest") and app.last_index.paths[0] == coll.paths[5]
+    assert app.coll_upload.value == ()
+    app.coll_name.value = "nope"
+    assert app.text.startswith("error: index ") and "nope not found" in app.text and "\n" not in app.text
+    assert app.collection is None and app.coll_results.value == "" and app.results.value == val_results
+    app.coll_file.value = coll.paths[1]  # no index open: nothing happens
+    assert app.coll_results.value == ""

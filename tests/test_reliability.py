@@ -54,7 +54,10 @@ def _cfg(demo, run_dir, **over) -> RunConfig:
 
 def _run_cli(args, capsys) -> tuple[int, list[str]]:
     capsys.readouterr()
-    rc = cli.main(args)
+    try:
+        rc = cli.main(args)
+    except SystemExit as e:  # argparse refused a flag (its one line is printed)
+        rc = e.code
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     return rc, err
 
@@ -417,11 +420,11 @@ BAD_FLAGS = [
     (["--num-triplets", "0"], "num_triplets must be >= 1"),
     (["--ks", "0"], "ks must be >= 1"),
     (["--max-classes", "1"], "max_classes must be >= 2"),
-    (["--backbone", "vgg"], "backbone must be one of"),
-    (["--search-backend", "annoy"], "search_backend must be one of"),
+    (["--backbone", "vgg"], "argument --backbone: invalid choice: 'vgg' (choose from 'efficientnet_lite0'"),
+    (["--search-backend", "annoy"], "argument --search-backend: invalid choice: 'annoy'"),
     (["--index-nprobe", "0"], "index_nprobe must be >= 1"),
     (["--index-hnsw-m", "1"], "index_hnsw_m must be >= 2"),
-    (["--optimizer", "lbfgs"], "optimizer must be"),
+    (["--optimizer", "lbfgs"], "argument --optimizer: invalid choice: 'lbfgs'"),
     (["--device", "tpu"], "device must be"),
     (["--cache-stage-features"], "cache_stage_features needs freeze_stages >= 1"),
     (["--run-dir", ""], "run_dir must not be empty"),
@@ -447,6 +450,9 @@ def test_bad_files_are_one_line_exit_2(demo, capsys, tmp_path):
         (tmp_path / name).write_text(text)
         rc, err = _run_cli(["sample", "--config", str(tmp_path / name)], capsys)
         assert rc == 2 and len(err) == 1 and msg in err[0] and name in err[0], (name, err)
+    (tmp_path / "choice.json").write_text('{"backbone": "vgg"}')  # a choice is checked by its registry
+    rc, err = _run_cli(["sample", "--config", str(tmp_path / "choice.json")], capsys)
+    assert rc == 2 and len(err) == 1 and "backbone must be one of efficientnet_lite0" in err[0] and "'vgg'" in err[0], err
     (tmp_path / "bad.yaml").write_text("lr: [0.1\nsteps: 3\n")
     rc, err = _run_cli(["sample", "--profile", str(tmp_path / "bad.yaml")], capsys)
     assert rc == 2 and len(err) == 1 and "is not valid YAML" in err[0] and "line 2" in err[0], err
@@ -467,6 +473,10 @@ def test_runner_validates_before_starting_a_kernel(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == ["error: log_every must be >= 1 (got 0)"]
     assert not run.exists()  # no notebook ran
+    rc = run_pipeline.main(["--run-dir", str(run), "--set", "backbone=vgg"])  # a registry's choice
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: backbone must be one of ") and "'vgg'" in err[0]
+    assert not run.exists()
     (tmp_path / "p.yaml").write_text("steps: [\n")
     rc = run_pipeline.main(["--profile", str(tmp_path / "p.yaml"), "--run-dir", str(run)])
     err = capsys.readouterr().err.strip().splitlines()

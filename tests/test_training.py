@@ -14,7 +14,8 @@ from ranking_lib.core.errors import CheckpointError, RankingError
 from ranking_lib.models.inference import embed_images
 from ranking_lib.retrieval.metrics import triplet_accuracy_from_index
 from ranking_lib.models.model import build_model
-from ranking_lib.training.trainer import _cache_on_device, batch_triplets, lr_factor
+from ranking_lib.training.optim import build_optimizer, lr_factor
+from ranking_lib.training.trainer import _cache_on_device, batch_triplets
 
 
 def _cfg(sample_dir, cache_dir, run_dir, **kw):
@@ -120,11 +121,24 @@ def test_lr_schedule():
     assert lr_factor(cfg, 10) == pytest.approx(1.0)
     assert lr_factor(cfg, 55) == pytest.approx(0.5)
     assert lr_factor(cfg, 99) < 0.01
+    flat = cfg.replace(lr_schedule="constant")
+    assert lr_factor(flat, 0) == pytest.approx(0.1) and lr_factor(flat, 55) == lr_factor(flat, 99) == 1.0
+    with pytest.raises(RankingError, match=r"^lr_schedule must be one of cosine, constant \(got 'step'\)$"):
+        lr_factor(cfg.replace(lr_schedule="step"), 55)
+
+
+def test_optimizer_by_name_and_no_fallback_for_an_unknown_one():
+    cfg = RunConfig(pretrained=False, input_size=32, embedding_dim=8)
+    net = build_model(cfg)
+    for name, kind in (("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)):
+        assert type(build_optimizer(cfg.replace(optimizer=name), net)) is kind
+    with pytest.raises(RankingError, match=r"^optimizer must be one of sgd, adam, adamw \(got 'lbfgs'\)$"):
+        build_optimizer(cfg.replace(optimizer="lbfgs"), net)
 
 
 @pytest.mark.parametrize("field,value,msg", [
     ("gap", 0.0, "gap must be > 0"), ("gap", -1.0, "gap must be > 0"),
-    ("batch_size", 0, "batch_size"), ("top_k_show", 0, "top_k_show"), ("num_query_examples", 0, "num_query_examples"), ("optimizer", "lbfgs", "optimizer"), ("miner", "x", "miner"),
+    ("batch_size", 0, "batch_size"), ("top_k_show", 0, "top_k_show"), ("num_query_examples", 0, "num_query_examples"),
 ])
 def test_bad_config_values(field, value, msg):
     with pytest.raises(RankingError, match=msg):

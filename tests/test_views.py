@@ -181,8 +181,8 @@ def test_the_trainer_feeds_the_querys_view_as_positive(sample_dir, small_cache_d
     assert torch.equal(y[8 + torch.from_numpy(r)], y[torch.from_numpy(r)])
 
 
-def test_cached_views_are_the_frozen_stages_of_the_views(sample_dir, small_cache_dir, monkeypatch):
-    cfg = _cfg(sample_dir, small_cache_dir, "unused", freeze_stages=7, cache_stage_features=True, views_per_image=2)
+def test_cached_views_are_the_frozen_stages_of_the_views(sample_dir, small_cache_dir, monkeypatch, tmp_path):
+    cfg = _cfg(sample_dir, small_cache_dir, str(tmp_path / "run"), freeze_stages=7, cache_stage_features=True, views_per_image=2)
     workflow.prepare(cfg, progress=False)
     cache = workflow.load_caches(cfg, progress=False)["train"]
     net = build_model(cfg).eval()

@@ -7,8 +7,10 @@ checkpoint, so a checkpoint always says how it was made.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
+import inspect
 import math
 import typing
 from dataclasses import dataclass, fields
@@ -17,7 +19,6 @@ from typing import Any
 
 from ranking_lib.core.errors import RankingError
 from ranking_lib.core.fileio import write_json
-from ranking_lib.core.names import FROZEN_RUNTIMES
 
 # Fields a resumed run may change: where files live, how often it logs, how it is evaluated.
 # Every other field shapes the training run, so a checkpoint made with another value is not
@@ -45,6 +46,9 @@ def resume_differences(saved: dict[str, Any], cfg: "RunConfig") -> dict[str, tup
             out[name] = (saved[name], now[name])
     return out
 
+
+DEVICES = ("auto", "cpu", "cuda")
+"""The config field ``device``: these, or ``cuda:N`` (`core.devices.resolve_device`)."""
 
 # Fields of earlier versions, ignored when a saved config.json still has them.
 RETIRED_FIELDS = frozenset({"num_workers"})
@@ -84,6 +88,23 @@ def field_kind(name: str) -> str:
 def field_optional(name: str) -> bool:
     """Whether the field's type allows None (``int | None``)."""
     return _field_specs()[name][1]
+
+
+@functools.cache
+def _field_docs() -> dict[str, str]:
+    """{field: its docstring (the string under it in the class body), whitespace collapsed}."""
+    body = ast.parse(inspect.getsource(RunConfig)).body[0].body
+    return {node.target.id: " ".join(doc.value.value.split())
+            for node, doc in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+            and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+
+
+def field_doc(name: str) -> str:
+    """The docstring of a RunConfig field on one line ("" when it has none); the CLI's help."""
+    if name not in RunConfig.field_names():
+        raise KeyError(name)
+    return _field_docs().get(name, "")
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -183,17 +204,31 @@ class RunConfig:
     """Online sampling: images per class buffer."""
     buffer_refresh_steps: int = 50
     """Online sampling: steps between buffer rebuilds from the next part of the stream."""
+    instance_fraction: float = 0.0
+    """Share of each step's triplets made instance triplets (0 = none, the course's): the positive
+    is a view of the query's own image (seeded crop-and-rescale, colour jitter, blur, JPEG-like
+    blocks: `training.views`), the negative another image of the query's class (with
+    miner=batch_hard also the batch's hardest other image). Works with presampled and online
+    triplets; under the stage cache it needs views_per_image >= 1."""
+    views_per_image: int = 0
+    """Under the stage cache: K views of every training image whose frozen-stage outputs are
+    computed once beside the stage features (K x the stage cache's time and disk); each instance
+    triplet reads one. 0 without the stage cache (views are then made live each step)."""
 
     # --- model ------------------------------------------------------------------------
     backbone: str = "efficientnet_lite0"
+    """Pretrained backbone (`models.backbones`): EfficientNet-Lite0/1/2 (their weights ship in a
+    package) or torchvision's ResNet-18/50/101."""
     architecture: str = "single"
     """``single`` (backbone -> head) or ``multiscale`` (the paper's §3: plus two shallow
     conv + max-pool paths on the image subsampled 4:1 and 8:1, each path L2-normalised,
     concatenated, then the head)."""
     pretrained: bool = True
+    """Start the backbone from its ImageNet weights (off: random init)."""
     input_size: int = 128
     """Images (64 px) are resized to this before the backbone."""
     embedding_dim: int = 128
+    """Size of the embedding the head outputs."""
     head: str = "linear"
     """Embedding head: ``linear`` (pooled features -> dim) or ``mlp`` (-> 1024 -> dim)."""
     head_init: str = "random"
@@ -207,6 +242,7 @@ class RunConfig:
     """Compute the frozen stages' outputs once (float16, beside the image cache) and train and
     embed from them; needs freeze_stages >= 1. Augmentation is then a feature-map flip."""
     channels_last: bool = True
+    """Run convolutions in channels-last memory format (faster on CPU and GPU)."""
     frozen_runtime: str = "torch"
     """Runtime of the frozen-stage pass (`models.runtimes`): ``torch``; ``openvino`` (CPU, the
     ``fast`` extra); ``auto`` = OpenVINO where installed and the pass runs in fp32, else torch."""
@@ -224,6 +260,7 @@ class RunConfig:
     batch_size: int = 32
     """Triplets per step (each step runs 3 x batch_size images through one network)."""
     steps: int = 1000
+    """Training steps (one triplet batch each); fixed from the time budget when one is set."""
     train_minutes: float | None = None
     """Time budget of the training loop in minutes (None = off): the trainer measures its step
     rate on a throwaway copy of the network, then fixes ``steps`` so that the schedule ends on
@@ -237,18 +274,25 @@ class RunConfig:
     the smaller of the two wins; alone, training gets all that is left. Recorded and kept on
     resume like ``train_minutes``; ``--steps`` given explicitly turns it off."""
     lr: float = 0.01
+    """Learning rate of the head (the backbone's is lr * backbone_lr_scale)."""
     backbone_lr_scale: float = 0.1
     """The backbone learns at lr * backbone_lr_scale (the new head at lr)."""
     freeze_bn: bool = True
     """Keep the pretrained BatchNorm statistics fixed (small triplet batches make poor ones)."""
     optimizer: str = "sgd"
+    """Optimiser: ``sgd`` (Nesterov momentum), ``adam`` or ``adamw``."""
     weight_decay: float = 1e-4
+    """Weight decay of the optimiser."""
     momentum: float = 0.9
+    """SGD momentum (< 1)."""
     lr_schedule: str = "cosine"
+    """Learning-rate decay after the warm-up: ``cosine`` (to 0 at the last step) or ``constant``."""
     warmup_steps: int = 0
+    """Steps of linear learning-rate warm-up."""
     augment: bool = True
     """Random horizontal flip + small random crop of training images."""
     device: str = "auto"
+    """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     amp: bool = True
     """bf16 autocast on CUDA."""
     bf16_cpu: bool = False
@@ -256,15 +300,19 @@ class RunConfig:
     num_threads: int | None = None
     """torch CPU threads (default: torch's choice)."""
     checkpoint_every: int = 500
+    """Steps between checkpoints (a resumed run starts from the last one)."""
     log_every: int = 10
+    """Steps between rows of the loss log."""
 
     # --- evaluation / inference -------------------------------------------------------
     ks: tuple[int, ...] = (1, 10, 30)
+    """The k of precision@k and the other retrieval metrics."""
     evaluate_val: bool = True
     """Compute the val metrics; off while recipes are chosen on the tuning split."""
     train_eval_queries: int = 10_000
     """Train queries used for train precision@k (seeded subset; all when larger than the split)."""
     embed_batch_size: int = 256
+    """Images per batch when embedding."""
     flip_tta: bool = False
     """Embed each image and its horizontal mirror (a flipped feature map on the stage-cache path)
     and average the two embeddings (re-normalised when embeddings are L2-normalised)."""
@@ -303,8 +351,11 @@ class RunConfig:
     wordnet_dir: str = "/usr/share/wordnet"
     """WordNet 3.0 dict directory with ``data.noun`` (Debian: apt-get install wordnet-base)."""
     num_query_examples: int = 5
+    """Val images (of different classes) shown as query examples."""
     query_seed: int = 0
+    """Seeds the choice of the query examples."""
     top_k_show: int = 10
+    """How many nearest and farthest training images a query shows."""
 
     # ---------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -322,6 +373,7 @@ class RunConfig:
         ("out_of_class_fraction", 0), ("relevance_tr", 0), ("buffer_size", 2), ("buffer_refresh_steps", 1),
         ("index_nlist", 1), ("index_nprobe", 1), ("index_pq_m", 1), ("index_refine", 1), ("index_hnsw_m", 2),
         ("index_ef_search", 1), ("rerank_k", 1), ("rerank_alpha", 0), ("near_dup_queries", 0),
+        ("instance_fraction", 0), ("views_per_image", 0),
     )
 
     def validate(self) -> None:
@@ -346,42 +398,25 @@ class RunConfig:
         for name in ("data_dir", "run_dir"):
             need(bool(getattr(self, name).strip()), f"{name} must not be empty")
         need(self.cache_dir is None or bool(self.cache_dir.strip()), "cache_dir must not be empty (omit it for the default)")
-        from ranking_lib.models.backbones import BACKBONES  # noqa: PLC0415 - the registry, not a cycle
-        from ranking_lib.retrieval.index import BACKENDS  # noqa: PLC0415
-
-        need(self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)} (got {self.backbone!r})")
-        from ranking_lib.retrieval.rerank import CHOICES as RERANK  # noqa: PLC0415
-
-        need(self.rerank in RERANK, f"rerank must be one of {', '.join(RERANK)} (got {self.rerank!r})")
-        need(self.search_backend in BACKENDS,
-             f"search_backend must be one of {', '.join(BACKENDS)} (got {self.search_backend!r})")
-        need(self.optimizer in ("sgd", "adam", "adamw"),
-             f"optimizer must be sgd, adam or adamw (got {self.optimizer!r})")
-        need(self.lr_schedule in ("cosine", "constant"),
-             f"lr_schedule must be cosine or constant (got {self.lr_schedule!r})")
-        need(self.miner in ("none", "batch_hard"),
-             f"miner must be none or batch_hard (got {self.miner!r})")
-        need(self.head_init in ("random", "classifier"),
-             f"head_init must be random or classifier (got {self.head_init!r})")
-        need(self.head in ("linear", "mlp"), f"head must be linear or mlp (got {self.head!r})")
-        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-             f"device must be auto, cpu or cuda (got {self.device!r})")
+        # the other choices (backbone, optimizer, ...) are checked by their registries, in the
+        # modules that build them (`ranking_lib.choices` lists them); device is core's own
+        need(self.device in DEVICES or self.device.startswith("cuda:"),
+             f"device must be {', '.join(DEVICES)} or cuda:N (got {self.device!r})")
         need(all(k >= 1 for k in self.ks) and len(self.ks) > 0, f"ks must be >= 1 (got {self.ks})")
         need(not self.cache_stage_features or self.freeze_stages >= 1,
              "cache_stage_features needs freeze_stages >= 1")
-        need(self.architecture in ("single", "multiscale"),
-             f"architecture must be single or multiscale (got {self.architecture!r})")
-        need(self.sampler in ("auto", "uniform", "relevance"),
-             f"sampler must be auto, uniform or relevance (got {self.sampler!r})")
         need(self.out_of_class_fraction <= 1, f"out_of_class_fraction must be <= 1 (got {self.out_of_class_fraction})")
         need(self.sampler != "uniform" or self.out_of_class_fraction == 1,
              "sampler=uniform draws out-of-class negatives only: in-class negatives "
              f"(out_of_class_fraction={self.out_of_class_fraction}) need sampler=relevance or auto")
         need(self.relevance_tp > 0, f"relevance_tp must be > 0 (got {self.relevance_tp})")
-        need(self.frozen_runtime in FROZEN_RUNTIMES,
-             f"frozen_runtime must be one of {', '.join(FROZEN_RUNTIMES)} (got {self.frozen_runtime!r})")
-        need(self.triplet_source in ("presampled", "online"),
-             f"triplet_source must be presampled or online (got {self.triplet_source!r})")
+        need(self.instance_fraction <= 1, f"instance_fraction must be <= 1 (got {self.instance_fraction})")
+        need(self.instance_fraction == 0 or not self.cache_stage_features or self.views_per_image >= 1,
+             "instance triplets under the stage cache need views_per_image >= 1 (views passed through the "
+             "frozen stages once), or no stage cache (views made live)")
+        need(self.views_per_image == 0 or (self.cache_stage_features and self.instance_fraction > 0),
+             f"views_per_image={self.views_per_image} needs the stage cache and instance_fraction > 0 "
+             "(without the stage cache views are made live; without instance triplets nothing reads them)")
 
     @property
     def budgeted(self) -> bool:

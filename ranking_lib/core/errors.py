@@ -1,4 +1,7 @@
-"""Exceptions raised for bad user input. Every message is one line and names the culprit."""
+"""Exceptions raised for bad user input (`RankingError`) and for a full disk (`DiskFullError`, an
+OS error). Every message is one line and names the culprit."""
+
+import errno
 
 
 class RankingError(ValueError):
@@ -17,8 +20,13 @@ class CheckpointError(RankingError):
     """A checkpoint is missing, unreadable or does not match the model being built."""
 
 
-class DiskFullError(RankingError):
-    """The filesystem has no room for a file the pipeline writes."""
+class DiskFullError(OSError):
+    """The filesystem has no room for a file the pipeline writes: the environment, not the input
+    (an ``OSError`` with errno ENOSPC whose message is the one line, so the CLI exits 1)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOSPC
 
 
 class RunDirBusyError(RankingError):

@@ -8,6 +8,3 @@ METRIC_SPLITS = ("train", "tune", "val")
 
 SCORE_K = 30
 """The paper's score at top-K uses K = 30."""
-
-FROZEN_RUNTIMES = ("torch", "openvino", "auto")
-"""Runtimes of the frozen-stage pass (`models.runtimes`; the config field ``frozen_runtime``)."""

@@ -11,9 +11,13 @@ A time budget (``train_minutes``, and/or the whole pipeline's ``budget_minutes``
 training minutes at what is left after the time already spent and the evaluation's estimated
 cost: `training_minutes`) is turned into a number of steps before the run starts: the
 step rate is measured on throwaway copies of the network and optimiser (`measure_step_rate`),
-then ``steps`` is fixed (`budget_steps`) and the run is a plain run of that many steps (its
-learning-rate schedule depends on the final step count only). The steps chosen are saved with
-the config, so a resumed run keeps them and never re-measures.
+then ``steps`` is fixed (`budget_steps`). At each checkpoint the loop compares the time left with
+the rate of its recent steps and moves the end of the schedule when they disagree
+(`budget.replan_steps`: a machine that got busier ends on time all the same); each move is
+recorded with the checkpoint, and the learning-rate schedule follows the moves
+(`budget.schedule_progress`). The steps chosen and the moves are saved with the config and the
+checkpoint, so a resumed run keeps them and never re-measures what it has done; a run handed the
+recorded moves (``replans=``) without a budget repeats the schedule.
 
 The loss stays on the device between log steps: one host sync and one batch of CSV rows per
 ``log_every`` steps (and at checkpoints), a row per step as before.
@@ -32,21 +36,25 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from ranking_lib.training import distributed
+from ranking_lib.training.budget import (BudgetPlan, Replan, budget_steps, format_minutes, replan_steps, replans_from,
+                                         training_minutes)
 from ranking_lib.training.augment import flip_and_shift
 from ranking_lib.training.checkpoint import load_model_state, read_checkpoint, save_checkpoint
 from ranking_lib.core.config import RunConfig, resume_differences
 from ranking_lib.core.devices import autocast, resolve_device, setup_device, to_device
-from ranking_lib.core.errors import CheckpointError, RankingError
+from ranking_lib.core.errors import CheckpointError, DiskFullError, RankingError
 from ranking_lib.core.settings import BUDGET_KEYS, same_budget
 from ranking_lib.core.fileio import disk_full_error, is_disk_full, write_text
 from ranking_lib.models.inference import ModelInputs, embed_batch
 from ranking_lib.training.losses import RankingLoss
-from ranking_lib.triplets.miners import batch_hard_negatives
+from ranking_lib.training.optim import build_optimizer, lr_factor
+from ranking_lib.triplets.miners import MINERS
 from ranking_lib.models.model import EmbeddingNet
 from ranking_lib.core.progress import progress as progress_bar
 
@@ -66,115 +74,16 @@ class TrainResult:
     """[[at_step, steps], ...]: the run's total steps, and the step at which each was set."""
     budget: dict | None = None
     """With ``train_minutes``: the `BudgetPlan` that fixed ``steps`` (rate, calibration)."""
+    replans: list | None = None
+    """The budget's moves of the schedule's end (`budget.Replan` as dicts), oldest first."""
+    loop_s: float = 0.0
+    """Seconds the training loop ran over every attempt (resumes add to it up to their checkpoint)."""
 
 
 # The step-rate calibration of a time budget, on throwaway copies of the network and optimiser.
 CALIBRATION_WARMUP = 5     # untimed steps first (allocations, oneDNN's kernel choice)
 CALIBRATION_STEPS = 30     # then this many timed steps ...
 CALIBRATION_MAX_S = 30.0   # ... or this many seconds, whichever comes first (at least 3 steps)
-
-
-@dataclass
-class BudgetPlan:
-    """How a time budget became a number of steps."""
-
-    train_minutes: float
-    steps: int
-    steps_per_s: float
-    calibration_steps: int = 0
-    """Steps run on the throwaway copies (0: the rate was given, or taken from a checkpoint)."""
-    calibration_s: float = 0.0
-    """Wall time of the calibration, subtracted from the budget."""
-    measured: bool = True
-    """False when the rate was given (tests) or the plan came from the checkpoint (resume)."""
-    budget_minutes: float | None = None
-    """The whole pipeline's budget that capped `train_minutes` (None: no such budget)."""
-    spent_s: float = 0.0
-    """With `budget_minutes`: seconds the pipeline had run when training started."""
-    evaluation_s: float = 0.0
-    """With `budget_minutes`: the evaluation's estimated seconds, kept free at the end."""
-
-    def describe(self) -> str:
-        how = (f"measured over {self.calibration_steps} steps on a copy of the network in "
-               f"{self.calibration_s:.0f} s, spent from the budget" if self.measured else "from the checkpoint or given")
-        head = ""
-        if self.budget_minutes is not None:
-            head = (f"budget {format_minutes(self.budget_minutes * 60)} end to end: {format_minutes(self.spent_s)} "
-                    f"spent, evaluation ~{format_minutes(self.evaluation_s)} (estimate) -> training ")
-        else:
-            head = "budget "
-        return (f"{head}{format_minutes(self.train_minutes * 60)} -> {self.steps:,} steps at "
-                f"{self.steps_per_s:.2f} steps/s ({how})")
-
-
-def training_minutes(cfg: RunConfig, spent_s: float = 0.0, evaluation_s: float = 0.0) -> float:
-    """The training loop's minutes: ``train_minutes``, capped by ``budget_minutes`` less the
-    `spent_s` seconds already run and the `evaluation_s` seconds the evaluation will take;
-    one-line RankingError when the whole budget leaves no time to train."""
-    limits = [] if cfg.train_minutes is None else [float(cfg.train_minutes)]
-    if cfg.budget_minutes is not None:
-        left = (cfg.budget_minutes * 60 - spent_s - evaluation_s) / 60
-        if left <= 0:
-            raise RankingError(
-                f"budget_minutes={cfg.budget_minutes:g} leaves no time to train: {format_minutes(spent_s)} spent "
-                f"before training, the evaluation needs ~{format_minutes(evaluation_s)} (estimate); "
-                f"give a larger budget, or --steps")
-        limits.append(left)
-    if not limits:
-        raise RankingError("no time budget: set train_minutes or budget_minutes (or give --steps)")
-    return min(limits)
-
-
-def format_minutes(seconds: float) -> str:
-    """'45 s', '2 min', '3.5 min' (tenths under 10 min), '40 min', '2 h 23 min'."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 9.95 * 60:
-        return f"{round(seconds / 60, 1):g} min"
-    minutes = int(round(seconds / 60))
-    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
-
-
-def budget_steps(train_minutes: float, steps_per_s: float, warmup_steps: int = 0, spent_s: float = 0.0,
-                 what: str | None = None) -> int:
-    """Steps that fit into `train_minutes` at `steps_per_s`, `spent_s` (the calibration) already
-    spent; one-line RankingError (naming the budget as `what`, by default ``train_minutes=M``)
-    when that is not more than the warm-up."""
-    if not (train_minutes is not None and math.isfinite(train_minutes) and train_minutes > 0):
-        raise RankingError(f"train_minutes must be > 0 (got {train_minutes})")
-    if not (math.isfinite(steps_per_s) and steps_per_s > 0):
-        raise RankingError(f"the measured step rate is not usable ({steps_per_s} steps/s)")
-    steps = int((train_minutes * 60 - spent_s) * steps_per_s)
-    if steps <= warmup_steps:
-        least = (warmup_steps + 1) / steps_per_s + spent_s
-        raise RankingError(
-            f"{what or f'train_minutes={train_minutes:g}'} leaves {max(steps, 0)} steps at {steps_per_s:.2f} steps/s, not more "
-            f"than warmup_steps={warmup_steps}: give at least {math.ceil(least / 6) / 10:g} minutes, or --steps")
-    return steps
-
-
-def build_optimizer(cfg: RunConfig, model: EmbeddingNet) -> torch.optim.Optimizer:
-    """Two parameter groups: the pretrained backbone (lr * backbone_lr_scale) and the head (lr)."""
-    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
-    head = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
-    params = [{"params": head, "lr_scale": 1.0}]
-    if backbone:
-        params.append({"params": backbone, "lr_scale": cfg.backbone_lr_scale})
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def lr_factor(cfg: RunConfig, step: int) -> float:
-    """Multiplier of cfg.lr at `step`: linear warm-up, then constant or cosine decay to 0."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant" or cfg.steps <= cfg.warmup_steps:
-        return 1.0
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
 @functools.lru_cache(maxsize=2)
@@ -230,10 +139,15 @@ class Trainer:
         triplets: int array (T, 3) of pre-sampled (query, positive, negative) indices into
             `inputs`, or a source with ``batch(step)`` and ``sha256`` (`online.OnlineTriplets`).
         run_dir: where `loss_log.csv` and `checkpoints/last.pt` are written.
+        replans: a budgeted run's recorded moves of the schedule's end (``train_summary.json``),
+            to repeat its schedule in a run of the final ``cfg.steps`` without a budget.
+        views: with instance triplets (`triplets` an `instance.InstanceTriplets`), the
+            `views.TrainingViews` that put a view of the query's image in their positive slot.
     """
 
     def __init__(self, cfg: RunConfig, model: EmbeddingNet, inputs: ModelInputs | np.ndarray, labels: np.ndarray,
-                 triplets, run_dir: str | Path | None = None) -> None:
+                 triplets, run_dir: str | Path | None = None, *, replans: Sequence[Replan | dict] = (),
+                 views=None) -> None:
         self.cfg = cfg
         self.dist = distributed.context()
         if cfg.batch_size % self.dist.world_size:
@@ -255,7 +169,11 @@ class Trainer:
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         self.source = triplets if hasattr(triplets, "batch") else PresampledTriplets(triplets, cfg.batch_size, cfg.seed)
         self.triplets_sha256 = self.source.sha256
+        self.views = views
+        if views is not None and not hasattr(self.source, "instance_rows"):
+            raise RankingError("views need a triplet source with instance triplets (instance.InstanceTriplets)")
         self.loss_fn = RankingLoss(cfg.gap, cfg.squared_distance)
+        self.miner = MINERS.get(cfg.miner)
         self.optimizer = build_optimizer(cfg, self.model)
         self.run_dir = Path(run_dir or cfg.run_dir)
         self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
@@ -264,6 +182,14 @@ class Trainer:
         self.resumed_from: int | None = None
         self.steps_history: list[list[int]] = [[0, cfg.steps]]
         self.budget: BudgetPlan | None = None
+        self.replans = replans_from(r if isinstance(r, dict) else r.to_dict() for r in replans)
+        if self.replans and cfg.budgeted:
+            raise RankingError("recorded re-plans repeat a budget's schedule: give --steps (the run's final steps), "
+                               "not a time budget")
+        if self.replans and self.replans[-1].steps != cfg.steps:
+            raise RankingError(f"the recorded re-plans end at {self.replans[-1].steps} steps, this run has "
+                               f"steps={cfg.steps}")
+        self.loop_s = 0.0  # the loop's seconds in earlier attempts, up to the checkpoint resumed from
 
     # ---- checkpoints ---------------------------------------------------------------
     def save(self) -> Path:
@@ -279,6 +205,8 @@ class Trainer:
             "triplets_sha256": self.triplets_sha256,
             "steps_history": self.steps_history,
             "budget": asdict(self.budget) if self.budget else None,
+            "replans": [r.to_dict() for r in self.replans],
+            "loop_s": self.loop_s,
         })
 
     def resume(self) -> bool:
@@ -324,6 +252,9 @@ class Trainer:
         if history[-1][1] != self.cfg.steps:
             history = history + [[step, self.cfg.steps]]
         self.steps_history = [list(map(int, h)) for h in history]
+        if ckpt.get("replans") is not None:
+            self.replans = replans_from(ckpt["replans"])
+        self.loop_s = float(ckpt.get("loop_s", 0.0))
         self._truncate_log(self.step)
         return True
 
@@ -346,7 +277,7 @@ class Trainer:
                                  int(saved["steps"]), float(b.get("steps_per_s", float("nan"))),
                                  int(b.get("calibration_steps", 0)), float(b.get("calibration_s", 0.0)), measured=False,
                                  budget_minutes=saved.get("budget_minutes"), spent_s=float(b.get("spent_s", 0.0)),
-                                 evaluation_s=float(b.get("evaluation_s", 0.0)))
+                                 evaluation_s=float(b.get("evaluation_s", 0.0)), replan=bool(b.get("replan", False)))
 
     # ---- the time budget -------------------------------------------------------------
     def measure_step_rate(self, warmup: int = CALIBRATION_WARMUP, steps: int = CALIBRATION_STEPS,
@@ -396,6 +327,7 @@ class Trainer:
                     if capped else None)
             steps = budget_steps(minutes, rate, self.cfg.warmup_steps, spent, what)
             self.budget = BudgetPlan(minutes, steps, rate, n, spent, measured=steps_per_s is None,
+                                     replan=steps_per_s is None,
                                      budget_minutes=self.cfg.budget_minutes,
                                      spent_s=spent_s if self.cfg.budget_minutes is not None else 0.0,
                                      evaluation_s=evaluation_s if self.cfg.budget_minutes is not None else 0.0)
@@ -448,6 +380,8 @@ class Trainer:
                 raise RankingError("the multiscale network needs the images beside the stage features")
             im = (self.device_side_images[torch.from_numpy(idx).to(self.device)]
                   if self.device_side_images is not None else self._gather(self.inputs.images, idx))
+        if self.views is not None:  # instance triplets: the positive is a view of the query's own image
+            x, im = self.views.positives(x, im, t[:, 0], *self.source.instance_rows(step), step)
         if self.cfg.augment:
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
             if self.from_stage:
@@ -465,7 +399,7 @@ class Trainer:
 
     def _step(self, step: int) -> torch.Tensor:
         for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.lr * group["lr_scale"] * lr_factor(self.cfg, step)
+            group["lr"] = self.cfg.lr * group["lr_scale"] * lr_factor(self.cfg, step, self.replans)
         x, im, y = self._batch(step)
         b = self.cfg.batch_size
         if self.dist.enabled:  # this rank's triplets: a slice of the queries, positives, negatives
@@ -480,8 +414,12 @@ class Trainer:
             z = torch.cat([part[k * local:(k + 1) * local] for k in range(3) for part in parts])
         q, p, n = z[:b], z[b:2 * b], z[2 * b:]
         loss = self.loss_fn(q, p, n)
-        if self.cfg.miner == "batch_hard":
-            hard = batch_hard_negatives(q, y[:b], z, y, self.cfg.squared_distance)
+        if self.miner is not None:
+            hard = self.miner(q, y[:b], z, y, self.cfg.squared_distance)
+            if self.views is not None:  # an instance row's: the nearest other image, of any class
+                ids = torch.from_numpy(self.source.batch(step).T.reshape(-1)).to(z.device)
+                rows = torch.tensor(self.source.instance_rows(step)[0], device=z.device)
+                hard = torch.where(rows, self.miner(q, ids[:b], z, ids, self.cfg.squared_distance), hard)
             ok = hard >= 0
             if ok.any():
                 loss = 0.5 * (loss + self.loss_fn(q[ok], p[ok], z[hard[ok]]))
@@ -507,8 +445,8 @@ class Trainer:
         start_step, loss = self.step, float("nan")
         pending: list[tuple[int, torch.Tensor, float, float]] = []  # (step, loss on the device, lr, elapsed)
         show = progress and self.dist.is_main
-        bar = progress_bar(range(self.step, end), initial=self.step, total=self.cfg.steps, desc="train",
-                           enabled=show, unit="step")
+        bar = progress_bar(initial=self.step, total=self.cfg.steps, desc="train", enabled=show, unit="step")
+        looked = (self.step, self.loop_s)  # the re-planner's last look: (step, loop seconds)
         # a run without a budget says how long it will take once its rate is known
         estimate_at = start_step + CALIBRATION_WARMUP + CALIBRATION_STEPS
         announce = show and self.budget is None and self.cfg.steps - estimate_at > CALIBRATION_STEPS
@@ -529,16 +467,24 @@ class Trainer:
             log.flush()
             return values[-1]
 
+        loop_before = self.loop_s
         try:
-            for step in bar:
+            while self.step < end:
+                step = self.step
                 pending.append((step, self._step(step), self.optimizer.param_groups[0]["lr"],
                                 time.perf_counter() - t0))
                 self.step = step + 1
+                bar.update(1)
                 if self.step % self.cfg.log_every == 0:
                     loss = flush()
                     bar.set_postfix(loss=f"{loss:.4f}")
                 if self.step % self.cfg.checkpoint_every == 0 and self.step < end:
                     loss = flush()
+                    self.loop_s = loop_before + time.perf_counter() - t0
+                    if self._replan(looked, show):
+                        end = self.cfg.steps if stop_at is None else min(stop_at, self.cfg.steps)
+                        bar.total = self.cfg.steps
+                    looked = (self.step, self.loop_s)
                     self.save()
                 if announce and self.step == start_step + CALIBRATION_WARMUP:
                     t_warm = time.perf_counter()
@@ -548,6 +494,9 @@ class Trainer:
                           f"{format_minutes((self.cfg.steps - start_step) / rate)}"
                           + (f" (resumed at step {start_step:,})" if start_step else ""), flush=True)
             loss = flush()
+            bar.close()
+        except DiskFullError:  # a checkpoint's, naming its file
+            raise
         except OSError as e:  # the loss log's own writes
             if is_disk_full(e):
                 raise disk_full_error(self.loss_log_path) from None
@@ -558,6 +507,7 @@ class Trainer:
             except OSError:
                 pass
         done = self.step - start_step
+        self.loop_s = loop_before + time.perf_counter() - t0
         if done or not self.checkpoint_path.is_file():
             self.save()
         distributed.barrier(self.dist)  # the other ranks return once rank 0's checkpoint is written
@@ -566,4 +516,29 @@ class Trainer:
         return TrainResult(self.checkpoint_path, self.loss_log_path, self.step, wall,
                            done * self.cfg.batch_size / wall if wall > 0 and done else 0.0,
                            final, done, self.resumed_from, self.steps_history,
-                           asdict(self.budget) if self.budget else None)
+                           asdict(self.budget) if self.budget else None,
+                           [r.to_dict() for r in self.replans], self.loop_s)
+
+    def _replan(self, looked: tuple[int, float], show: bool) -> bool:
+        """At a checkpoint of a budgeted run: move the schedule's end when the rate of the steps
+        since the last look (`looked`: step, loop seconds) fits another number of steps into the
+        loop's time left (`budget.replan_steps`); records the move, says so. Whether it moved."""
+        if not (self.budget is not None and self.budget.replan and self.cfg.budgeted):
+            return False
+        ran_s = self.loop_s - looked[1]
+        rate = (self.step - looked[0]) / ran_s if ran_s > 0 else float("nan")
+        left_s = self.budget.loop_s - self.loop_s
+        new = replan_steps(self.step, self.cfg.steps, left_s, rate)
+        if self.dist.enabled:  # every rank follows rank 0's decision
+            t = torch.tensor([-1 if new is None else new], dtype=torch.int64, device=self.device)
+            torch.distributed.broadcast(t, 0)
+            new = None if int(t) < 0 else int(t)
+        if new is None:
+            return False
+        move = Replan(self.step, self.cfg.steps, new, rate, self.loop_s, left_s)
+        self.replans.append(move)
+        self.cfg = self.cfg.replace(steps=new)
+        self.steps_history.append([self.step, new])
+        if show:
+            print(move.describe(), flush=True)
+        return True
