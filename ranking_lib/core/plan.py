@@ -76,6 +76,23 @@ def frozen_rate(cfg: RunConfig, r: ClassRates) -> float:
     return r.frozen_img_s_openvino if use and r.frozen_img_s_openvino else r.frozen_img_s
 
 
+NEAR_DUP_TRANSFORMS_MEASURED = 4
+"""Near-duplicate transforms the measured `ClassRates.eval_s` embedded (the standard four)."""
+NEAR_DUP_TRANSFORMS = 9
+"""Near-duplicate transforms `evaluate` embeds now (`retrieval.semantic.ALL_TRANSFORMS`: the four
+standard ones and the held-out family; a test keeps the two equal)."""
+
+
+def near_dup_extra_seconds(cfg: RunConfig, r: ClassRates) -> float:
+    """What the near-duplicate transforms added since `eval_s` was measured cost: each extra
+    transform embeds ``near_dup_queries`` images for the trained network and for the baseline,
+    at the measured torch frozen-stage rate (the bulk of embedding a new image)."""
+    if not cfg.semantic_metrics:
+        return 0.0
+    extra = max(0, NEAR_DUP_TRANSFORMS - NEAR_DUP_TRANSFORMS_MEASURED) * cfg.near_dup_queries * 2
+    return extra * (cfg.input_size / 192) ** 2 / r.frozen_img_s
+
+
 def estimate_seconds(cfg: RunConfig, n_train: int, klass: str) -> dict[str, float]:
     """Seconds per phase for `n_train` training images on a CPU of class `klass` (an estimate)."""
     r = RATES[klass]
@@ -85,7 +102,7 @@ def estimate_seconds(cfg: RunConfig, n_train: int, klass: str) -> dict[str, floa
     train = cfg.train_minutes * 60 if cfg.train_minutes is not None else cfg.steps / r.steps_per_s * scale
     size = n_train / 100_000
     decode = n_all / 1000 * r.decode_s_per_1k
-    evaluation = r.eval_fixed_s + (r.eval_s - r.eval_fixed_s) * size * scale
+    evaluation = r.eval_fixed_s + (r.eval_s - r.eval_fixed_s) * size * scale + near_dup_extra_seconds(cfg, r)
     if cfg.budget_minutes is not None:  # training gets what the whole budget leaves
         left = cfg.budget_minutes * 60 - decode - frozen - evaluation
         train = max(0.0, left if cfg.train_minutes is None else min(train, left))
