@@ -350,10 +350,11 @@ class IndexExplorer:
 
     def thumbnail(self, path: str) -> tuple[np.ndarray | None, str | None]:
         """An indexed file's pixels now (64 px) and a note: ``(None, why)`` when deleted or unreadable
-        since indexing, ``(img, "changed since indexing")`` when its size or mtime differ."""
+        since indexing (or its folder is gone), ``(img, "changed since indexing")`` when its size or
+        mtime differ."""
         f = self.root / path
         if not f.exists():
-            return None, "deleted since indexing"
+            return None, "deleted since indexing" if self.root.is_dir() else f"folder {self.root} not found"
         img, reason = read_image(f, own_images.IMAGE_SIZE)
         if img is None:
             return None, f"unreadable now: {reason}"
@@ -366,7 +367,7 @@ class IndexExplorer:
         """The query tile (`note`: why it has no image) and its nearest files: each tile with its
         distance, path and any note (`thumbnail`)."""
         head = (f'<div class="rx-cquery" style="display:flex;align-items:center;gap:12px;margin:4px 0 8px">'
-                f'{_tile_image(query_image, 96, "rx-cquery-img", note)}<div>{html.escape(caption)}</div></div>')
+                f'{_tile_image(query_image, 96, "rx-cquery-img", note, "margin:0")}<div>{html.escape(caption)}</div></div>')
         tiles = []
         for path, d in zip(result.paths, result.distances):
             img, note = self.thumbnail(path)
@@ -383,12 +384,12 @@ class IndexExplorer:
                 f'<div style="display:flex;flex-wrap:wrap;gap:4px">{"".join(tiles)}</div></div>')
 
 
-def _tile_image(img: np.ndarray | None, px: int, cls: str, note: str | None = None) -> str:
+def _tile_image(img: np.ndarray | None, px: int, cls: str, note: str | None = None, style: str = "") -> str:
     """An image tile, or a grey box of the same size saying why there is no image."""
     if img is not None:
-        return _img_tag(img, px, cls)
+        return _img_tag(img, px, cls, style)
     return (f'<div class="{cls} rx-noimg" style="width:{px}px;height:{px}px;margin:0 auto;background:#ddd;'
-            f'display:flex;align-items:center;justify-content:center;font-size:10px">'
+            f'display:flex;align-items:center;justify-content:center;font-size:10px;{style}">'
             f'{html.escape(note or "no image")}</div>')
 
 

@@ -30,12 +30,22 @@ K = 10
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A tiny finished run (trained and baseline embeddings) and a run dir without embeddings."""
+    """A tiny finished run (trained and baseline embeddings, and an index ``photos`` of 8 of its
+    demo images, one deleted since) and a run dir without embeddings."""
+    from ranking_lib.core.config import RunConfig
+    from ranking_lib.own_images import index_folder
+
     root = tmp_path_factory.mktemp("browser")
     run = embedded_run(root, steps=1)
     empty = root / "no-embeddings"
     empty.mkdir()
     shutil.copy(run / "config.json", empty / "config.json")
+    photos = root / "photos"
+    photos.mkdir()
+    for f in sorted((root / "data" / "val" / "images").glob("*.JPEG"))[:8]:
+        shutil.copy(f, photos / f.name)
+    index_folder(RunConfig.load(run / "config.json"), photos, name="photos", progress=False)
+    (photos / "val_1.JPEG").unlink()
     return run, empty
 
 
@@ -183,6 +193,37 @@ def test_voila_page_picks_and_shows_results(servers, run, page, tmp_path):
     assert other.rsplit(" (", 1)[0] in page.inner_text(".rx-query")
     assert _results(page)[0] == 2 * 2 * K and eb.distances(page) != first
     page.locator(".rx-app").screenshot(path=str(tmp_path / "voila-explorer.png"))
+    _no_traceback(page)
+    shown = eb.distances(page)
+
+    # an index of own images: a name the run lacks is one line; its own shows a file's neighbours
+    from ranking_lib.core.config import RunConfig
+    from ranking_lib.own_images import query_index
+
+    names = page.eval_on_selector_all(".rx-coll-name datalist option", "els => els.map(e => e.value)")
+    assert names == ["photos"]  # the box's suggestions
+    page.fill(".rx-coll-name input", "nope")
+    page.press(".rx-coll-name input", "Enter")
+    line = eb.wait_status(page, "error:")
+    assert line.startswith("error: index ") and "indexes/nope not found: build it with" in line and "\n" not in line
+    page.fill(".rx-coll-name input", "photos")
+    page.press(".rx-coll-name input", "Enter")
+    eb.wait_status(page, "nearest shown in", 60)
+    cfg = RunConfig.load(run[0] / "config.json")
+    for pick in ("val_0.JPEG", "val_12.JPEG"):
+        if pick != "val_0.JPEG":  # the first file is shown on opening; another one typed in
+            page.fill(".rx-coll-file input", pick)
+            page.press(".rx-coll-file input", "Enter")
+            eb.wait_status(page, f"photos: {pick}: 7 nearest shown in")
+        _, hits = query_index(cfg, "photos", file=pick, k=K)
+        tiles = page.locator(".rx-coll-results .rx-ctile")
+        assert tiles.count() == 7 and page.locator(".rx-coll-results img.rx-cimg").count() == 6
+        got = page.eval_on_selector_all(".rx-coll-results .rx-ctile", "els => els.map(e => [e.dataset.path, "
+                                        "e.querySelector('.rx-cdist').textContent])")
+        assert got == [[p, f"d={d:.3f}"] for p, d in hits]
+        assert page.inner_text(".rx-coll-results .rx-ctile[data-path='val_1.JPEG'] .rx-note") == "deleted since indexing"
+    assert eb.distances(page) == shown  # the training set's results stay
+    page.locator(".rx-app").screenshot(path=str(tmp_path / "voila-index.png"))
     _no_traceback(page)
 
     # a folder outside the server's root, holding only a hand-written config.json: refused in one

@@ -255,7 +255,7 @@ def test_a_missing_or_foreign_index_is_one_line(run, photos):
         ex.open_index("../photos")
     path = run / "indexes" / "photos" / store.INDEX_FILE
     data = store.load_npz(path)
-    data.meta["network"] = {**data.meta["network"], "key": "0" * 16, "checkpoint_sha256": "f" * 64}
+    data.meta["network"] = {**data.meta["network"], "key": "0" * 16}  # as another network's index
     store.save_npz(path, data)
     with pytest.raises(RankingError, match="was made by another network") as e:
         ex.open_index("photos")
@@ -283,6 +283,8 @@ def test_a_file_deleted_or_changed_since_indexing_is_said_so(run, photos):
     r = coll.query_file(gone)  # its embedding is kept: still a query
     img, note = coll.thumbnail(gone)
     assert gone not in r.paths and coll.result_html(r, img, f"photos: {gone}", note=note).count("deleted since") == 1
+    photos.rename(photos.with_name("moved"))
+    assert coll.thumbnail(query) == (None, f"folder {photos.resolve()} not found")
 
 
 def test_app_opens_an_index_and_queries_it_by_file_and_upload(run, photos):
