@@ -35,6 +35,7 @@ from ranking_lib.core.names import MODELS
 from ranking_lib.core.progress import progress as progress_bar
 from ranking_lib.models.inference import embed_images
 from ranking_lib.retrieval.index import EmbeddingIndex
+from ranking_lib.training.checkpoint import checkpoint_identity
 
 IMAGE_SIZE = 64  # the dataset's decoded size (data.image_cache): what the network trained on
 SHARD_SIZE = 512
@@ -44,7 +45,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # ---------------------------------------------------------------------------------- network
 def network_identity(cfg: RunConfig, model: str) -> dict:
     """What makes the embeddings of `model` in the run `cfg.run_dir` what they are: the
-    checkpoint's SHA-256 (``trained``) or the pretrained backbone (``baseline``), the settings
+    checkpoint's step and weights' SHA-256 (``trained``: `training.checkpoint.checkpoint_identity`,
+    as the run's own embedding files record it) or the pretrained backbone (``baseline``), the settings
     that shape the network's input and output, and ``key``, a hash of all that (the run's path,
     kept for the record, is not part of it)."""
     if model not in MODELS:
@@ -56,14 +58,15 @@ def network_identity(cfg: RunConfig, model: str) -> dict:
     shape = {"model": model, "backbone": cfg.backbone, "pretrained": cfg.pretrained, "input_size": cfg.input_size,
              "image_size": IMAGE_SIZE, "flip_tta": cfg.flip_tta, "bf16_cpu": cfg.bf16_cpu}
     if model == "trained":
-        shape.update(checkpoint_sha256=file_sha256(ckpt), embedding_dim=cfg.embedding_dim, head=cfg.head,
+        shape.update(**checkpoint_identity(ckpt), embedding_dim=cfg.embedding_dim, head=cfg.head,
                      architecture=cfg.architecture, normalize_embeddings=cfg.normalize_embeddings)
     key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
     return {**shape, "run_dir": str(Path(cfg.run_dir).resolve()), "key": key}
 
 
 def _describe(net: dict) -> str:
-    what = f"checkpoint {net['checkpoint_sha256'][:12]}" if net.get("checkpoint_sha256") else "pretrained backbone"
+    what = (f"checkpoint step {net.get('checkpoint_step')}, weights {str(net['weights_sha256'])[:12]}"
+            if net.get("weights_sha256") else "pretrained backbone")
     return f"{net.get('model')} network of {net.get('run_dir')} ({what}, {net.get('backbone')}, {net.get('input_size')} px)"
 
 

@@ -109,13 +109,15 @@ def test_index_of_mixed_formats_lists_what_it_skipped(run, tmp_path, capsys):
     for b in broken:
         assert f"skipped: {b}: " in out
     assert "1 file(s) without an image suffix" in out
-    # the file's identity: size, mtime, SHA-256; the network's: the checkpoint's hash
+    # the file's identity: size, mtime, SHA-256; the network's: the checkpoint's step and weights' hash
     import hashlib
     i = data.row("a.jpg")
     assert data.sha256[i] == hashlib.sha256((folder / "a.jpg").read_bytes()).hexdigest()
     assert data.sizes[i] == (folder / "a.jpg").stat().st_size
-    ckpt = hashlib.sha256((run / "checkpoints" / "last.pt").read_bytes()).hexdigest()
-    assert data.meta["network"]["checkpoint_sha256"] == ckpt
+    from ranking_lib.training.checkpoint import checkpoint_identity
+
+    ident = checkpoint_identity(run / "checkpoints" / "last.pt")  # what the run's embedding files record
+    assert {k: data.meta["network"][k] for k in ident} == ident and len(ident["weights_sha256"]) == 64
     # each row is the library's embedding of the file decoded as the dataset was
     from ranking_lib.data.decode import load_image_rgb
     from ranking_lib.models.inference import embed_images
