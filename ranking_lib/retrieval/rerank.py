@@ -36,7 +36,6 @@ RERANKERS.add("dba+aqe", "both, the query expanded over the augmented database")
 RERANKERS.add("auto", "the protocol tries AUTO_CANDIDATES on the tuning split and keeps the best")
 METHODS = tuple(name for name in RERANKERS if name != "auto")
 """The methods a search runs directly (``auto`` is resolved by the protocol first)."""
-CHOICES = RERANKERS.names()  # the older name of RERANKERS' names
 
 AUTO_CANDIDATES = (
     ("none", 1, 0.0),
