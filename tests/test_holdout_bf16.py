@@ -70,7 +70,11 @@ def test_holdout_is_part_of_the_run_shape(demo, capsys):
     data, root = demo
     run = root / "shape"
     assert cli.main(["all", *_flags(data, run)]) == 0
-    assert cli.main(["sample", *_flags(data, run, "--holdout-per-class", "5")]) == 0
+    capsys.readouterr()
+    # sampling other triplets over a trained run is refused unless asked for
+    assert cli.main(["sample", *_flags(data, run, "--holdout-per-class", "5")]) == 2
+    assert "holdout_per_class=0" in capsys.readouterr().err
+    assert cli.main(["sample", *_flags(data, run, "--holdout-per-class", "5", "--replace-triplets")]) == 0
     capsys.readouterr()
     assert cli.main(["train", *_flags(data, run, "--holdout-per-class", "5")]) == 2
     assert "holdout_per_class=0 (now 5)" in capsys.readouterr().err

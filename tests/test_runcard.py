@@ -132,3 +132,13 @@ def test_verify_run_checks_the_runs_metrics_files_too(run, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith(f"error: {copy} does not match {f}: trained/val/precision@30 is "), err
     assert f"the file says {m['val']['precision@30']:.4f}" in err[0]
     assert json.loads(f.read_text()) == m  # only read
+
+
+def test_benchmark_card_commands_name_paths_as_another_checkout_would(tmp_path):
+    from ranking_lib.core.runcard import portable_arg
+
+    repo = tmp_path / "project"
+    assert portable_arg(str(tmp_path / "shared" / "sample"), repo) == "../shared/sample"
+    assert portable_arg(str(repo / "data" / "x"), repo) == "data/x"
+    assert portable_arg("/elsewhere/data", repo) == "/elsewhere/data"
+    assert portable_arg("--steps", repo) == "--steps"

@@ -188,6 +188,20 @@ def write_card(run_dir: str | Path, **kwargs) -> Path:
     return path
 
 
+def portable_arg(arg: str, repo: Path = REPO) -> str:
+    """A command-line argument as another checkout would type it: an absolute path inside the
+    checkout or beside it (``/home/me/project/data``, ``/home/me/shared``) relative to the
+    checkout (``data``, ``../shared``); anything else unchanged."""
+    if not arg.startswith("/"):
+        return arg
+    path, root = Path(os.path.normpath(arg)), repo.resolve()
+    for base, prefix in ((root, ""), (root.parent, "../")):
+        if path == base or base in path.parents:
+            rel = path.relative_to(base).as_posix()
+            return (prefix + rel) if rel != "." else (prefix.rstrip("/") or ".")
+    return arg
+
+
 def write_benchmark_card(name: str, results_path: str | Path, argv: list[str] | None = None,
                          phases: dict[str, float] | None = None, keep: Path | None = None) -> Path:
     """A benchmark's card beside its results (``<results>.card.json``). When the results went
@@ -200,7 +214,7 @@ def write_benchmark_card(name: str, results_path: str | Path, argv: list[str] | 
     args = sys.argv[1:] if argv is None else list(argv)
     card = {
         "card_version": CARD_VERSION, "kind": "benchmark", "name": name,
-        "command": " ".join(["python", f"benchmarks/{name}.py", *args]),
+        "command": " ".join(["python", f"benchmarks/{name}.py", *map(portable_arg, args)]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "phases": {k: round(v, 1) for k, v in (phases or {}).items()},
         "results": results.name, "machine": machine(), "bf16": None, "git": git_state(), "reconstructed": False,
