@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     write_json(out, results)
-    card = write_benchmark_card(args.name, out, argv if argv is not None else sys.argv[1:],
+    card = write_benchmark_card(args.name, out, argv if argv is not None else sys.argv[1:], script="bench_index_folder",
                                 phases={"index": full["wall_s"], "rerun_unchanged": again["wall_s"]})
     print(f"CPU: {mach.get('cpu_model')} ({mach.get('cores')} cores; flags {', '.join(mach.get('cpu_flags') or [])}); "
           f"load average before {load_before[0]:.2f}")

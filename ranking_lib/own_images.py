@@ -294,29 +294,31 @@ def query_index(cfg: RunConfig, name: str, *, image: str | None = None, file: st
 
 
 # ---------------------------------------------------------------------------------- duplicates
+DRAW = f"groups of {dup.PER_CLASS} val images of one class"  # how the calibration draws (a kept file of another is redone)
+
+
 def duplicate_threshold(cfg: RunConfig, net: dict) -> dict:
     """The near-duplicate threshold of the run's network (`collection.duplicates.calibrate` on
     `near_dup_queries` val images of the run's data and their copies), computed once and kept in
     ``RUN/near_dup_threshold_<model>.json`` with the network's key and the calibration's rule."""
-    from ranking_lib.retrieval.semantic import TRANSFORMS, near_duplicate_ids
+    from ranking_lib.retrieval.semantic import TRANSFORMS
     from ranking_lib.workflow import load_caches
 
     path = Path(cfg.run_dir) / f"near_dup_threshold_{net['model']}.json"
     saved = read_json(path, "threshold file", missing_ok=True)
     if isinstance(saved, dict) and saved.get("network_key") == net["key"] and \
-            saved.get("false_pair_rate") == dup.FALSE_PAIR_RATE and "negatives" in saved:
+            saved.get("false_pair_rate") == dup.FALSE_PAIR_RATE and saved.get("draw") == DRAW:
         return saved
     try:
         val = load_caches(cfg, progress=False, splits=("val",))["val"]
     except RankingError as e:
         raise RankingError(f"the near-duplicate threshold is calibrated on the run's val images, which cannot be "
                            f"read ({e}); pass --threshold T") from None
-    n = cfg.near_dup_queries or 1000
-    ids = near_duplicate_ids(len(val), n, cfg.seed)
+    ids = dup.calibration_ids(val.labels, cfg.near_dup_queries or 1000, cfg.seed)
     pos, neg = dup.protocol_distances(_embedder(cfg, net["model"]), np.asarray(val.images[ids]), val.labels[ids],
                                       cfg.seed)
     out = {"network_key": net["key"], "model": net["model"], **dup.calibrate(pos, neg),
-           "negatives": "pairs of different images of one class", "images": int(len(ids)),
+           "negatives": "pairs of different images of one class", "draw": DRAW, "images": int(len(ids)),
            "transforms": list(TRANSFORMS), "seed": cfg.seed, "data_dir": str(cfg.data_dir)}
     write_json(path, out)
     return out
@@ -427,6 +429,9 @@ def run_command(args, cfg: RunConfig) -> int:
                f"{', '.join(c['transforms'])} copies; {c['false_pair_rate']:g} of the pairs of different images of "
                f"one class within it): pair precision {c['precision']:.1f} %, recall {c['recall']:.1f} %" if c else "given")
         print(f"threshold {found['threshold']:.4f} ({how})")
+        note = dup.calibration_note(c) if c else None
+        if note:
+            print(note)
         print(f"{len(found['groups'])} group(s) of near-duplicates, {sum(map(len, found['groups']))} images")
         for g, members in enumerate(found["groups"][:20], 1):
             print(f"  {g}: " + "  ".join(members))

@@ -296,6 +296,28 @@ def test_groups_never_chain_and_the_threshold_bounds_false_pairs():
     assert c["precision"] == pytest.approx(100 * (pos <= c["threshold"]).sum() / ((pos <= c["threshold"]).sum() + 100))
 
 
+def test_the_calibration_draws_whole_classes_and_says_when_it_cannot_measure_its_rate():
+    from ranking_lib.collection import duplicates as dup
+
+    labels = np.repeat(np.arange(200), 50)  # the full val split's shape: 200 classes of 50
+    ids = dup.calibration_ids(labels, 200, seed=0)
+    assert len(ids) == 200 and len(np.unique(labels[ids])) == 20  # 20 classes of 10: 900 pairs of one class
+    assert np.array_equal(ids, dup.calibration_ids(labels, 200, seed=0))
+    assert not np.array_equal(ids, dup.calibration_ids(labels, 200, seed=1))
+    few_classes = dup.calibration_ids(np.repeat(np.arange(20), 50), 1000)  # the sample: every image of 20 classes
+    assert len(few_classes) == 1000
+    # a random draw of as many images gives about 100 such pairs (what the 100,000-image run met)
+    rand = np.random.default_rng(0).choice(len(labels), 200, replace=False)
+    assert sum(np.bincount(labels[rand]) * (np.bincount(labels[rand]) - 1) // 2) < 200
+    assert len(dup.calibration_ids(np.arange(10), 5)) == 0  # no class with two images: nothing to draw
+    few = dup.calibrate(np.array([0.1, 0.2]), np.linspace(0.5, 2, 5000))
+    assert not few["measured"] and few["threshold"] < 0.5
+    assert "5,000 pairs of different images of one class cannot measure a false-pair rate of 1 in 10,000" in \
+        dup.calibration_note(few)
+    enough = dup.calibrate(np.array([0.1, 0.2]), np.linspace(0.5, 2, 20_000))
+    assert enough["measured"] and dup.calibration_note(enough) is None
+
+
 def test_query_an_index_by_file_and_by_image(run, tmp_path, capsys):
     folder = tmp_path / "q"
     planted = planted_folder(folder, _sources(run, 6))
@@ -367,7 +389,7 @@ def test_bench_index_folder_writes_its_numbers_and_card(run, tmp_path):
     (folder / "broken.png").write_text("x")
     out = tmp_path / "index_folder.json"
     assert bench_index_folder.main(["--images", str(folder), "--profile", "demo", "--near-dup-queries", "0",
-                                    "--out", str(out)]) == 0
+                                    "--name", "index-elsewhere", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert (r["full"]["images"], r["full"]["embedded"], r["full"]["skipped"]) == (6, 6, 1)
     assert r["full"]["images_per_s"] > 0 and r["full"]["peak_rss_mb"] > 100
@@ -375,3 +397,5 @@ def test_bench_index_folder_writes_its_numbers_and_card(run, tmp_path):
     assert r["machine"]["cpu_flags"] is not None and r["duplicates"] is None
     card = json.loads((tmp_path / "index_folder.card.json").read_text())
     assert card["kind"] == "benchmark" and card["phases"]["index"] == pytest.approx(r["full"]["wall_s"], abs=0.051)
+    # a card under another name still names the script that made it
+    assert card["name"] == "index-elsewhere" and card["command"].startswith("python benchmarks/bench_index_folder.py ")

@@ -93,6 +93,26 @@ def protocol_distances(embed: Callable[[np.ndarray], np.ndarray], images: np.nda
 
 
 FALSE_PAIR_RATE = 1e-4  # of the protocol's pairs of different images of one class, the share within the threshold
+PER_CLASS = 10  # calibration images drawn per class: 45 pairs of different images of one class each
+
+
+def calibration_ids(labels: np.ndarray, n: int, seed: int = 0, per_class: int = PER_CLASS) -> np.ndarray:
+    """A seeded, sorted draw of about `n` images as groups of at least `per_class` images of one
+    class (more when fewer classes hold `n`; classes chosen at random among those with two or
+    more), so the draw holds many pairs of different images of one class: drawn at random from
+    200 classes, 200 images hold about 100 such pairs, too few to measure a rate of 1 in 10,000;
+    as 20 groups of 10, 900."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([int(seed), 6011])
+    classes = [c for c in np.unique(labels) if (labels == c).sum() >= 2]
+    per_class = max(per_class, -(-n // max(len(classes), 1)))
+    ids = []
+    for c in rng.permutation(np.asarray(classes)) if classes else ():
+        if len(ids) >= n:
+            break
+        members = np.flatnonzero(labels == c)
+        ids.extend(rng.choice(members, size=min(per_class, len(members), max(n - len(ids), 2)), replace=False))
+    return np.sort(np.asarray(ids, dtype=np.int64))
 
 
 def calibrate(positive: np.ndarray, negative: np.ndarray, false_pair_rate: float = FALSE_PAIR_RATE) -> dict:
@@ -109,7 +129,19 @@ def calibrate(positive: np.ndarray, negative: np.ndarray, false_pair_rate: float
     fp = int((negative <= t).sum())
     return {"threshold": t, "precision": float(100 * tp / max(tp + fp, 1)), "recall": float(100 * tp / len(positive)),
             "false_pair_rate": false_pair_rate, "positive_pairs": int(len(positive)),
-            "negative_pairs": int(len(negative))}
+            "negative_pairs": int(len(negative)), "measured": allowed >= 1}
+
+
+def calibration_note(calib: dict) -> str | None:
+    """One line when the calibration's pairs could not measure its rate (fewer than 1 / rate pairs
+    of different images of one class: the threshold then lies below all of them, and its precision
+    says nothing about a large collection), else None."""
+    if calib.get("measured", True):
+        return None
+    need = int(np.ceil(1 / calib["false_pair_rate"]))
+    return (f"note: {calib['negative_pairs']:,} pairs of different images of one class cannot measure a false-pair "
+            f"rate of 1 in {need:,} (at least {need:,} are needed): the threshold is only below all of them; raise "
+            f"--near-dup-queries for a calibrated one")
 
 
 # ---------------------------------------------------------------------------------- outputs

@@ -203,18 +203,21 @@ def portable_arg(arg: str, repo: Path = REPO) -> str:
 
 
 def write_benchmark_card(name: str, results_path: str | Path, argv: list[str] | None = None,
-                         phases: dict[str, float] | None = None, keep: Path | None = None) -> Path:
+                         phases: dict[str, float] | None = None, keep: Path | None = None,
+                         script: str | None = None) -> Path:
     """A benchmark's card beside its results (``<results>.card.json``). When the results went
     to the default folder ``benchmarks/results/`` (ignored by git), the results and the card are
     also copied to ``docs/runs/<name>/`` (tracked), so a measurement is never only in an
-    ignored folder; results written elsewhere (tests, trials) stay where they were put."""
+    ignored folder; results written elsewhere (tests, trials) stay where they were put.
+    `script`: the benchmark's file name when the card's `name` is another (one script, several
+    kept cards)."""
     import sys
 
     results = Path(results_path)
     args = sys.argv[1:] if argv is None else list(argv)
     card = {
         "card_version": CARD_VERSION, "kind": "benchmark", "name": name,
-        "command": " ".join(["python", f"benchmarks/{name}.py", *map(portable_arg, args)]),
+        "command": " ".join(["python", f"benchmarks/{script or name}.py", *map(portable_arg, args)]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "phases": {k: round(v, 1) for k, v in (phases or {}).items()},
         "results": results.name, "machine": machine(), "bf16": None, "git": git_state(), "reconstructed": False,
