@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="baseline", choices=("trained", "baseline"),
                    help="the network (trained needs --run-dir with a checkpoint; default baseline)")
     p.add_argument("--run-dir", help="the run whose network indexes (default: a temporary run directory)")
-    p.add_argument("--near-dup-queries", type=int, default=200,
+    p.add_argument("--near-dup-queries", type=int, default=1000,
                    help="then run 'duplicates', its threshold calibrated on this many val images of the profile's "
                         "data (0: skip)")
     p.add_argument("--name", default="bench_index_folder", help="the card's name (docs/runs/<name>)")
