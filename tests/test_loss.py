@@ -50,3 +50,34 @@ def test_gradient_finite_when_query_equals_positive():
 def test_gap_must_be_positive(gap):
     with pytest.raises(RankingError, match="gap must be > 0"):
         RankingLoss(gap=gap)
+
+
+def test_within_class_distillation_keeps_the_teachers_within_class_distances():
+    from ranking_lib.training.losses import WithinClassDistillation
+
+    torch.manual_seed(0)
+    distill = WithinClassDistillation()
+    teacher = torch.randn(12, 16)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 4, 5])
+    # a scaled, rotated copy has the same relative distances: nothing to distil
+    rot, _ = torch.linalg.qr(torch.randn(16, 16))
+    assert distill(3.0 * teacher @ rot, teacher, labels).item() == pytest.approx(0.0, abs=1e-6)
+    # other within-class distances cost, and the gradient moves the student towards the teacher's
+    student = torch.randn(12, 16, requires_grad=True)
+    before = distill(student, teacher, labels)
+    assert before.item() > 0
+    before.backward()
+    with torch.no_grad():
+        after = distill(student - 0.5 * student.grad / student.grad.norm(), teacher, labels)
+    assert after.item() < before.item()
+    # pairs of different classes do not count: moving a singleton class changes nothing
+    moved = student.detach().clone()
+    moved[9:] += 100.0
+    assert distill(moved, teacher, labels).item() == pytest.approx(before.item(), rel=1e-5)
+    # no two images of one class: zero, with a gradient of zeros
+    z = torch.randn(3, 4, requires_grad=True)
+    loss = distill(z, torch.randn(3, 4), torch.tensor([0, 1, 2]))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.count_nonzero(z.grad) == 0
+    with pytest.raises(RankingError, match="lengths differ"):
+        distill(z, torch.randn(2, 4), torch.tensor([0, 1, 2]))

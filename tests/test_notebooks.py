@@ -251,12 +251,13 @@ def test_demo_report_pdf(demo_run):
         for n in found:
             pages_of.setdefault(n, []).append(i)
     # sample grid, triplets, loss, bars, 5 queries; then the measured full-data figures the repository
-    # holds (recipes against minutes, the ablation's out-of-class curve)
+    # holds (the ablation's trade-off of class and near-duplicate similarity, recipes against minutes,
+    # the ablation's out-of-class curve)
     from ranking_lib.core.settings import checkout_file
     from ranking_lib.reporting import ablation, report
 
     n_figures = (9 + (report.measured_levers(checkout_file("docs/figures/levers.json")) is not None)
-                 + (ablation.load(checkout_file("docs/figures/ablation.json")) is not None))
+                 + 2 * (ablation.load(checkout_file("docs/figures/ablation.json")) is not None))
     assert sorted(pages_of) == list(range(1, n_figures + 1)), pages_of
     assert all(len(p) == 1 for p in pages_of.values()), pages_of
     # no page but the last is less than half used

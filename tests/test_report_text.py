@@ -105,12 +105,21 @@ def test_improvements_are_written_from_the_measured_ablation(tmp_path):
     from ranking_lib.reporting import ablation
 
     res = _ablation_results()
-    text = report.improvements(_record(), res)
+    text = ablation.findings(res)
     assert "relevance-0.2" in text and "47.00 %" in text and "-3.00 points, worse" in text
     assert "+2.50 points, better" in text and "no clear difference" in text
     assert "Best at this budget: **multiscale**" in text
     assert "Measured on tiny-imagenet-200, 200 classes (cpu profile at 128 px, 3000 steps; tune split" in text
+    # the report gives the verdicts; the rows are its table, not a bullet each
+    text = report.improvements(_record(), res)
+    assert "Best at this budget: **multiscale**" in text and "The table below gives each option" in text
+    assert "-3.00 points, worse" not in text and "* **relevance-0.2**" not in text
     assert "would teach" not in text  # the words-only version is gone once rows are measured
+    trade = ablation.trade_off_table(res)
+    assert list(trade.index) == ["profile", "relevance-0.2", "relevance-1.0", "multiscale"]
+    assert trade.loc["profile", "P@30"] == "50.00" and trade.loc["relevance-0.2", "P@30"] == "-3.00"
+    assert trade.loc["multiscale", "P@30"] == "+2.50" and trade.loc["profile", "min"] == "10.0"
+    assert ablation.trade_off_table({**res, "rows": res["rows"][1:]}) is None  # no profile row: no table
     assert ablation.out_of_class_curve(res) == [(0.2, 47.0), (1.0, 50.2)]
     res_close = {**res, "rows": res["rows"][:3]}  # without the multiscale row: nothing clearly ahead
     assert "No variant beats the profile by more than half a point" in ablation.findings(res_close)
@@ -120,6 +129,11 @@ def test_improvements_are_written_from_the_measured_ablation(tmp_path):
     assert t.loc["multiscale", "P@30"] == 52.5 and t.loc["profile", "min"] == 10.0
     ablation.plot_out_of_class(res, tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
+    dup = {**res, "rows": [{**r, "metrics": {**r["metrics"], "near_dup_recall@1": 60.0 + i}}
+                           for i, r in enumerate(res["rows"])]}
+    fig = ablation.plot_trade_off(dup, tmp_path / "t.png")
+    assert len(fig.axes[0].collections) == 4 and (tmp_path / "t.png").stat().st_size > 1000
+    assert len(ablation.plot_trade_off(res).axes[0].collections) == 0  # rows without near-dup recall: no points
     path = tmp_path / "a.json"
     path.write_text(json.dumps(res))
     assert ablation.load(path) == res and ablation.load(tmp_path / "none.json") is None
@@ -208,6 +222,8 @@ def _section(cfg, name):
       "miner": "batch_hard"}, "Triplet sampling",
      ["50% of the triplets", "one of 3 views of every training image", "batch's closest other image"], ["afresh"]),
     ({}, "Triplet sampling", ["sampled once"], ["instance triplets"]),
+    ({"distill_weight": 2.0}, "Ranking layer", ["distillation term with weight 2", "frozen pretrained network"], []),
+    ({}, "Ranking layer", ["hinge loss"], ["distillation"]),
     ({"architecture": "multiscale"}, "Network", ["two shallow paths", "4:1 and 8:1"], []),
     ({}, "Network", ["ImageNet-pretrained `efficientnet_lite0` backbone followed by"], ["shallow paths"]),
     ({"pretrained": False}, "Network", ["randomly initialised"], ["ImageNet-pretrained"]),

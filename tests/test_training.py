@@ -153,3 +153,24 @@ def test_a_read_only_cache_moves_to_the_device_without_a_warning():
         warnings.simplefilter("error")
         t = _cache_on_device(a, torch.device("cpu"))
     assert t.dtype == torch.uint8 and t.tolist() == a.tolist()
+
+
+def test_distillation_changes_training_and_resumes_exactly(sample_dir, sample_cache_dir, tmp_path):
+    kw = dict(steps=8, checkpoint_every=4, num_triplets=96, batch_size=8, miner="batch_hard", distill_weight=5.0)
+    a = _cfg(sample_dir, sample_cache_dir, tmp_path / "a", **kw)
+    b = _cfg(sample_dir, sample_cache_dir, tmp_path / "b", **kw)
+    plain = _cfg(sample_dir, sample_cache_dir, tmp_path / "plain", **{**kw, "distill_weight": 0.0})
+    for cfg in (a, b, plain):
+        workflow.prepare(cfg, progress=False)
+        workflow.sample(cfg)
+    workflow.train(a, progress=False)
+    workflow.train(plain, progress=False)
+    workflow.train(b, progress=False, stop_at=4)  # interrupted: the resumed run rebuilds its teacher
+    workflow.train(b, progress=False)
+    sa, sb, sp = (read_checkpoint(workflow.run_path(c, "checkpoints", "last.pt"))["model"] for c in (a, b, plain))
+    for k, v in sa.items():
+        assert torch.equal(v, sb[k]), k
+    # the term is in the loss and in the gradient: the weights differ from a run without it
+    la, lp = workflow.load_loss_log(a), workflow.load_loss_log(plain)
+    assert la["loss"][0] > lp["loss"][0]
+    assert any(not torch.equal(v, sp[k]) for k, v in sa.items() if v.is_floating_point())

@@ -252,6 +252,12 @@ class RunConfig:
     """Hinge gap g in max(0, g + D(q,p) - D(q,n)); must be > 0."""
     squared_distance: bool = False
     """Use squared Euclidean distance in the loss (the paper's form); default plain Euclidean."""
+    distill_weight: float = 0.0
+    """Weight of a relational distillation term (0 = none): the distances between images of one
+    class in each step's batch, each divided by their mean, are pulled towards the same
+    distances under the frozen pretrained network (its pooled features, as the baseline
+    embeds), so training keeps which images of a class are alike (`training.losses.
+    WithinClassDistillation`). Costs a no-grad pass of the trained stages per step."""
     miner: str = "none"
     """``none`` = the pre-sampled triplets as they are; ``batch_hard`` = additionally use the
     hardest out-of-class negative for each query among all images in the batch."""
@@ -373,7 +379,7 @@ class RunConfig:
         ("out_of_class_fraction", 0), ("relevance_tr", 0), ("buffer_size", 2), ("buffer_refresh_steps", 1),
         ("index_nlist", 1), ("index_nprobe", 1), ("index_pq_m", 1), ("index_refine", 1), ("index_hnsw_m", 2),
         ("index_ef_search", 1), ("rerank_k", 1), ("rerank_alpha", 0), ("near_dup_queries", 0),
-        ("instance_fraction", 0), ("views_per_image", 0),
+        ("instance_fraction", 0), ("views_per_image", 0), ("distill_weight", 0),
     )
 
     def validate(self) -> None:

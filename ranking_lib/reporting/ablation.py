@@ -40,16 +40,22 @@ ROWS: dict[str, tuple[dict, str]] = {
     "online": ({"triplet_source": "online"}, "online reservoir buffers instead of the pre-sampled file"),
     "instance-0.5": ({"instance_fraction": 0.5, "views_per_image": 2},
                      "half the triplets instance triplets (positive: one of 2 cached views of the query's image)"),
+    "distill-1": ({"distill_weight": 1.0}, "within-class relational distillation from the frozen network, weight 1"),
+    "distill-5": ({"distill_weight": 5.0}, "within-class relational distillation from the frozen network, weight 5"),
+    "instance-0.5+distill-5": ({"instance_fraction": 0.5, "views_per_image": 2, "distill_weight": 5.0},
+                               "instance-0.5 and distill-5 together"),
     "instance-0.5-live": ({"instance_fraction": 0.5, "cache_stage_features": False},
                           "half the triplets instance triplets, views made live (no stage cache)"),
 }
 
 COLUMNS = ("precision@1", "precision@10", "precision@30", "map@r", "any_hit@30", "triplet_acc", "score_at_top_30",
-           "wup@30", "mistake_wup@30", "semantic_triplet_acc", "near_dup_recall@1", "near_dup_recall@10")
+           "wup@30", "mistake_wup@30", "semantic_triplet_acc", "near_dup_recall@1", "near_dup_recall@10",
+           "near_dup_held_out_recall@1")
 SEMANTIC = COLUMNS[7:]
 """Similarity beyond the label (`retrieval.semantic`); tables show them when a row has them."""
 SEMANTIC_TITLES = {"wup@30": "WuP@30", "mistake_wup@30": "mistake WuP@30", "semantic_triplet_acc": "WordNet triplet acc",
-                   "near_dup_recall@1": "near-dup R@1", "near_dup_recall@10": "near-dup R@10"}
+                   "near_dup_recall@1": "near-dup R@1", "near_dup_recall@10": "near-dup R@10",
+                   "near_dup_held_out_recall@1": "held-out near-dup R@1"}
 """`SEMANTIC`'s column titles in documents (`SHORT` has the page-wide ones)."""
 
 # rows measured without a training run of their own (`bench_ablation.py --frozen`)
@@ -103,7 +109,56 @@ def _with_machine(df, rows: list[dict], default: str | None):
 SHORT = {"precision@1": "P@1", "precision@10": "P@10", "precision@30": "P@30", "map@r": "MAP@R",
          "any_hit@30": "hit@30", "triplet_acc": "triplet acc", "score_at_top_30": "score@30",
          "wup@30": "WuP@30", "mistake_wup@30": "mistake WuP", "semantic_triplet_acc": "sem. trip",
-         "near_dup_recall@1": "dup R@1", "near_dup_recall@10": "dup R@10"}
+         "near_dup_recall@1": "dup R@1", "near_dup_recall@10": "dup R@10", "near_dup_held_out_recall@1": "held-out R@1"}
+
+TRADE_OFF = ("precision@30", "near_dup_recall@1", "near_dup_held_out_recall@1", "semantic_triplet_acc",
+             "mistake_wup@30")
+"""The axes of the Improvements table: class-level, instance-level and WordNet-graded similarity."""
+
+
+def trade_off_table(results: dict):
+    """pandas DataFrame of `TRADE_OFF` (metrics in %) and the minutes of each row (``min``): the
+    profile's row first with its values, then every other row as its signed difference from the
+    profile (``+1.23``), the frozen backbone among them; an axis the profile lacks is left out."""
+    import pandas as pd
+
+    ref = row(results, "profile")
+    if ref is None:
+        return None
+    axes = [c for c in TRADE_OFF if c in ref["metrics"]]
+    out = [{"option": "profile", **{SHORT[c]: f"{ref['metrics'][c]:.2f}" for c in axes},
+            "min": f"{ref['wall_s'] / 60:.1f}"}]
+    for r in results["rows"]:
+        if r["name"] == "profile":
+            continue
+        m = r["metrics"]
+        out.append({"option": r["name"], **{SHORT[c]: f"{m[c] - ref['metrics'][c]:+.2f}" if c in m else "-"
+                                             for c in axes},
+                    "min": f"{r['wall_s'] / 60:.1f}"})
+    return pd.DataFrame(out).set_index("option")
+
+
+def plot_trade_off(results: dict, path=None, x: str = "precision@30", y: str = "near_dup_recall@1"):
+    """Class-level precision@30 against near-duplicate recall@1, one labelled point per row that has
+    both; the frozen backbone marked apart (a grey square), the profile in red."""
+    from ranking_lib.reporting.plots import finish, new_figure
+
+    fig = new_figure((6.4, 3.6))
+    ax = fig.add_subplot()
+    for r in results["rows"]:
+        m = r["metrics"]
+        if x not in m or y not in m:
+            continue
+        frozen = r["name"] in EXTRA_ROWS
+        ax.scatter([m[x]], [m[y]], s=46, marker="s" if frozen else "o", zorder=3,
+                   color="tab:gray" if frozen else "tab:red" if r["name"] == "profile" else "tab:blue")
+        ax.annotate(r["name"] + (" (untrained)" if frozen else ""), (m[x], m[y]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=7)
+    ax.set_xlabel(f"{SHORT.get(x, x)} (class level, %)")
+    ax.set_ylabel(f"{SEMANTIC_TITLES.get(y, y)} (%)")
+    ax.set_title(f"{results.get('split', 'tune')} split; {results.get('budget', '')}", fontsize=8)
+    ax.grid(alpha=0.3)
+    return finish(fig, path)
 
 
 def _columns(rows: list[dict]) -> tuple[str, ...]:
@@ -198,8 +253,9 @@ def plot_out_of_class(results: dict, path=None):
     return finish(fig, path)
 
 
-def findings(results: dict) -> str:
-    """Markdown sentences from the measured rows: each variant against the profile's row."""
+def findings(results: dict, per_row: bool = True) -> str:
+    """Markdown sentences from the measured rows: each variant against the profile's row (a bullet
+    per row; ``per_row=False`` leaves them to `trade_off_table` and keeps the verdicts)."""
     ref = row(results, "profile")
     if ref is None:
         return "The ablation has no `profile` row to compare against."
@@ -208,7 +264,11 @@ def findings(results: dict) -> str:
     out = [f"Measured on {results.get('data', 'data not recorded')} ({results.get('budget', '')}; {split} split; "
            f"{results.get('hardware', 'hardware not recorded')}). Against the profile's "
            f"{split} precision@30 of {p30:.2f} %:"]
-    for r in results["rows"]:
+    if not per_row:
+        out[0] = out[0].replace("Against the profile's", "The table below gives each option against the profile's")
+        out[0] = out[0].rstrip(":") + (" on every axis (the profile's values, then each option's difference in points) "
+                                       "and the figure places each on class precision against near-duplicate recall.")
+    for r in results["rows"] if per_row else ():
         if r["name"] == "profile":
             continue
         d = r["metrics"]["precision@30"] - p30

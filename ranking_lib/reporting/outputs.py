@@ -17,6 +17,7 @@ LOSS_CURVE = "loss_curve.png"            # 02
 PRECISION_BARS = "precision_bars.png"    # 03
 LEVERS = "levers.png"                    # 05, from docs/figures/levers.json
 ABLATION_OUT_OF_CLASS = "ablation_out_of_class.png"  # 05, from docs/figures/ablation.json
+TRADE_OFF = "trade_off.png"  # 05, from docs/figures/ablation.json: class precision against near-duplicate recall
 METRICS_TABLE = "precision_table.csv"    # 03 -> 05
 
 

@@ -140,6 +140,15 @@ def _instance_text(cfg: RunConfig) -> str:
             f"to keep two images of one class apart, not only classes.{hard}")
 
 
+def _distill_text(cfg: RunConfig) -> str:
+    """The within-class distillation term (``distill_weight``), if any."""
+    if cfg.distill_weight <= 0:
+        return ""
+    return (f" A distillation term with weight {cfg.distill_weight:g} is added: over the pairs of images of one class "
+            "in the batch, the distances, each divided by their mean, are pulled towards the same distances under "
+            "the frozen pretrained network (smooth L1), so training keeps which images of a class are alike.")
+
+
 def _network_text(cfg: RunConfig) -> str:
     weights = "An ImageNet-pretrained" if cfg.pretrained else "A randomly initialised"
     if cfg.architecture == "multiscale":
@@ -226,7 +235,7 @@ and are implemented as one batch of $3B$ images ($B$ = {cfg.batch_size} triplets
 **Ranking layer.** The loss of a triplet is the hinge loss with gap $g$ = {cfg.gap:g}:
 $\\ell(q,p,n) = \\max\\{{0,\\; g + D(f(q), f(p)) - D(f(q), f(n))\\}}$, with $D$ the {dist}, averaged
 over the batch. It is zero once the negative is farther from the query than the positive by at
-least $g$.{mined} {_budget_text(cfg)}
+least $g$.{mined}{_distill_text(cfg)} {_budget_text(cfg)}
 
 **Inference.** Every training image is embedded once; this is the search database. A query
 image is embedded with the same network and the training images are ranked {_search_text(cfg)}:
@@ -334,7 +343,7 @@ def improvements(r: RunRecord, measured: dict | None = None, every_axis: dict | 
 
         head = ("1. **The paper's method, measured** (relevance-weighted sampling with in-class negatives, "
                 "online triplet buffers, the multiscale network; other runs on full Tiny ImageNet, tables and figure under 'Reference results from kept cards' below). "
-                + ablation.findings(measured).replace("\n", "\n   "))
+                + ablation.findings(measured, per_row=False).replace("\n", "\n   "))
         if every_axis is not None:
             head += "\n\n   " + ablation.every_axis(every_axis).replace("\n", "\n   ")
         return "\n".join([head, _third(r, cfg, gap).replace("3. ", "2. ", 1)])

@@ -321,10 +321,16 @@ def t_ablation_semantic() -> str:
     from ranking_lib.reporting.ablation import SEMANTIC, SEMANTIC_TITLES
 
     d = figure_json("ablation.json")
+    cols = _measured(SEMANTIC, d["rows"])
     rows = [[r["name"] + _ablation_hw(r, d.get("hardware")), f"**{f2(r['metrics']['precision@30'])}**",
-             *(f2(r["metrics"].get(k)) for k in SEMANTIC)]
-            for r in d["rows"] if any(k in r["metrics"] for k in SEMANTIC)]
-    return table(["row", "**tune P@30**", *(SEMANTIC_TITLES[k] for k in SEMANTIC)], ["---", *["---:"] * (1 + len(SEMANTIC))], rows)
+             *(f2(r["metrics"].get(k)) for k in cols)]
+            for r in d["rows"] if any(k in r["metrics"] for k in cols)]
+    return table(["row", "**tune P@30**", *(SEMANTIC_TITLES[k] for k in cols)], ["---", *["---:"] * (1 + len(cols))], rows)
+
+
+def _measured(columns, rows: list[dict]) -> list[str]:
+    """The `columns` some row measured (a column added later is left out of older sweeps' tables)."""
+    return [k for k in columns if any(k in r["metrics"] for r in rows)]
 
 
 def t_ablation_every_axis(name: str = "ablation_avx2.json") -> str:
@@ -333,15 +339,16 @@ def t_ablation_every_axis(name: str = "ablation_avx2.json") -> str:
     from ranking_lib.reporting.ablation import SEMANTIC, SEMANTIC_TITLES, model_flag, override_flags, row as named
 
     d = figure_json(name)
+    cols = _measured(SEMANTIC, d.get("rows", []) + d.get("tuned_val_rows", []))
     rows = []
     for key, split in (("rows", "tune"), ("tuned_val_rows", "val")):
         for r in d.get(key, []):
             m = r["metrics"]
             flags = override_flags(r["overrides"]) + model_flag(named(d, r["name"]) or r)  # the tune row's model
             rows.append([r["name"], split, f"**{f2(m['precision@30'])}**", f2(m["map@r"]),
-                         *(f2(m.get(k)) for k in SEMANTIC), f"`{' '.join(flags) or DASH}`"])
-    return table(["row", "split", "**P@30**", "MAP@R", *(SEMANTIC_TITLES[k] for k in SEMANTIC), "row flags"],
-                 ["---", "---", *["---:"] * (2 + len(SEMANTIC)), "---"], rows)
+                         *(f2(m.get(k)) for k in cols), f"`{' '.join(flags) or DASH}`"])
+    return table(["row", "split", "**P@30**", "MAP@R", *(SEMANTIC_TITLES[k] for k in cols), "row flags"],
+                 ["---", "---", *["---:"] * (2 + len(cols)), "---"], rows)
 
 
 def t_ablation_val() -> str:
@@ -428,7 +435,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "headline": t_headline, "cpu-budget": t_cpu_budget, "cpu-budget-avx2": t_cpu_budget_avx2,
     "semantic-budget": t_semantic_budget, "semantic-budget-avx2": lambda: t_semantic_budget(AVX2_CARD), "cpu-final": t_cpu_final, "cpu-earlier": t_cpu_earlier, "steps": t_steps,
     "recipe-search": t_recipe_search, "tuning": t_tuning, "quality-time": t_quality_time, "ablation": t_ablation, "ablation-semantic": t_ablation_semantic,
-    "ablation-every-axis": t_ablation_every_axis,
+    "ablation-every-axis": t_ablation_every_axis, "ablation-fine": lambda: t_ablation_every_axis("ablation_fine.json"),
     "ablation-val": t_ablation_val, "step-cost": t_step_cost, "search-scale": t_search_scale, "gpu-check": t_gpu_check,
     "gpu-options": t_gpu_options,
 }

@@ -43,3 +43,26 @@ class RankingLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"gap={self.gap}, squared={self.squared}"
+
+
+class WithinClassDistillation(nn.Module):
+    """Relational distillation over the pairs of one class: with D_s the student's and D_t the
+    teacher's Euclidean distances between two images of the same label in a batch, each divided
+    by its mean over those pairs, the loss is the smooth-L1 distance between the two (Park et
+    al.'s distance-wise RKD, restricted to within-class pairs). Scale-free, so the class may
+    tighten; what it keeps is which images of a class are nearer each other. Zero when the batch
+    holds no two images of one label."""
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if len(student) != len(teacher) or len(student) != len(labels):
+            raise RankingError(f"student/teacher/labels lengths differ: {len(student)}, {len(teacher)}, {len(labels)}")
+        same = labels[:, None] == labels[None, :]
+        pairs = torch.triu(same, diagonal=1)
+        if not bool(pairs.any()):
+            return student.sum() * 0.0
+        d_s = torch.cdist(student.float(), student.float())[pairs]
+        with torch.no_grad():
+            d_t = torch.cdist(teacher.float(), teacher.float())[pairs]
+            d_t = d_t / d_t.mean().clamp_min(1e-12)
+        d_s = d_s / d_s.mean().clamp_min(1e-12)
+        return torch.nn.functional.smooth_l1_loss(d_s, d_t)

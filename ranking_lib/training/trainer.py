@@ -52,7 +52,7 @@ from ranking_lib.core.errors import CheckpointError, DiskFullError, RankingError
 from ranking_lib.core.settings import BUDGET_KEYS, same_budget
 from ranking_lib.core.fileio import disk_full_error, is_disk_full, write_text
 from ranking_lib.models.inference import ModelInputs, embed_batch
-from ranking_lib.training.losses import RankingLoss
+from ranking_lib.training.losses import RankingLoss, WithinClassDistillation
 from ranking_lib.training.optim import build_optimizer, lr_factor
 from ranking_lib.triplets.miners import MINERS
 from ranking_lib.models.model import EmbeddingNet
@@ -173,6 +173,10 @@ class Trainer:
         if views is not None and not hasattr(self.source, "instance_rows"):
             raise RankingError("views need a triplet source with instance triplets (instance.InstanceTriplets)")
         self.loss_fn = RankingLoss(cfg.gap, cfg.squared_distance)
+        # the network as built (pretrained, before any step; a resumed run builds it the same way
+        # before loading its checkpoint): the within-class distances the distillation keeps
+        self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.distill_weight > 0 else None
+        self.distill = WithinClassDistillation()
         self.miner = MINERS.get(cfg.miner)
         self.optimizer = build_optimizer(cfg, self.model)
         self.run_dir = Path(run_dir or cfg.run_dir)
@@ -397,6 +401,22 @@ class Trainer:
         """One optimiser step; its loss (a host sync: the loop itself syncs once per log step)."""
         return float(self._step(step))
 
+    def _teacher_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen pretrained network's embedding of this step's inputs (its pooled features,
+        as the baseline embeds), in the global batch's order."""
+        with torch.no_grad(), autocast(self.device, self.cfg.amp, self.cfg.bf16_cpu):
+            t = embed_batch(self.teacher, x, self.inputs.kind, baseline=True)
+        return self._global_batch(t)
+
+    def _global_batch(self, z: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of the queries, positives and negatives gathered into the global
+        batch, in one-process order (see `distributed`); `z` itself without DDP."""
+        if not self.dist.enabled:
+            return z
+        parts = distributed.gather_rows(z, self.dist)
+        local = len(z) // 3
+        return torch.cat([part[k * local:(k + 1) * local] for k in range(3) for part in parts])
+
     def _step(self, step: int) -> torch.Tensor:
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * group["lr_scale"] * lr_factor(self.cfg, step, self.replans)
@@ -408,10 +428,7 @@ class Trainer:
             x, im = x[rows], None if im is None else im[rows]
         with autocast(self.device, self.cfg.amp, self.cfg.bf16_cpu):
             z = embed_batch(self.model, x, self.inputs.kind, im)
-        if self.dist.enabled:  # the global batch, in one-process order (see `distributed`)
-            parts = distributed.gather_rows(z, self.dist)
-            local = len(z) // 3
-            z = torch.cat([part[k * local:(k + 1) * local] for k in range(3) for part in parts])
+        z = self._global_batch(z)
         q, p, n = z[:b], z[b:2 * b], z[2 * b:]
         loss = self.loss_fn(q, p, n)
         if self.miner is not None:
@@ -423,6 +440,8 @@ class Trainer:
             ok = hard >= 0
             if ok.any():
                 loss = 0.5 * (loss + self.loss_fn(q[ok], p[ok], z[hard[ok]]))
+        if self.teacher is not None:
+            loss = loss + self.cfg.distill_weight * self.distill(z, self._teacher_embedding(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.all_reduce_gradients(self.model.parameters(), self.dist)
