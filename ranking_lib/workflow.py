@@ -293,6 +293,20 @@ TRAINED_OUTPUTS = ("checkpoints/last.pt", "loss_log.csv", "train_summary.json", 
 
 
 @writes_run_dir
+def class_similarity(cfg: RunConfig, wnids) -> np.ndarray | None:
+    """The classes' Wu–Palmer similarity a graded margin needs (``graded_margin``), else None;
+    one line when WordNet or WordNet class ids are missing."""
+    if cfg.graded_margin <= 0:
+        return None
+    from ranking_lib.retrieval.semantic import load_hierarchy
+
+    hierarchy, note = load_hierarchy(wnids, cfg.wordnet_dir)
+    if hierarchy is None:
+        raise RankingError(f"graded_margin={cfg.graded_margin:g} grades by WordNet, which is not available here "
+                           f"({note.rsplit(': WordNet-graded', 1)[0]}): set graded_margin 0")
+    return hierarchy.similarity
+
+
 def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: int | None = None,
           steps_per_s: float | None = None, replans: list | None = None) -> TrainResult:
     """Train the ranking network on the pre-sampled training triplets.
@@ -318,7 +332,7 @@ def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: i
     triplets, views = distributed.main_first(  # instance triplets mixed in (instance_fraction), their views
         ctx, lambda: instance_training(cfg, triplets, model, caches["train"], progress and ctx.is_main))
     trainer = Trainer(cfg, model, inputs, caches["train"].labels, triplets, cfg.run_dir, replans=replans or (),
-                      views=views)
+                      views=views, class_similarity=class_similarity(cfg, caches["train"].wnids))
     if resume:
         trainer.resume()  # refuses changed settings before config.json is rewritten
     evaluation_s = evaluation_seconds(cfg, len(caches["train"])) if cfg.budget_minutes is not None else 0.0

@@ -81,3 +81,23 @@ def test_within_class_distillation_keeps_the_teachers_within_class_distances():
     assert loss.item() == 0.0 and torch.count_nonzero(z.grad) == 0
     with pytest.raises(RankingError, match="lengths differ"):
         distill(z, torch.randn(2, 4), torch.tensor([0, 1, 2]))
+
+
+def test_graded_margin_grows_with_how_unlike_the_negatives_class_is():
+    from ranking_lib.training.losses import GradedMargin
+
+    sim = [[1.0, 0.8, 0.2], [0.8, 1.0, float("nan")], [0.2, float("nan"), 1.0]]
+    graded = GradedMargin(sim, weight=0.5)
+    extra = graded(torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1, 2, 2]))
+    # in-class: the plain gap; a near class (0.8): +0.1; an unlike one (0.2): +0.4; unknown: the mean of the rest
+    assert extra.tolist() == pytest.approx([0.0, 0.1, 0.4, 0.5 * (1 - (3 + 1.6 + 0.4) / 7)])
+    q = torch.zeros(2, 2)
+    p = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # D(q,p) = 1
+    n = torch.tensor([[2.5, 0.0], [2.5, 0.0]])  # D(q,n) = 2.5: satisfied by 1.5 with g = 1
+    loss = RankingLoss(gap=1.0)
+    assert loss(q, p, n).item() == 0.0
+    assert loss(q, p, n, torch.tensor([0.0, 1.0])).item() == pytest.approx(0.25)  # (0 + (2 + 1 - 2.5)) / 2
+    with pytest.raises(RankingError, match="square"):
+        GradedMargin([[1.0, 0.5]], 1.0)
+    with pytest.raises(RankingError, match="no known value"):
+        GradedMargin([[float("nan")]], 1.0)

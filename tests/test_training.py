@@ -174,3 +174,26 @@ def test_distillation_changes_training_and_resumes_exactly(sample_dir, sample_ca
     la, lp = workflow.load_loss_log(a), workflow.load_loss_log(plain)
     assert la["loss"][0] > lp["loss"][0]
     assert any(not torch.equal(v, sp[k]) for k, v in sa.items() if v.is_floating_point())
+
+
+def test_graded_margin_trains_with_wordnet_and_is_refused_without(sample_dir, sample_cache_dir, tmp_path):
+    kw = dict(steps=4, checkpoint_every=4, num_triplets=64, batch_size=8, miner="batch_hard")
+    graded = _cfg(sample_dir, sample_cache_dir, tmp_path / "graded", graded_margin=1.0, **kw)
+    workflow.prepare(graded, progress=False)
+    workflow.sample(graded)
+    from ranking_lib.retrieval.semantic import load_hierarchy
+
+    hierarchy, _ = load_hierarchy(workflow.load_caches(graded, progress=False)["train"].wnids, graded.wordnet_dir)
+    if hierarchy is None:  # the generated demo classes are not WordNet synsets: one line
+        with pytest.raises(RankingError, match="graded_margin=1 grades by WordNet"):
+            workflow.train(graded, progress=False)
+        return
+    plain = _cfg(sample_dir, sample_cache_dir, tmp_path / "plain", **kw)
+    workflow.prepare(plain, progress=False)
+    workflow.sample(plain)
+    workflow.train(graded, progress=False)
+    workflow.train(plain, progress=False)
+    lg, lp = workflow.load_loss_log(graded), workflow.load_loss_log(plain)
+    assert lg["loss"][0] > lp["loss"][0]  # the same first batch, a larger gap for unlike classes
+    with pytest.raises(RankingError, match="grades by WordNet"):
+        workflow.train(graded.replace(wordnet_dir=str(tmp_path / "no-wordnet")), progress=False)

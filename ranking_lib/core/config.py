@@ -252,6 +252,11 @@ class RunConfig:
     """Hinge gap g in max(0, g + D(q,p) - D(q,n)); must be > 0."""
     squared_distance: bool = False
     """Use squared Euclidean distance in the loss (the paper's form); default plain Euclidean."""
+    graded_margin: float = 0.0
+    """Graded relevance in the margin (0 = none): each triplet's gap is ``gap + graded_margin *
+    (1 - WuP(query's class, negative's class))``, Wu–Palmer similarity in WordNet, so a negative of
+    an unlike class (a bus for a dog) must be pushed farther than one of a near class (a wolf).
+    Needs WordNet class ids and WordNet (``wordnet_dir``)."""
     distill_weight: float = 0.0
     """Weight of a relational distillation term (0 = none): the distances between images of one
     class in each step's batch, each divided by their mean, are pulled towards the same
@@ -379,7 +384,7 @@ class RunConfig:
         ("out_of_class_fraction", 0), ("relevance_tr", 0), ("buffer_size", 2), ("buffer_refresh_steps", 1),
         ("index_nlist", 1), ("index_nprobe", 1), ("index_pq_m", 1), ("index_refine", 1), ("index_hnsw_m", 2),
         ("index_ef_search", 1), ("rerank_k", 1), ("rerank_alpha", 0), ("near_dup_queries", 0),
-        ("instance_fraction", 0), ("views_per_image", 0), ("distill_weight", 0),
+        ("instance_fraction", 0), ("views_per_image", 0), ("distill_weight", 0), ("graded_margin", 0),
     )
 
     def validate(self) -> None:

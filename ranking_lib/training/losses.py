@@ -34,12 +34,15 @@ class RankingLoss(nn.Module):
         self.gap = float(gap)
         self.squared = bool(squared)
 
-    def forward(self, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, extra: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """`extra`: a margin added to g per triplet (graded relevance, `GradedMargin`), or None."""
         if not (q.shape == p.shape == n.shape):
             raise RankingError(f"query/positive/negative shapes differ: {q.shape}, {p.shape}, {n.shape}")
         d_pos = pairwise_distance(q, p, self.squared)
         d_neg = pairwise_distance(q, n, self.squared)
-        return torch.relu(self.gap + d_pos - d_neg).mean()
+        gap = self.gap if extra is None else self.gap + extra.to(d_pos.dtype)
+        return torch.relu(gap + d_pos - d_neg).mean()
 
     def extra_repr(self) -> str:
         return f"gap={self.gap}, squared={self.squared}"
@@ -66,3 +69,24 @@ class WithinClassDistillation(nn.Module):
             d_t = d_t / d_t.mean().clamp_min(1e-12)
         d_s = d_s / d_s.mean().clamp_min(1e-12)
         return torch.nn.functional.smooth_l1_loss(d_s, d_t)
+
+
+class GradedMargin:
+    """Graded relevance in the margin, as the paper grades it: the gap of a triplet grows with how
+    unlike the negative's class is to the query's, ``extra = weight * (1 - S[c_q, c_n])`` with `S`
+    a class similarity in [0, 1] (Wu–Palmer in WordNet; 1 on the diagonal, so an in-class negative
+    keeps the plain gap). Pairs of classes without a similarity (NaN) take the mean of the rest."""
+
+    def __init__(self, similarity, weight: float) -> None:
+        s = torch.as_tensor(similarity, dtype=torch.float32)
+        if s.ndim != 2 or s.shape[0] != s.shape[1]:
+            raise RankingError(f"a class similarity must be a square matrix (got shape {tuple(s.shape)})")
+        known = s[~torch.isnan(s)]
+        if not len(known):
+            raise RankingError("the class similarity has no known value: a graded margin needs WordNet classes")
+        self.similarity = torch.where(torch.isnan(s), known.mean(), s).clamp(0, 1)
+        self.weight = float(weight)
+
+    def __call__(self, query_labels: torch.Tensor, negative_labels: torch.Tensor) -> torch.Tensor:
+        s = self.similarity.to(query_labels.device)
+        return self.weight * (1.0 - s[query_labels, negative_labels])

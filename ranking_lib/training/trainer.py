@@ -52,7 +52,7 @@ from ranking_lib.core.errors import CheckpointError, DiskFullError, RankingError
 from ranking_lib.core.settings import BUDGET_KEYS, same_budget
 from ranking_lib.core.fileio import disk_full_error, is_disk_full, write_text
 from ranking_lib.models.inference import ModelInputs, embed_batch
-from ranking_lib.training.losses import RankingLoss, WithinClassDistillation
+from ranking_lib.training.losses import GradedMargin, RankingLoss, WithinClassDistillation
 from ranking_lib.training.optim import build_optimizer, lr_factor
 from ranking_lib.triplets.miners import MINERS
 from ranking_lib.models.model import EmbeddingNet
@@ -143,11 +143,13 @@ class Trainer:
             to repeat its schedule in a run of the final ``cfg.steps`` without a budget.
         views: with instance triplets (`triplets` an `instance.InstanceTriplets`), the
             `views.TrainingViews` that put a view of the query's image in their positive slot.
+        class_similarity: with ``cfg.graded_margin``, the (C, C) similarity of the classes in
+            [0, 1] (Wu–Palmer) that grades each triplet's margin (`losses.GradedMargin`).
     """
 
     def __init__(self, cfg: RunConfig, model: EmbeddingNet, inputs: ModelInputs | np.ndarray, labels: np.ndarray,
                  triplets, run_dir: str | Path | None = None, *, replans: Sequence[Replan | dict] = (),
-                 views=None) -> None:
+                 views=None, class_similarity=None) -> None:
         self.cfg = cfg
         self.dist = distributed.context()
         if cfg.batch_size % self.dist.world_size:
@@ -177,6 +179,9 @@ class Trainer:
         # before loading its checkpoint): the within-class distances the distillation keeps
         self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.distill_weight > 0 else None
         self.distill = WithinClassDistillation()
+        if cfg.graded_margin > 0 and class_similarity is None:
+            raise RankingError("graded_margin needs the classes' similarity (class_similarity)")
+        self.graded = GradedMargin(class_similarity, cfg.graded_margin) if cfg.graded_margin > 0 else None
         self.miner = MINERS.get(cfg.miner)
         self.optimizer = build_optimizer(cfg, self.model)
         self.run_dir = Path(run_dir or cfg.run_dir)
@@ -430,7 +435,8 @@ class Trainer:
             z = embed_batch(self.model, x, self.inputs.kind, im)
         z = self._global_batch(z)
         q, p, n = z[:b], z[b:2 * b], z[2 * b:]
-        loss = self.loss_fn(q, p, n)
+        graded = self.graded or (lambda yq, yn: None)
+        loss = self.loss_fn(q, p, n, graded(y[:b], y[2 * b:]))
         if self.miner is not None:
             hard = self.miner(q, y[:b], z, y, self.cfg.squared_distance)
             if self.views is not None:  # an instance row's: the nearest other image, of any class
@@ -439,7 +445,7 @@ class Trainer:
                 hard = torch.where(rows, self.miner(q, ids[:b], z, ids, self.cfg.squared_distance), hard)
             ok = hard >= 0
             if ok.any():
-                loss = 0.5 * (loss + self.loss_fn(q[ok], p[ok], z[hard[ok]]))
+                loss = 0.5 * (loss + self.loss_fn(q[ok], p[ok], z[hard[ok]], graded(y[:b][ok], y[hard[ok]])))
         if self.teacher is not None:
             loss = loss + self.cfg.distill_weight * self.distill(z, self._teacher_embedding(x), y)
         self.optimizer.zero_grad(set_to_none=True)
