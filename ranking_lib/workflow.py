@@ -541,6 +541,12 @@ def evaluate(cfg: RunConfig, model: str = "trained") -> dict[str, dict]:
     return metrics
 
 
+def semantic_info(cfg: RunConfig, model: str = "trained") -> dict:
+    """What ``metrics_<model>.json`` keeps under ``semantic`` (`semantic_metrics`: the WordNet
+    directory, a note when graded metrics were left out, ...); {} when it has none."""
+    return read_json(run_path(cfg, f"metrics_{model}.json"), "metrics").get("semantic") or {}
+
+
 def run_reranker(cfg: RunConfig, model: str) -> Reranker:
     """The query-time re-ranking `evaluate` applies. With ``rerank: auto`` the trained network
     chooses on the tuning split; the untrained baseline then gets the trained network's choice

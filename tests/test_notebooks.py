@@ -256,8 +256,10 @@ def test_demo_report_pdf(demo_run):
     from ranking_lib.core.settings import checkout_file
     from ranking_lib.reporting import ablation, report
 
+    measured = ablation.load(checkout_file("docs/figures/ablation.json"))
+    fine = ablation.load(checkout_file("docs/figures/ablation_fine.json")) or measured
     n_figures = (9 + (report.measured_levers(checkout_file("docs/figures/levers.json")) is not None)
-                 + 2 * (ablation.load(checkout_file("docs/figures/ablation.json")) is not None))
+                 + (measured is not None) + (fine is not None and ablation.row(fine, "profile") is not None))
     assert sorted(pages_of) == list(range(1, n_figures + 1)), pages_of
     assert all(len(p) == 1 for p in pages_of.values()), pages_of
     # no page but the last is less than half used

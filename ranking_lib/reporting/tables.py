@@ -51,6 +51,13 @@ def semantic_table(metrics_by_row: Mapping, k: int = 30, decimals: int = 2):
                               for key in keys})
 
 
+def model_semantic_table(metrics_by_model: Mapping[str, Mapping], k: int = 30, decimals: int = 2):
+    """`semantic_table` over every model's tune and val metrics (``{model: {split: metrics}}``, as
+    ``metrics_<model>.json`` holds them): the table notebooks 03 and 05 show."""
+    return semantic_table({(model, split): m[split] for model, m in metrics_by_model.items()
+                           for split in ("tune", "val") if split in m}, k=k, decimals=decimals)
+
+
 def near_dup_transform_table(by_transform_by_row: Mapping, families: Mapping[str, Sequence[str]], k: int = 1,
                              decimals: int = 2):
     """Near-duplicate recall@k per transform: one row per entry of `by_transform_by_row` (a row
