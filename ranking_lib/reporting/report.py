@@ -141,21 +141,14 @@ def _instance_text(cfg: RunConfig) -> str:
 
 
 def _graded_text(cfg: RunConfig) -> str:
-    """The graded margin (``graded_margin``), if any."""
-    if cfg.graded_margin <= 0:
-        return ""
-    return (f" The gap is graded by relevance, as in the paper: a triplet's gap is $g + {cfg.graded_margin:g}\\,(1 - "
-            "\\mathrm{WuP}(c_q, c_n))$, with WuP the Wu–Palmer similarity of the query's and the negative's classes "
-            "in WordNet, so a negative of an unlike class must lie farther away than one of a near class.")
-
-
-def _distill_text(cfg: RunConfig) -> str:
-    """The within-class distillation term (``distill_weight``), if any."""
-    if cfg.distill_weight <= 0:
-        return ""
-    return (f" A distillation term with weight {cfg.distill_weight:g} is added: over the pairs of images of one class "
-            "in the batch, the distances, each divided by their mean, are pulled towards the same distances under "
-            "the frozen pretrained network (smooth L1), so training keeps which images of a class are alike.")
+    """The graded margin (``graded_margin``) and the distillation term (``distill_weight``), those set."""
+    graded = (f" The gap is graded by relevance, as in the paper: a triplet's gap is $g + {cfg.graded_margin:g}\\,(1 - "
+              "\\mathrm{WuP}(c_q, c_n))$, with WuP the Wu–Palmer similarity of the query's and the negative's classes "
+              "in WordNet, so a negative of an unlike class must lie farther away than one of a near class.")
+    distill = (f" A distillation term with weight {cfg.distill_weight:g} is added: over the pairs of images of one "
+               "class in the batch, the distances, each divided by their mean, are pulled towards the same distances "
+               "under the frozen pretrained network (smooth L1), so training keeps which images of a class are alike.")
+    return (graded if cfg.graded_margin > 0 else "") + (distill if cfg.distill_weight > 0 else "")
 
 
 def _network_text(cfg: RunConfig) -> str:
@@ -244,7 +237,7 @@ and are implemented as one batch of $3B$ images ($B$ = {cfg.batch_size} triplets
 **Ranking layer.** The loss of a triplet is the hinge loss with gap $g$ = {cfg.gap:g}:
 $\\ell(q,p,n) = \\max\\{{0,\\; g + D(f(q), f(p)) - D(f(q), f(n))\\}}$, with $D$ the {dist}, averaged
 over the batch. It is zero once the negative is farther from the query than the positive by at
-least $g$.{_graded_text(cfg)}{mined}{_distill_text(cfg)} {_budget_text(cfg)}
+least $g$.{mined}{_graded_text(cfg)} {_budget_text(cfg)}
 
 **Inference.** Every training image is embedded once; this is the search database. A query
 image is embedded with the same network and the training images are ranked {_search_text(cfg)}:
