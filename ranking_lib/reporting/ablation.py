@@ -43,6 +43,8 @@ ROWS: dict[str, tuple[dict, str]] = {
     "distill-1": ({"distill_weight": 1.0}, "within-class relational distillation from the frozen network, weight 1"),
     "distill-5": ({"distill_weight": 5.0}, "within-class relational distillation from the frozen network, weight 5"),
     "graded-0.5": ({"graded_margin": 0.5}, "graded margin: the gap grows by 0.5 x (1 - Wu-Palmer) of the classes"),
+    "instance-0.2": ({"instance_fraction": 0.2, "views_per_image": 2},
+                     "a fifth of the triplets instance triplets (2 cached views per image)"),
     "instance-0.5+distill-5": ({"instance_fraction": 0.5, "views_per_image": 2, "distill_weight": 5.0},
                                "instance-0.5 and distill-5 together"),
     "instance-0.5-live": ({"instance_fraction": 0.5, "cache_stage_features": False},
