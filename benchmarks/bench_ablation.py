@@ -291,12 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     write_json(results_path, results)
     print(ablation.table(results).round(2).to_string())
     ablation.plot_out_of_class(results, results_path.with_name("ablation_out_of_class.png"))
-    from ranking_lib.core.runcard import BENCH_RESULTS, KEPT_RUNS, write_benchmark_card
+    from ranking_lib.core.runcard import write_benchmark_card
 
-    # results under another name (ablation_fine.json) keep their card apart (docs/runs/bench_ablation-fine)
-    suffix = results_path.stem.removeprefix(ablation.RESULTS_FILE.removesuffix(".json"))
-    keep = KEPT_RUNS / f"bench_ablation-{suffix.lstrip('_-')}" if suffix and results_path.resolve().parent == BENCH_RESULTS.resolve() else None
-    print(f"wrote {write_benchmark_card('bench_ablation', results_path, argv, keep=keep)}")
+    # the card is named after the results (ablation_fine.json: docs/runs/bench_ablation-fine)
+    name = "bench_" + results_path.stem.replace("_", "-")
+    print(f"wrote {write_benchmark_card(name, results_path, argv, script='bench_ablation')}")
     return 0
 
 

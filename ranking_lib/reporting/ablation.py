@@ -164,10 +164,15 @@ def plot_trade_off(results: dict, path=None, x: str = "precision@30", y: str = "
     return finish(fig, path)
 
 
+def measured_columns(columns, rows: list[dict]) -> list[str]:
+    """The `columns` some row measured (a column added later is left out of older sweeps' tables)."""
+    return [c for c in columns if any(c in r["metrics"] for r in rows)]
+
+
 def _columns(rows: list[dict]) -> tuple[str, ...]:
     """`COLUMNS`, the semantic ones only when some row has them (rows measured before them stay as
     they were)."""
-    return tuple(c for c in COLUMNS if c not in SEMANTIC or any(c in r["metrics"] for r in rows))
+    return tuple(c for c in COLUMNS if c not in SEMANTIC or c in measured_columns(SEMANTIC, rows))
 
 
 EQUAL_TIME = "@equal-time"

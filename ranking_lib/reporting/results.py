@@ -318,28 +318,25 @@ def t_ablation() -> str:
 
 def t_ablation_semantic() -> str:
     """The ablation rows measured with the similarity beyond the label (`ablation.SEMANTIC`)."""
-    from ranking_lib.reporting.ablation import SEMANTIC, SEMANTIC_TITLES
+    from ranking_lib.reporting.ablation import SEMANTIC, SEMANTIC_TITLES, measured_columns
 
     d = figure_json("ablation.json")
-    cols = _measured(SEMANTIC, d["rows"])
+    cols = measured_columns(SEMANTIC, d["rows"])
     rows = [[r["name"] + _ablation_hw(r, d.get("hardware")), f"**{f2(r['metrics']['precision@30'])}**",
              *(f2(r["metrics"].get(k)) for k in cols)]
             for r in d["rows"] if any(k in r["metrics"] for k in cols)]
     return table(["row", "**tune P@30**", *(SEMANTIC_TITLES[k] for k in cols)], ["---", *["---:"] * (1 + len(cols))], rows)
 
 
-def _measured(columns, rows: list[dict]) -> list[str]:
-    """The `columns` some row measured (a column added later is left out of older sweeps' tables)."""
-    return [k for k in columns if any(k in r["metrics"] for r in rows)]
-
 
 def t_ablation_every_axis(name: str = "ablation_avx2.json") -> str:
     """One sweep's rows on every axis: each row's tuning-split metrics (``rows``) and the same run
     dirs re-embedded and evaluated with val on, once (``tuned_val_rows``)."""
-    from ranking_lib.reporting.ablation import SEMANTIC, SEMANTIC_TITLES, model_flag, override_flags, row as named
+    from ranking_lib.reporting.ablation import (SEMANTIC, SEMANTIC_TITLES, measured_columns, model_flag, override_flags,
+                                                row as named)
 
     d = figure_json(name)
-    cols = _measured(SEMANTIC, d.get("rows", []) + d.get("tuned_val_rows", []))
+    cols = measured_columns(SEMANTIC, d.get("rows", []) + d.get("tuned_val_rows", []))
     rows = []
     for key, split in (("rows", "tune"), ("tuned_val_rows", "val")):
         for r in d.get(key, []):
@@ -431,11 +428,22 @@ def t_gpu_options() -> str:
                  ["---", "---", "---:", "---:", "---:", "---:"], rows)
 
 
+def t_trade_off(name: str = "ablation_fine.json") -> str:
+    """A sweep's rows against its profile row (`ablation.trade_off_table`: the report's
+    Improvements table): the profile's values, then each row's signed difference."""
+    from ranking_lib.reporting.ablation import trade_off_table
+
+    df = trade_off_table(figure_json(name))
+    return table(["option", *df.columns], ["---", *["---:"] * len(df.columns)],
+                 [[option, *values] for option, values in zip(df.index, df.values.tolist())])
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "headline": t_headline, "cpu-budget": t_cpu_budget, "cpu-budget-avx2": t_cpu_budget_avx2,
     "semantic-budget": t_semantic_budget, "semantic-budget-avx2": lambda: t_semantic_budget(AVX2_CARD), "cpu-final": t_cpu_final, "cpu-earlier": t_cpu_earlier, "steps": t_steps,
     "recipe-search": t_recipe_search, "tuning": t_tuning, "quality-time": t_quality_time, "ablation": t_ablation, "ablation-semantic": t_ablation_semantic,
     "ablation-every-axis": t_ablation_every_axis, "ablation-fine": lambda: t_ablation_every_axis("ablation_fine.json"),
+    "ablation-fine-trade-off": t_trade_off,
     "ablation-val": t_ablation_val, "step-cost": t_step_cost, "search-scale": t_search_scale, "gpu-check": t_gpu_check,
     "gpu-options": t_gpu_options,
 }

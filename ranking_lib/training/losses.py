@@ -77,16 +77,15 @@ class GradedMargin:
     a class similarity in [0, 1] (Wu–Palmer in WordNet; 1 on the diagonal, so an in-class negative
     keeps the plain gap). Pairs of classes without a similarity (NaN) take the mean of the rest."""
 
-    def __init__(self, similarity, weight: float) -> None:
+    def __init__(self, similarity, weight: float, device: torch.device | str = "cpu") -> None:
         s = torch.as_tensor(similarity, dtype=torch.float32)
         if s.ndim != 2 or s.shape[0] != s.shape[1]:
             raise RankingError(f"a class similarity must be a square matrix (got shape {tuple(s.shape)})")
         known = s[~torch.isnan(s)]
         if not len(known):
             raise RankingError("the class similarity has no known value: a graded margin needs WordNet classes")
-        self.similarity = torch.where(torch.isnan(s), known.mean(), s).clamp(0, 1)
+        self.similarity = torch.where(torch.isnan(s), known.mean(), s).clamp(0, 1).to(device)
         self.weight = float(weight)
 
     def __call__(self, query_labels: torch.Tensor, negative_labels: torch.Tensor) -> torch.Tensor:
-        s = self.similarity.to(query_labels.device)
-        return self.weight * (1.0 - s[query_labels, negative_labels])
+        return self.weight * (1.0 - self.similarity[query_labels, negative_labels])

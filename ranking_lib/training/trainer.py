@@ -181,7 +181,7 @@ class Trainer:
         self.distill = WithinClassDistillation()
         if cfg.graded_margin > 0 and class_similarity is None:
             raise RankingError("graded_margin needs the classes' similarity (class_similarity)")
-        self.graded = GradedMargin(class_similarity, cfg.graded_margin) if cfg.graded_margin > 0 else None
+        self.graded = GradedMargin(class_similarity, cfg.graded_margin, self.device) if cfg.graded_margin > 0 else None
         self.miner = MINERS.get(cfg.miner)
         self.optimizer = build_optimizer(cfg, self.model)
         self.run_dir = Path(run_dir or cfg.run_dir)
@@ -406,6 +406,10 @@ class Trainer:
         """One optimiser step; its loss (a host sync: the loop itself syncs once per log step)."""
         return float(self._step(step))
 
+    def _extra_gap(self, query_labels: torch.Tensor, negative_labels: torch.Tensor) -> torch.Tensor | None:
+        """The graded margin's addition to each triplet's gap, or None without one."""
+        return None if self.graded is None else self.graded(query_labels, negative_labels)
+
     def _teacher_embedding(self, x: torch.Tensor) -> torch.Tensor:
         """The frozen pretrained network's embedding of this step's inputs (its pooled features,
         as the baseline embeds), in the global batch's order."""
@@ -435,8 +439,7 @@ class Trainer:
             z = embed_batch(self.model, x, self.inputs.kind, im)
         z = self._global_batch(z)
         q, p, n = z[:b], z[b:2 * b], z[2 * b:]
-        graded = self.graded or (lambda yq, yn: None)
-        loss = self.loss_fn(q, p, n, graded(y[:b], y[2 * b:]))
+        loss = self.loss_fn(q, p, n, self._extra_gap(y[:b], y[2 * b:]))
         if self.miner is not None:
             hard = self.miner(q, y[:b], z, y, self.cfg.squared_distance)
             if self.views is not None:  # an instance row's: the nearest other image, of any class
@@ -445,7 +448,7 @@ class Trainer:
                 hard = torch.where(rows, self.miner(q, ids[:b], z, ids, self.cfg.squared_distance), hard)
             ok = hard >= 0
             if ok.any():
-                loss = 0.5 * (loss + self.loss_fn(q[ok], p[ok], z[hard[ok]], graded(y[:b][ok], y[hard[ok]])))
+                loss = 0.5 * (loss + self.loss_fn(q[ok], p[ok], z[hard[ok]], self._extra_gap(y[:b][ok], y[hard[ok]])))
         if self.teacher is not None:
             loss = loss + self.cfg.distill_weight * self.distill(z, self._teacher_embedding(x), y)
         self.optimizer.zero_grad(set_to_none=True)
