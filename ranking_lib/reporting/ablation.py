@@ -148,15 +148,16 @@ def plot_trade_off(results: dict, path=None, x: str = "precision@30", y: str = "
 
     fig = new_figure((6.4, 3.6))
     ax = fig.add_subplot()
-    for r in results["rows"]:
-        m = r["metrics"]
-        if x not in m or y not in m:
-            continue
-        frozen = r["name"] in EXTRA_ROWS
-        ax.scatter([m[x]], [m[y]], s=46, marker="s" if frozen else "o", zorder=3,
-                   color="tab:gray" if frozen else "tab:red" if r["name"] == "profile" else "tab:blue")
-        ax.annotate(r["name"] + (" (untrained)" if frozen else ""), (m[x], m[y]), textcoords="offset points",
-                    xytext=(5, 4), fontsize=7)
+    points = [(r["name"], r["metrics"][x], r["metrics"][y]) for r in results["rows"]
+              if x in r["metrics"] and y in r["metrics"]]
+    for name, px, py in points:
+        frozen = name in EXTRA_ROWS
+        ax.scatter([px], [py], s=46, marker="s" if frozen else "o", zorder=3,
+                   color="tab:gray" if frozen else "tab:red" if name == "profile" else "tab:blue")
+        # a label goes below its point when another point sits just above it (labels would overlap)
+        crowded = any(0 < qy - py < 2.5 and abs(qx - px) < 2.5 for _, qx, qy in points)
+        ax.annotate(name + (" (untrained)" if frozen else ""), (px, py), textcoords="offset points",
+                    xytext=(5, -10 if crowded else 4), fontsize=7)
     ax.set_xlabel(f"{SHORT.get(x, x)} (class level, %)")
     ax.set_ylabel(f"{SEMANTIC_TITLES.get(y, y)} (%)")
     ax.set_title(f"{results.get('split', 'tune')} split; {results.get('budget', '')}", fontsize=8)
