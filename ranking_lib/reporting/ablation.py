@@ -47,6 +47,11 @@ ROWS: dict[str, tuple[dict, str]] = {
                      "a fifth of the triplets instance triplets (2 cached views per image)"),
     "instance-0.5+distill-5": ({"instance_fraction": 0.5, "views_per_image": 2, "distill_weight": 5.0},
                                "instance-0.5 and distill-5 together"),
+    "instance-0.2+distill-5": ({"instance_fraction": 0.2, "views_per_image": 2, "distill_weight": 5.0},
+                               "instance-0.2 and distill-5 together"),
+    "instance-0.2+distill-5+graded-0.5": ({"instance_fraction": 0.2, "views_per_image": 2, "distill_weight": 5.0,
+                                           "graded_margin": 0.5},
+                                          "instance-0.2, distill-5 and graded-0.5 together"),
     "instance-0.5-live": ({"instance_fraction": 0.5, "cache_stage_features": False},
                           "half the triplets instance triplets, views made live (no stage cache)"),
 }
