@@ -48,9 +48,15 @@ from pathlib import Path
 
 from ranking_lib.reporting import ablation
 from ranking_lib.core.fileio import read_json, write_json
+from ranking_lib.core.runcard import portable_arg
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+def shown(sub: str, args: list[str]) -> str:
+    """A row's command as another checkout types it: `sub` (``all``, ``embed|evaluate``) and the
+    arguments it ran with, paths inside or beside the checkout relative (``runcard.portable_arg``)."""
+    return f"python -m ranking_lib {sub} " + shlex.join(portable_arg(a) for a in args if a != "--quiet")
 
 def hardware() -> str:
     model = platform.processor() or "CPU"
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     results.update(split="tune", profile=args.profile,
                    data=f"{Path(args.data_dir).resolve().name}, {classes} classes",
                    budget=f"{args.profile} profile at {args.input_size} px, {args.steps} steps",
-                   base_command="python -m ranking_lib STEP " + shlex.join(base))
+                   base_command=shown("STEP", base))
     py = [sys.executable, "-m", "ranking_lib"]
     log = open(out / "ablation.log", "a")
 
@@ -165,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = read_json(run_dir / "metrics_trained.json", "metrics")["tune"]
         entry = {"name": name, "overrides": overrides, "wall_s": round(wall, 1), "train_s": round(train_s, 1),
                  "hardware": hardware(),
-                 "command": "python -m ranking_lib all " + shlex.join(
-                     [a for a in base if a != "--quiet"] + ["--run-dir", f"runs/ablation/{name}"] + ablation.override_flags(overrides)),
+                 "command": shown("all", cmd),
                  "metrics": {k: metrics[k] for k in ablation.COLUMNS if k in metrics}}
         results["rows"] = [r for r in results["rows"] if r["name"] != name] + [entry]
         write_json(results_path, results)
@@ -189,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = read_json(run_dir / "metrics_baseline.json", "metrics")["tune"]
         entry = {"name": "frozen", "overrides": {}, "model": "baseline", "wall_s": round(time.perf_counter() - t, 1),
                  "train_s": 0.0, "hardware": hardware(),
-                 "command": "python -m ranking_lib embed|evaluate " + shlex.join(
-                     [a for a in base if a != "--quiet"] + ["--run-dir", "runs/ablation/profile", "--model", "baseline"]),
+                 "command": shown("embed|evaluate", cmd),
                  "metrics": {k: metrics[k] for k in ablation.COLUMNS if k in metrics}}
         results["rows"] = [r for r in results["rows"] if r["name"] != "frozen"] + [entry]
         write_json(results_path, results)
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     results["val_budget"] = (f"{args.profile} profile: {profile_cfg.input_size} px, {profile_cfg.steps:,} steps, "
                              f"{classes} classes")
 
-    def record_val(name: str, run_dir: Path, wall_s: float | None) -> None:
+    def record_val(name: str, run_dir: Path, wall_s: float | None, command: str) -> None:
         from ranking_lib.core.config import RunConfig, resume_differences
 
         overrides = ablation.ROWS[name][0]
@@ -234,8 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = read_json(run_dir / "train_summary.json", "training summary")
         entry = {"name": name, "overrides": overrides, "train_s": round(summary["wall_s"], 1),
                  "wall_s": None if wall_s is None else round(wall_s, 1), "hardware": hardware(),
-                 "command": "python -m ranking_lib all " + shlex.join(
-                     [a for a in full if a != "--quiet"] + ["--run-dir", f"runs/val/{name}"] + ablation.override_flags(overrides)),
+                 "command": command,
                  "metrics": {k: metrics["val"][k] for k in ablation.COLUMNS if k in metrics["val"]}}
         results["val_rows"] = [r for r in results.get("val_rows", []) if r["name"] != name] + [entry]
         write_json(results_path, results)
@@ -259,8 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = {"name": name, "overrides": measured["overrides"], "model": measured.get("model", "trained"),
                  "wall_s": round(time.perf_counter() - t, 1),
                  "hardware": hardware(),
-                 "command": "python -m ranking_lib embed|evaluate " + shlex.join(
-                     ["--config", f"runs/ablation/{run_dir.name}/config.json", "--evaluate-val", *model]),
+                 "command": shown("embed|evaluate", cmd),
                  "metrics": {k: metrics["val"][k] for k in ablation.COLUMNS if k in metrics["val"]}}
         results["tuned_val_rows"] = [r for r in results.get("tuned_val_rows", []) if r["name"] != name] + [entry]
         write_json(results_path, results)
@@ -270,15 +272,18 @@ def main(argv: list[str] | None = None) -> int:
         name, _, run_dir = spec.partition("=")
         if name not in ablation.ROWS or not run_dir:
             raise SystemExit(f"error: --val-from expects ROW=RUN_DIR with ROW one of {', '.join(ablation.ROWS)}")
-        record_val(name, Path(run_dir), None)
+        card = Path(run_dir, "run_card.json")  # the command that made the run (a report's card), else the run dir
+        made = read_json(card, "run card").get("command") if card.is_file() else None
+        record_val(name, Path(run_dir), None, made or f"(recorded from {portable_arg(str(Path(run_dir).resolve()))})")
     for name in args.val:
         if ablation.row(results, name, "val_rows") and not args.again:
             print(f"{name}: val row already measured, skipped (--again re-runs it)")
             continue
         run_dir = out / f"val-{name}"
         t = time.perf_counter()
-        run(py + ["all"] + full + ["--run-dir", str(run_dir)] + ablation.override_flags(ablation.ROWS[name][0]), log)
-        record_val(name, run_dir, time.perf_counter() - t)
+        cmd = full + ["--run-dir", str(run_dir)] + ablation.override_flags(ablation.ROWS[name][0])
+        run(py + ["all"] + cmd, log)
+        record_val(name, run_dir, time.perf_counter() - t, shown("all", cmd))
     order = list(ablation.EXTRA_ROWS) + list(ablation.ROWS)
 
     def position(r):

@@ -110,6 +110,19 @@ def test_bench_step_cost_and_the_equal_time_steps_it_gives(sample_dir, small_cac
                                   {"name": "online", "ratio_to_profile": 1.02}) == 2941
 
 
+def test_bench_ablation_rows_record_commands_another_checkout_can_type():
+    """A row's command names the run dir it really used and the paths relative to the checkout
+    (the kept sweep once said runs/ablation/ROW and /home/... for runs/ablation-fine/ROW)."""
+    from ranking_lib.core.runcard import REPO
+
+    bench = load_script("bench_ablation")
+    cmd = bench.shown("all", ["--data-dir", str(REPO / "data" / "tiny"), "--quiet", "--cache-dir",
+                              str(REPO.parent / "shared" / "c"), "--run-dir", str(REPO / "runs" / "ablation-fine" / "x"),
+                              "--lr", "0.1"])
+    assert cmd == ("python -m ranking_lib all --data-dir data/tiny --cache-dir ../shared/c "
+                   "--run-dir runs/ablation-fine/x --lr 0.1")
+
+
 def test_bench_budget_load_pins_a_load_that_ends_by_itself():
     import os
     import time

@@ -134,6 +134,7 @@ def test_improvements_are_written_from_the_measured_ablation(tmp_path):
     fig = ablation.plot_trade_off(dup, tmp_path / "t.png")
     assert len(fig.axes[0].collections) == 4 and (tmp_path / "t.png").stat().st_size > 1000
     assert len(ablation.plot_trade_off(res).axes[0].collections) == 0  # rows without near-dup recall: no points
+
     path = tmp_path / "a.json"
     path.write_text(json.dumps(res))
     assert ablation.load(path) == res and ablation.load(tmp_path / "none.json") is None
@@ -389,3 +390,22 @@ def test_every_axis_names_the_winner_per_axis_on_tune_and_val_and_each_row_again
     improved = report.improvements(_record(), _ablation_results(), res)
     assert "Every axis, one sweep" in improved and improved.index("Every axis") > improved.index("Measured on")
     assert "Every axis" not in report.improvements(_record(), _ablation_results())
+
+
+def test_trade_off_labels_do_not_overlap():
+    """Points a label's width apart and a little above one another (the measured sweep had two such
+    pairs): every label is drawn, none overlaps another or sits on another point."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from ranking_lib.reporting import ablation
+
+    spots = {"profile": (52.0, 63.5), "instance-0.2": (50.0, 79.9), "instance-0.2+distill-5": (48.1, 84.7),
+             "instance-0.2+distill-5+graded-0.5": (48.0, 82.7), "instance-0.5": (42.7, 91.2),
+             "instance-0.5+distill-5": (43.4, 92.1), "distill-1": (51.9, 66.9)}
+    res = {"split": "tune", "rows": [{"name": n, "metrics": {"precision@30": x, "near_dup_recall@1": y}}
+                                     for n, (x, y) in spots.items()]}
+    ax = ablation.plot_trade_off(res).axes[0]
+    renderer = FigureCanvasAgg(ax.figure).get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(spots)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

@@ -159,15 +159,43 @@ def plot_trade_off(results: dict, path=None, x: str = "precision@30", y: str = "
         frozen = name in EXTRA_ROWS
         ax.scatter([px], [py], s=46, marker="s" if frozen else "o", zorder=3,
                    color="tab:gray" if frozen else "tab:red" if name == "profile" else "tab:blue")
-        # a label goes below its point when another point sits just above it (labels would overlap)
-        crowded = any(0 < qy - py < 2.5 and abs(qx - px) < 2.5 for _, qx, qy in points)
-        ax.annotate(name + (" (untrained)" if frozen else ""), (px, py), textcoords="offset points",
-                    xytext=(5, -10 if crowded else 4), fontsize=7)
     ax.set_xlabel(f"{SHORT.get(x, x)} (class level, %)")
     ax.set_ylabel(f"{SEMANTIC_TITLES.get(y, y)} (%)")
     ax.set_title(f"{results.get('split', 'tune')} split; {results.get('budget', '')}", fontsize=8)
     ax.grid(alpha=0.3)
+    _place_labels(ax, [(name + (" (untrained)" if name in EXTRA_ROWS else ""), px, py) for name, px, py in points])
     return finish(fig, path)
+
+
+# where a point's label may go, in points from it: right above, right below, left above, left below
+LABEL_SPOTS = ((5, 4, "left"), (5, -10, "left"), (-5, 4, "right"), (-5, -10, "right"))
+
+
+def _place_labels(ax, labels: list[tuple[str, float, float]]) -> None:
+    """Each label at the first spot of `LABEL_SPOTS` where it overlaps no label placed before it,
+    no other point and leaves the axes nowhere (the first spot when none is free)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(ax.figure).get_renderer()  # text sizes as drawn (the figure has no canvas yet)
+    box = ax.get_window_extent(renderer)
+    dots = [ax.transData.transform((px, py)) for _, px, py in labels]
+    placed = []
+    for i, (text, px, py) in enumerate(labels):
+        for dx, dy, ha in LABEL_SPOTS:
+            note = ax.annotate(text, (px, py), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=7)
+            ext = note.get_window_extent(renderer)
+            free = (not any(ext.overlaps(b) for b in placed)
+                    and not any(ext.contains(*d) for j, d in enumerate(dots) if j != i)
+                    and box.contains(ext.x0, ext.y0) and box.contains(ext.x1, ext.y1))
+            if free or (dx, dy, ha) == LABEL_SPOTS[-1]:
+                if not free:  # nowhere free: the first spot
+                    note.remove()
+                    dx, dy, ha = LABEL_SPOTS[0]
+                    note = ax.annotate(text, (px, py), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=7)
+                    ext = note.get_window_extent(renderer)
+                placed.append(ext)
+                break
+            note.remove()
 
 
 def measured_columns(columns, rows: list[dict]) -> list[str]:
