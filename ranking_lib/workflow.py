@@ -54,6 +54,7 @@ from ranking_lib.retrieval.query import (
 from ranking_lib.training import distributed
 from ranking_lib.training.checkpoint import checkpoint_identity, load_model_state, read_checkpoint
 from ranking_lib.training.trainer import Trainer, TrainResult
+from ranking_lib.training.parts import build_parts
 from ranking_lib.training.views import instance_training
 from ranking_lib.triplets.golden import golden_features
 from ranking_lib.triplets.online import TRIPLET_SOURCES
@@ -331,8 +332,9 @@ def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: i
     inputs = distributed.main_first(ctx, lambda: model_inputs(cfg, model, caches["train"], progress and ctx.is_main))
     triplets, views = distributed.main_first(  # instance triplets mixed in (instance_fraction), their views
         ctx, lambda: instance_training(cfg, triplets, model, caches["train"], progress and ctx.is_main))
+    parts = build_parts(cfg, model, class_similarity(cfg, caches["train"].wnids))  # optimiser, loss, miner, terms
     trainer = Trainer(cfg, model, inputs, caches["train"].labels, triplets, cfg.run_dir, replans=replans or (),
-                      views=views, class_similarity=class_similarity(cfg, caches["train"].wnids))
+                      views=views, parts=parts)
     if resume:
         trainer.resume()  # refuses changed settings before config.json is rewritten
     evaluation_s = evaluation_seconds(cfg, len(caches["train"])) if cfg.budget_minutes is not None else 0.0

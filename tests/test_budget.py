@@ -15,7 +15,8 @@ from ranking_lib.core.config import RunConfig
 from ranking_lib.core.errors import CheckpointError, RankingError
 from ranking_lib.training import trainer as trainer_mod
 from ranking_lib.training.checkpoint import read_checkpoint
-from ranking_lib.training.trainer import Trainer, budget_steps, format_minutes
+from ranking_lib.training.budget import budget_steps, format_minutes
+from ranking_lib.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -324,7 +325,7 @@ def test_a_resumed_run_keeps_its_moves_exactly(demo, tmp_path, monkeypatch):
     uninterrupted one (the moves are made deterministic here: by step, not by the clock)."""
     monkeypatch.setattr(Trainer, "measure_step_rate", lambda self, **k: (2.0, 0, 0.0))  # 12 steps planned
     moves = {8: 20, 16: 18}
-    monkeypatch.setattr(trainer_mod, "replan_steps", lambda step, steps, left_s, rate: moves.get(step))
+    monkeypatch.setattr(budget_mod, "replan_steps", lambda step, steps, left_s, rate: moves.get(step))
     a = _cfg(demo, tmp_path / "a", checkpoint_every=4)
     b = _cfg(demo, tmp_path / "b", checkpoint_every=4)
     ra = workflow.train(a, progress=False)
@@ -345,7 +346,30 @@ def test_a_resumed_run_keeps_its_moves_exactly(demo, tmp_path, monkeypatch):
 
 
 def test_a_given_rate_keeps_the_plan_fixed(demo, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_mod, "replan_steps", lambda *a, **k: 5)  # would cut the run if asked
+    monkeypatch.setattr(budget_mod, "replan_steps", lambda *a, **k: 5)  # would cut the run if asked
     r = workflow.train(_cfg(demo, tmp_path / "fixed"), progress=False, steps_per_s=2.0)
     assert r.steps == 12 and r.replans == [] and not r.budget["replan"]
     assert budget_mod.REPLAN_TOLERANCE > 0
+
+
+def test_next_replan_and_the_plan_a_checkpoint_keeps():
+    """The budget's decisions as plain functions (`budget.next_replan`, `budget.resumed_plan`): the
+    trainer only applies them."""
+    from ranking_lib.training.budget import BudgetPlan, next_replan, resumed_plan
+
+    plan = BudgetPlan(train_minutes=1.0, steps=600, steps_per_s=10.0, calibration_s=0.0, replan=True)
+    # 100 steps in 20 s (5 steps/s, half the planned rate) with 40 s of the loop's 60 left: 200 + 40*5
+    move = next_replan(plan, step=200, steps=600, loop_s=20.0, looked=(100, 0.0))
+    assert (move.step, move.from_steps, move.steps) == (200, 600, 400) and move.left_s == 40.0
+    assert next_replan(plan, 200, 600, 20.0, looked=(0, 0.0)) is None  # 10 steps/s: the plan holds
+    assert next_replan(BudgetPlan(1.0, 600, 10.0), 200, 600, 20.0, (100, 0.0)) is None  # a given rate: fixed
+    assert next_replan(None, 200, 600, 20.0, (100, 0.0)) is None
+    saved = {"steps": 1234, "budget_minutes": 85, "train_minutes": None}
+    kept = resumed_plan(saved, dict(saved, steps=9), {"steps_per_s": 4.5, "spent_s": 60.0, "replan": True},
+                        "ckpt (step 7)", "start over")
+    assert kept.steps == 1234 and kept.steps_per_s == 4.5 and kept.spent_s == 60.0 and kept.replan
+    assert not kept.measured and kept.budget_minutes == 85
+    with pytest.raises(CheckpointError, match=r"ckpt \(step 7\) was planned with budget_minutes=85"):
+        resumed_plan(saved, dict(saved, budget_minutes=40), None, "ckpt (step 7)", "start over")
+    with pytest.raises(CheckpointError, match="without a time budget; go on with --steps N, or start over"):
+        resumed_plan({"steps": 50}, saved, None, "ckpt (step 7)", "start over")

@@ -15,7 +15,8 @@ from ranking_lib.models.inference import embed_images
 from ranking_lib.retrieval.metrics import triplet_accuracy_from_index
 from ranking_lib.models.model import build_model
 from ranking_lib.training.optim import build_optimizer, lr_factor
-from ranking_lib.training.trainer import _cache_on_device, batch_triplets
+from ranking_lib.core.devices import array_on_device
+from ranking_lib.triplets.presampled import batch_triplets
 
 
 def _cfg(sample_dir, cache_dir, run_dir, **kw):
@@ -151,7 +152,7 @@ def test_a_read_only_cache_moves_to_the_device_without_a_warning():
     a.setflags(write=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        t = _cache_on_device(a, torch.device("cpu"))
+        t = array_on_device(a, torch.device("cpu"))
     assert t.dtype == torch.uint8 and t.tolist() == a.tolist()
 
 

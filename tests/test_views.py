@@ -15,7 +15,8 @@ from ranking_lib.core.errors import RankingError
 from ranking_lib.models.model import build_model
 from ranking_lib.models.stage_cache import compute_stage_features
 from ranking_lib.training.checkpoint import read_checkpoint
-from ranking_lib.training.trainer import PresampledTriplets, Trainer
+from ranking_lib.training.trainer import Trainer
+from ranking_lib.triplets.presampled import PresampledTriplets
 from ranking_lib.training.views import (
     NUM_PARAMS,
     TrainingViews,

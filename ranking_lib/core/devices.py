@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ranking_lib.core.errors import RankingError
@@ -85,3 +87,11 @@ def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
 def setup_device(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: autotune convolutions once
+
+
+def array_on_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """`array` on `device` (a GPU: a copy there). The cache may be a read-only memory map: torch
+    only reads it here, so its warning about non-writable arrays does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)

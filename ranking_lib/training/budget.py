@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
 from ranking_lib.core.config import RunConfig
-from ranking_lib.core.errors import RankingError
+from ranking_lib.core.errors import CheckpointError, RankingError
+from ranking_lib.core.settings import BUDGET_KEYS, same_budget
 
 REPLAN_TOLERANCE = 0.02
 """A re-plan moves the end only when the steps left change by more than this share (and 1 step):
@@ -187,3 +188,54 @@ def replans_from(records: Iterable[dict] | None) -> list[Replan]:
     if any(b.step < a.step for a, b in zip(out, out[1:])):
         raise RankingError("recorded re-plans are out of step order")
     return out
+
+
+def new_plan(cfg: RunConfig, minutes: float, steps_per_s: float, calibration_steps: int = 0,
+             calibration_s: float = 0.0, measured: bool = True, spent_s: float = 0.0,
+             evaluation_s: float = 0.0) -> BudgetPlan:
+    """The plan of a run starting now: `minutes` of training (`training_minutes`) at `steps_per_s`
+    (measured over `calibration_steps` in `calibration_s`, spent from the budget, when `measured`;
+    a measured plan re-plans as the run goes)."""
+    capped = cfg.train_minutes is None or minutes < cfg.train_minutes
+    what = f"budget_minutes={cfg.budget_minutes:g} ({minutes:.1f} min of training left)" if capped else None
+    steps = budget_steps(minutes, steps_per_s, cfg.warmup_steps, calibration_s, what)
+    whole = cfg.budget_minutes is not None
+    return BudgetPlan(minutes, steps, steps_per_s, calibration_steps, calibration_s, measured=measured,
+                      replan=measured, budget_minutes=cfg.budget_minutes,
+                      spent_s=spent_s if whole else 0.0, evaluation_s=evaluation_s if whole else 0.0)
+
+
+def resumed_plan(saved: dict, now: dict, recorded: dict | None, where: str, start_over: str) -> BudgetPlan:
+    """The plan a budgeted run's checkpoint was made with (`saved`: its config, `recorded`: its
+    ``budget``), which the resumed run keeps (never re-measured). Refused in one line
+    (CheckpointError, `where` naming the checkpoint) when the checkpoint had no budget or another
+    one than the config `now`."""
+    if all(saved.get(k) is None for k in BUDGET_KEYS):
+        raise CheckpointError(f"checkpoint {where} was trained for steps={saved.get('steps')} "
+                              f"without a time budget; go on with --steps N, or {start_over}")
+    if not same_budget(saved, now):
+        def said(d):
+            return ", ".join(f"{k}={d.get(k)}" for k in BUDGET_KEYS if d.get(k) is not None) or "no budget"
+        raise CheckpointError(f"checkpoint {where} was planned with {said(saved)} "
+                              f"({saved.get('steps')} steps, now {said(now)}); "
+                              f"pass --steps N to change its length, or {start_over}")
+    b = recorded or {}
+    return BudgetPlan(float(b.get("train_minutes", saved.get("train_minutes") or float("nan"))),
+                      int(saved["steps"]), float(b.get("steps_per_s", float("nan"))),
+                      int(b.get("calibration_steps", 0)), float(b.get("calibration_s", 0.0)), measured=False,
+                      budget_minutes=saved.get("budget_minutes"), spent_s=float(b.get("spent_s", 0.0)),
+                      evaluation_s=float(b.get("evaluation_s", 0.0)), replan=bool(b.get("replan", False)))
+
+
+def next_replan(plan: BudgetPlan | None, step: int, steps: int, loop_s: float,
+                looked: tuple[int, float]) -> Replan | None:
+    """At a checkpoint of a run planned by `plan`: the move of the schedule's end (`replan_steps`)
+    when the rate of the steps since the last look (`looked`: step, loop seconds) fits another
+    number of steps into the loop's time left; None: keep the plan (or no re-planning plan)."""
+    if plan is None or not plan.replan:
+        return None
+    ran_s = loop_s - looked[1]
+    rate = (step - looked[0]) / ran_s if ran_s > 0 else float("nan")
+    left_s = plan.loop_s - loop_s
+    new = replan_steps(step, steps, left_s, rate)
+    return None if new is None else Replan(step, steps, new, rate, loop_s, left_s)

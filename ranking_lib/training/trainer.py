@@ -1,39 +1,20 @@
 """`Trainer`: a plain training loop for the ranking network, readable top to bottom.
 
-Each step takes the next `batch_size` pre-sampled triplets, gathers their images from the
-decoded uint8 cache, runs query, positive and negative images as ONE batch of 3B through one
-network (the three networks share weights), and minimises the ranking hinge loss.
+Each step takes the next `batch_size` triplets from its source, gathers their inputs (the decoded
+uint8 cache, or the frozen stages' features), runs query, positive and negative images as ONE batch
+of 3B through one network (the three networks share weights), and minimises the ranking hinge loss.
+The trainer is handed its parts (`parts.TrainingParts`: optimiser, loss, miner, fine-grained terms).
 
 Everything random in a step (triplet order, augmentation) is derived from (seed, step), so a
-run resumed from a checkpoint reproduces the uninterrupted run.
-
-A time budget (``train_minutes``, and/or the whole pipeline's ``budget_minutes``, which caps the
-training minutes at what is left after the time already spent and the evaluation's estimated
-cost: `training_minutes`) is turned into a number of steps before the run starts: the
-step rate is measured on throwaway copies of the network and optimiser (`measure_step_rate`),
-then ``steps`` is fixed (`budget_steps`). At each checkpoint the loop compares the time left with
-the rate of its recent steps and moves the end of the schedule when they disagree
-(`budget.replan_steps`: a machine that got busier ends on time all the same); each move is
-recorded with the checkpoint, and the learning-rate schedule follows the moves
-(`budget.schedule_progress`). The steps chosen and the moves are saved with the config and the
-checkpoint, so a resumed run keeps them and never re-measures what it has done; a run handed the
-recorded moves (``replans=``) without a budget repeats the schedule.
-
-The loss stays on the device between log steps: one host sync and one batch of CSV rows per
-``log_every`` steps (and at checkpoints), a row per step as before.
+run resumed from a checkpoint reproduces the uninterrupted run. A time budget becomes a number of
+steps before the loop and is re-planned at its checkpoints (`budget`: the plan, its moves and what
+a resumed run keeps). The loss stays on the device between log steps (`loss_log.LossLog`).
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import functools
-import hashlib
-import io
-import math
-import os
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -42,19 +23,19 @@ import numpy as np
 import torch
 
 from ranking_lib.training import distributed
-from ranking_lib.training.budget import (BudgetPlan, Replan, budget_steps, format_minutes, replan_steps, replans_from,
-                                         training_minutes)
+from ranking_lib.training.budget import (BudgetPlan, Replan, format_minutes, new_plan, next_replan, replans_from,
+                                         resumed_plan, training_minutes)
 from ranking_lib.training.augment import flip_and_shift
 from ranking_lib.training.checkpoint import load_model_state, read_checkpoint, save_checkpoint
 from ranking_lib.core.config import RunConfig, resume_differences
-from ranking_lib.core.devices import autocast, resolve_device, setup_device, to_device
+from ranking_lib.core.devices import array_on_device, autocast, resolve_device, setup_device, to_device
 from ranking_lib.core.errors import CheckpointError, DiskFullError, RankingError
-from ranking_lib.core.settings import BUDGET_KEYS, same_budget
-from ranking_lib.core.fileio import disk_full_error, is_disk_full, write_text
+from ranking_lib.core.fileio import disk_full_error, is_disk_full
 from ranking_lib.models.inference import ModelInputs, embed_batch
-from ranking_lib.training.losses import GradedMargin, RankingLoss, WithinClassDistillation
-from ranking_lib.training.optim import build_optimizer, lr_factor
-from ranking_lib.triplets.miners import MINERS
+from ranking_lib.training.loss_log import LossLog
+from ranking_lib.training.optim import lr_factor
+from ranking_lib.training.parts import TrainingParts, build_parts
+from ranking_lib.triplets.presampled import PresampledTriplets
 from ranking_lib.models.model import EmbeddingNet
 from ranking_lib.core.progress import progress as progress_bar
 
@@ -86,47 +67,6 @@ CALIBRATION_STEPS = 30     # then this many timed steps ...
 CALIBRATION_MAX_S = 30.0   # ... or this many seconds, whichever comes first (at least 3 steps)
 
 
-@functools.lru_cache(maxsize=2)
-def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The seeded order of the triplets in one epoch (computed once per epoch, not per step)."""
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    perm.setflags(write=False)
-    return perm
-
-
-def batch_triplets(triplets: np.ndarray, step: int, batch_size: int, seed: int) -> np.ndarray:
-    """The triplets of `step`: walks a per-epoch seeded permutation of all triplets."""
-    n = len(triplets)
-    start = step * batch_size
-    out = []
-    while len(out) < batch_size:
-        epoch, offset = divmod(start + len(out), n)
-        take = _epoch_order(n, seed, epoch)[offset: offset + batch_size - len(out)]
-        out.extend(take.tolist())
-    return triplets[np.asarray(out)]
-
-
-class PresampledTriplets:
-    """The triplet source of a pre-sampled triplet file: each step walks a seeded per-epoch
-    permutation (`batch_triplets`). `OnlineTriplets` (`ranking_lib.triplets.online`) is the other source."""
-
-    def __init__(self, triplets: np.ndarray, batch_size: int, seed: int) -> None:
-        self.triplets = np.asarray(triplets)
-        self.batch_size, self.seed = batch_size, seed
-        self.sha256 = hashlib.sha256(np.ascontiguousarray(self.triplets, dtype=np.int64)).hexdigest()
-
-    def batch(self, step: int) -> np.ndarray:
-        return batch_triplets(self.triplets, step, self.batch_size, self.seed)
-
-
-def _cache_on_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """`array` on `device` (a GPU: a copy there). The cache may be a read-only memory map: torch
-    only reads it here, so its warning about non-writable arrays does not apply."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
-
-
 class Trainer:
     """Trains an `EmbeddingNet` on pre-sampled triplets of one image cache.
 
@@ -143,13 +83,15 @@ class Trainer:
             to repeat its schedule in a run of the final ``cfg.steps`` without a budget.
         views: with instance triplets (`triplets` an `instance.InstanceTriplets`), the
             `views.TrainingViews` that put a view of the query's image in their positive slot.
-        class_similarity: with ``cfg.graded_margin``, the (C, C) similarity of the classes in
-            [0, 1] (Wu–Palmer) that grades each triplet's margin (`losses.GradedMargin`).
+        parts: the optimiser, loss, miner and fine-grained terms (`parts.build_parts`, which
+            `workflow.train` calls); None builds them here from `cfg`.
+        class_similarity: with ``cfg.graded_margin`` and no `parts`, the (C, C) similarity of the
+            classes in [0, 1] (Wu–Palmer) that grades each triplet's margin (`losses.GradedMargin`).
     """
 
     def __init__(self, cfg: RunConfig, model: EmbeddingNet, inputs: ModelInputs | np.ndarray, labels: np.ndarray,
                  triplets, run_dir: str | Path | None = None, *, replans: Sequence[Replan | dict] = (),
-                 views=None, class_similarity=None) -> None:
+                 views=None, parts: TrainingParts | None = None, class_similarity=None) -> None:
         self.cfg = cfg
         self.dist = distributed.context()
         if cfg.batch_size % self.dist.world_size:
@@ -163,10 +105,10 @@ class Trainer:
         # On a GPU the whole uint8 cache (1.2 GB for Tiny ImageNet) moves to the device once;
         # each step then gathers its images there instead of copying them from host memory.
         cuda = self.device.type == "cuda"
-        self.device_images = _cache_on_device(images, self.device) if cuda else None
+        self.device_images = array_on_device(images, self.device) if cuda else None
         # the multiscale network's shallow paths read the uint8 images beside the stage features
         side = self.inputs.images if self.from_stage and model.multiscale else None
-        self.device_side_images = _cache_on_device(side, self.device) if cuda and side is not None else None
+        self.device_side_images = array_on_device(side, self.device) if cuda and side is not None else None
         setup_device(self.device)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         self.source = triplets if hasattr(triplets, "batch") else PresampledTriplets(triplets, cfg.batch_size, cfg.seed)
@@ -174,19 +116,17 @@ class Trainer:
         self.views = views
         if views is not None and not hasattr(self.source, "instance_rows"):
             raise RankingError("views need a triplet source with instance triplets (instance.InstanceTriplets)")
-        self.loss_fn = RankingLoss(cfg.gap, cfg.squared_distance)
-        # the network as built (pretrained, before any step; a resumed run builds it the same way
-        # before loading its checkpoint): the within-class distances the distillation keeps
-        self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.distill_weight > 0 else None
-        self.distill = WithinClassDistillation()
-        if cfg.graded_margin > 0 and class_similarity is None:
-            raise RankingError("graded_margin needs the classes' similarity (class_similarity)")
-        self.graded = GradedMargin(class_similarity, cfg.graded_margin, self.device) if cfg.graded_margin > 0 else None
-        self.miner = MINERS.get(cfg.miner)
-        self.optimizer = build_optimizer(cfg, self.model)
+        parts = parts or build_parts(cfg, self.model, class_similarity, self.device)
+        self.optimizer, self.loss_fn, self.miner = parts.optimizer, parts.loss, parts.miner
+        self.teacher = None if parts.teacher is None else parts.teacher.to(self.device)
+        self.distill, self.distill_weight = parts.distill, parts.distill_weight
+        self.graded = parts.graded
+        if self.graded is not None:
+            self.graded.similarity = self.graded.similarity.to(self.device)
         self.run_dir = Path(run_dir or cfg.run_dir)
         self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
         self.loss_log_path = self.run_dir / "loss_log.csv"
+        self.log = LossLog(self.loss_log_path, self.dist.is_main)
         self.step = 0
         self.resumed_from: int | None = None
         self.steps_history: list[list[int]] = [[0, cfg.steps]]
@@ -245,8 +185,11 @@ class Trainer:
         if ckpt.get("triplets_sha256", self.triplets_sha256) != self.triplets_sha256:
             raise CheckpointError(f"checkpoint {path} (step {step}) was trained on other triplets than "
                                   f"{self.run_dir / 'triplets_train.npy'} (re-sampled since?); {start_over}")
-        if self.cfg.budgeted:  # the budget's steps were chosen when the run began
-            self._keep_planned_steps(ckpt, path, step, start_over)
+        if self.cfg.budgeted:  # the budget's steps were chosen when the run began: kept, never re-measured
+            saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+            self.budget = resumed_plan(saved, self.cfg.to_dict(), ckpt.get("budget"), f"{path} (step {step})",
+                                       start_over)
+            self.cfg = self.cfg.replace(steps=int(saved["steps"]))
         if step > self.cfg.steps:
             raise CheckpointError(f"checkpoint {path} is at step {step}, past steps={self.cfg.steps}; pass "
                                   f"--steps {step} or more to go on, or start over with --no-resume")
@@ -264,29 +207,8 @@ class Trainer:
         if ckpt.get("replans") is not None:
             self.replans = replans_from(ckpt["replans"])
         self.loop_s = float(ckpt.get("loop_s", 0.0))
-        self._truncate_log(self.step)
+        self.log.keep_before(self.step)
         return True
-
-    def _keep_planned_steps(self, ckpt: dict, path: Path, step: int, start_over: str) -> None:
-        """A budgeted run resumes with the steps its budget chose (never re-measured)."""
-        saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-        if all(saved.get(k) is None for k in BUDGET_KEYS):
-            raise CheckpointError(f"checkpoint {path} (step {step}) was trained for steps={saved.get('steps')} "
-                                  f"without a time budget; go on with --steps N, or {start_over}")
-        now = self.cfg.to_dict()
-        if not same_budget(saved, now):
-            def said(d):
-                return ", ".join(f"{k}={d.get(k)}" for k in BUDGET_KEYS if d.get(k) is not None) or "no budget"
-            raise CheckpointError(f"checkpoint {path} (step {step}) was planned with {said(saved)} "
-                                  f"({saved.get('steps')} steps, now {said(now)}); "
-                                  f"pass --steps N to change its length, or {start_over}")
-        self.cfg = self.cfg.replace(steps=int(saved["steps"]))
-        b = ckpt.get("budget") or {}
-        self.budget = BudgetPlan(float(b.get("train_minutes", saved.get("train_minutes") or float("nan"))),
-                                 int(saved["steps"]), float(b.get("steps_per_s", float("nan"))),
-                                 int(b.get("calibration_steps", 0)), float(b.get("calibration_s", 0.0)), measured=False,
-                                 budget_minutes=saved.get("budget_minutes"), spent_s=float(b.get("spent_s", 0.0)),
-                                 evaluation_s=float(b.get("evaluation_s", 0.0)), replan=bool(b.get("replan", False)))
 
     # ---- the time budget -------------------------------------------------------------
     def measure_step_rate(self, warmup: int = CALIBRATION_WARMUP, steps: int = CALIBRATION_STEPS,
@@ -331,41 +253,14 @@ class Trainer:
                 rate, n, spent = self.measure_step_rate(max_s=min(CALIBRATION_MAX_S, minutes * 60 / 10))
             else:
                 rate, n, spent = float(steps_per_s), 0, 0.0
-            capped = self.cfg.train_minutes is None or minutes < self.cfg.train_minutes
-            what = (f"budget_minutes={self.cfg.budget_minutes:g} ({minutes:.1f} min of training left)"
-                    if capped else None)
-            steps = budget_steps(minutes, rate, self.cfg.warmup_steps, spent, what)
-            self.budget = BudgetPlan(minutes, steps, rate, n, spent, measured=steps_per_s is None,
-                                     replan=steps_per_s is None,
-                                     budget_minutes=self.cfg.budget_minutes,
-                                     spent_s=spent_s if self.cfg.budget_minutes is not None else 0.0,
-                                     evaluation_s=evaluation_s if self.cfg.budget_minutes is not None else 0.0)
-            self.cfg = self.cfg.replace(steps=steps)
+            self.budget = new_plan(self.cfg, minutes, rate, n, spent, measured=steps_per_s is None,
+                                   spent_s=spent_s, evaluation_s=evaluation_s)
+            self.cfg = self.cfg.replace(steps=self.budget.steps)
             if self.resumed_from is None:
-                self.steps_history = [[0, steps]]
+                self.steps_history = [[0, self.budget.steps]]
         if progress and self.dist.is_main:
             print(self.budget.describe(), flush=True)
         return self.budget
-
-    def _truncate_log(self, step: int) -> None:
-        """Keep only the log rows of steps before `step` (all of them go when step is 0)."""
-        if not self.dist.is_main:
-            return
-        rows = [["step", "loss", "lr", "elapsed_s"]]
-        if step > 0 and self.loss_log_path.is_file():
-            with open(self.loss_log_path, newline="") as f:
-                old = list(csv.reader(f))
-            rows += [r for r in old[1:] if r and int(r[0]) < step]
-        out = io.StringIO()
-        csv.writer(out).writerows(rows)
-        write_text(self.loss_log_path, out.getvalue())
-
-    def _last_logged_loss(self) -> float | None:
-        if not self.loss_log_path.is_file():
-            return None
-        with open(self.loss_log_path, newline="") as f:
-            rows = [r for r in csv.reader(f)][1:]
-        return float(rows[-1][1]) if rows else None
 
     # ---- one step --------------------------------------------------------------------
     def _gather(self, array: np.ndarray, idx: np.ndarray) -> torch.Tensor:
@@ -450,7 +345,7 @@ class Trainer:
             if ok.any():
                 loss = 0.5 * (loss + self.loss_fn(q[ok], p[ok], z[hard[ok]], self._extra_gap(y[:b][ok], y[hard[ok]])))
         if self.teacher is not None:
-            loss = loss + self.cfg.distill_weight * self.distill(z, self._teacher_embedding(x), y)
+            loss = loss + self.distill_weight * self.distill(z, self._teacher_embedding(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.all_reduce_gradients(self.model.parameters(), self.dist)
@@ -462,16 +357,14 @@ class Trainer:
         """Train until cfg.steps (or `stop_at`, to simulate an interruption)."""
         resumed = resume and (self.resumed_from is not None or self.resume())
         if not resumed:
-            self._truncate_log(0)  # a fresh start: no rows of an earlier attempt survive
+            self.log.keep_before(0)  # a fresh start: no rows of an earlier attempt survive
         if self.cfg.budgeted and self.budget is None:
             self.apply_budget(progress=progress)
         end = self.cfg.steps if stop_at is None else min(stop_at, self.cfg.steps)
-        log = open(self.loss_log_path if self.dist.is_main else os.devnull, "a", newline="")
-        writer = csv.writer(log)
+        log = self.log.open()
         self.model.train()
         t0 = time.perf_counter()
         start_step, loss = self.step, float("nan")
-        pending: list[tuple[int, torch.Tensor, float, float]] = []  # (step, loss on the device, lr, elapsed)
         show = progress and self.dist.is_main
         bar = progress_bar(initial=self.step, total=self.cfg.steps, desc="train", enabled=show, unit="step")
         looked = (self.step, self.loop_s)  # the re-planner's last look: (step, loop seconds)
@@ -481,26 +374,15 @@ class Trainer:
         t_warm = None
 
         def flush() -> float:
-            """Write the pending rows (one host sync); a non-finite loss stops the run."""
-            if not pending:
-                return loss
-            values = torch.stack([p[1] for p in pending]).float().cpu().tolist()
-            for (step, _, lr, elapsed), value in zip(pending, values):
-                if not math.isfinite(value):
-                    pending.clear()
-                    log.flush()
-                    raise RankingError(f"loss became {value} at step {step}: lower the learning rate")
-                writer.writerow([step, f"{value:.6f}", f"{lr:.6g}", f"{elapsed:.3f}"])
-            pending.clear()
-            log.flush()
-            return values[-1]
+            """Write the pending rows (one host sync); the last loss written."""
+            last = log.flush()
+            return loss if last is None else last
 
         loop_before = self.loop_s
         try:
             while self.step < end:
                 step = self.step
-                pending.append((step, self._step(step), self.optimizer.param_groups[0]["lr"],
-                                time.perf_counter() - t0))
+                log.add(step, self._step(step), self.optimizer.param_groups[0]["lr"], time.perf_counter() - t0)
                 self.step = step + 1
                 bar.update(1)
                 if self.step % self.cfg.log_every == 0:
@@ -530,17 +412,14 @@ class Trainer:
                 raise disk_full_error(self.loss_log_path) from None
             raise
         finally:
-            try:
-                log.close()
-            except OSError:
-                pass
+            log.close()
         done = self.step - start_step
         self.loop_s = loop_before + time.perf_counter() - t0
         if done or not self.checkpoint_path.is_file():
             self.save()
         distributed.barrier(self.dist)  # the other ranks return once rank 0's checkpoint is written
         wall = time.perf_counter() - t0
-        final = loss if done else self._last_logged_loss()
+        final = loss if done else self.log.last_loss()
         return TrainResult(self.checkpoint_path, self.loss_log_path, self.step, wall,
                            done * self.cfg.batch_size / wall if wall > 0 and done else 0.0,
                            final, done, self.resumed_from, self.steps_history,
@@ -550,23 +429,21 @@ class Trainer:
     def _replan(self, looked: tuple[int, float], show: bool) -> bool:
         """At a checkpoint of a budgeted run: move the schedule's end when the rate of the steps
         since the last look (`looked`: step, loop seconds) fits another number of steps into the
-        loop's time left (`budget.replan_steps`); records the move, says so. Whether it moved."""
-        if not (self.budget is not None and self.budget.replan and self.cfg.budgeted):
+        loop's time left (`budget.next_replan`); records the move, says so. Whether it moved."""
+        if not self.cfg.budgeted:
             return False
-        ran_s = self.loop_s - looked[1]
-        rate = (self.step - looked[0]) / ran_s if ran_s > 0 else float("nan")
-        left_s = self.budget.loop_s - self.loop_s
-        new = replan_steps(self.step, self.cfg.steps, left_s, rate)
+        move = next_replan(self.budget, self.step, self.cfg.steps, self.loop_s, looked)
         if self.dist.enabled:  # every rank follows rank 0's decision
-            t = torch.tensor([-1 if new is None else new], dtype=torch.int64, device=self.device)
+            t = torch.tensor([-1 if move is None else move.steps], dtype=torch.int64, device=self.device)
             torch.distributed.broadcast(t, 0)
-            new = None if int(t) < 0 else int(t)
-        if new is None:
+            new = int(t)
+            move = None if new < 0 else move if move is not None and move.steps == new else \
+                Replan(self.step, self.cfg.steps, new)
+        if move is None:
             return False
-        move = Replan(self.step, self.cfg.steps, new, rate, self.loop_s, left_s)
         self.replans.append(move)
-        self.cfg = self.cfg.replace(steps=new)
-        self.steps_history.append([self.step, new])
+        self.cfg = self.cfg.replace(steps=move.steps)
+        self.steps_history.append([self.step, move.steps])
         if show:
             print(move.describe(), flush=True)
         return True

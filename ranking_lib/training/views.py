@@ -42,6 +42,7 @@ from ranking_lib.models.stage_cache import (
     stage_features_shape,
 )
 from ranking_lib.triplets.instance import InstanceTriplets
+from ranking_lib.triplets.presampled import PresampledTriplets
 
 VIEW_VERSION = 1
 """Changes whenever `apply_views` makes other views (cached views of another version are rebuilt)."""
@@ -298,8 +299,6 @@ def instance_training(cfg: RunConfig, triplets, net: EmbeddingNet, cache: ImageC
     if cfg.instance_fraction <= 0:
         return triplets, None
     if not hasattr(triplets, "batch"):
-        from ranking_lib.training.trainer import PresampledTriplets
-
         triplets = PresampledTriplets(triplets, cfg.batch_size, cfg.seed)
     kept, _ = holdout_split(cache.labels, cfg.holdout_per_class, cfg.seed, cache.wnids)
     source = InstanceTriplets(triplets, cache.labels, cfg.instance_fraction, num_views=cfg.views_per_image,
