@@ -71,7 +71,7 @@ bench-search-scale: $(VENV)/.installed
 # The tables of RESULTS.md and the README (between <!-- results:NAME --> markers) and the figures
 # levers.png / ablation_out_of_class.png, from the kept cards (docs/runs/) and docs/figures/*.json:
 results: $(VENV)/.installed
-	$(PY) -m ranking_lib.reporting.results
+	$(PY) tools/results.py
 
 # The explorer (notebooks/explore.ipynb) as a standalone page served by Voila, on a finished run:
 #   make explore RUN=runs/x [ROOT=runs] [PORT=8866]   -> prints http://127.0.0.1:8866/?token=...

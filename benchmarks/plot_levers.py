@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 
 from ranking_lib.reporting.plots import plot_precision_vs_minutes
-from ranking_lib.reporting.results import FIGURES, levers_points
+from ranking_lib.core.paths import FIGURES
+from ranking_lib.reporting.kept import levers_points
 
 
 def main() -> int:

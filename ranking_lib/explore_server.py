@@ -161,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(args) -> None:
-    from ranking_lib.core.settings import checkout_file
+    from ranking_lib.core.paths import checkout_file
 
     if args.max_kernels < 1:
         raise RankingError(f"--max-kernels must be >= 1 (got {args.max_kernels})")

@@ -59,7 +59,7 @@ def test_non_editable_install_runs_the_demo_outside_the_checkout(tmp_path):
     assert build.returncode == 0, build.stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    where = subprocess.run([str(py), "-c", "import ranking_lib, ranking_lib.core.settings as s; "
+    where = subprocess.run([str(py), "-c", "import ranking_lib, ranking_lib.core.paths as s; "
                             "print(ranking_lib.__file__); print(s.checkout_root())"],
                            cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert Path(where[0]).is_relative_to(site) and where[1] == "None", where  # the installed copy, no checkout

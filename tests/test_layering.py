@@ -94,10 +94,11 @@ def test_readme_layout_names_every_folder_benchmark_and_script():
     layout = layout[:layout.index("\n## ", 1)]
     row = {ln.split("|")[1].strip(" `"): ln for ln in layout.splitlines() if ln.startswith("| `")}
     for folder in ("ranking_lib/", "notebooks/", "data_scripts/", "report/", "benchmarks/", "scripts/", "cluster/",
-                   "tests/"):
+                   "tests/", "tools/"):
         assert folder in row, folder
     missing = [p.name for p in sorted((ROOT / "benchmarks").glob("bench_*.py")) if f"`{p.name}`" not in row["benchmarks/"]]
     missing += [p.name for p in sorted((ROOT / "scripts").iterdir()) if p.is_file() and f"`{p.name}`" not in row["scripts/"]]
+    missing += [p.name for p in sorted((ROOT / "tools").glob("*.py")) if f"`{p.name}`" not in row["tools/"]]
     assert not missing, "not in the README's layout table"
     for path in modules():
         rel = path.relative_to(PACKAGE)

@@ -116,7 +116,8 @@ def test_notebook_knobs_and_runner_parameters():
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_profiles_are_valid_configs(profile):
-    from ranking_lib.core.settings import base_dir, load_profile, resolve
+    from ranking_lib.core.paths import base_dir
+    from ranking_lib.core.settings import load_profile, resolve
 
     raw = load_profile(profile)
     s = resolve(profile)  # raises on unknown fields / invalid values
@@ -253,7 +254,7 @@ def test_demo_report_pdf(demo_run):
     # sample grid, triplets, loss, bars, 5 queries; then the measured full-data figures the repository
     # holds (the ablation's trade-off of class and near-duplicate similarity, recipes against minutes,
     # the ablation's out-of-class curve)
-    from ranking_lib.core.settings import checkout_file
+    from ranking_lib.core.paths import checkout_file
     from ranking_lib.reporting import ablation, report
 
     measured = ablation.load(checkout_file("docs/figures/ablation.json"))

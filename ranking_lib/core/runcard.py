@@ -29,12 +29,10 @@ from typing import Any
 from ranking_lib.core.errors import RankingError
 from ranking_lib.core.fileio import write_bytes, write_json
 from ranking_lib.core.names import MODELS
+from ranking_lib.core.paths import BENCH_RESULTS, KEPT_RUNS, REPO
 
 CARD_NAME = "run_card.json"
 CARD_VERSION = 1
-REPO = Path(__file__).resolve().parents[2]
-KEPT_RUNS = REPO / "docs" / "runs"
-BENCH_RESULTS = REPO / "benchmarks" / "results"
 FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")
 
 

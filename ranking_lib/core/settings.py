@@ -4,7 +4,7 @@ the CLI, the notebook runner and the benchmarks.
 Order: ``profiles/<name>.yaml`` (shipped in the package: ``ranking_lib/profiles/``) <
 ``--config FILE`` (a saved ``config.json``) < explicit overrides. Relative paths (``data_dir``,
 ``run_dir``, ``cache_dir``) in a profile are relative to the source checkout the package runs
-from (:func:`checkout_root`), or to the current directory when the package is installed; those
+from (`paths.checkout_root`), or to the current directory when the package is installed; those
 given on the command line or in a config file are relative to the current directory. All come
 out absolute.
 
@@ -30,28 +30,8 @@ from ranking_lib.core.config import RETIRED_FIELDS, RunConfig, coerce_field
 from ranking_lib.core.errors import RankingError
 from ranking_lib.core.fileio import read_json
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
-PROFILE_DIR = PACKAGE_DIR / "profiles"
+from ranking_lib.core.paths import PROFILE_DIR, base_dir
 
-
-def checkout_root() -> Path | None:
-    """The source checkout the package runs from (``pyproject.toml`` and ``notebooks/`` beside
-    ``ranking_lib/``), or None for an installed package."""
-    root = PACKAGE_DIR.parent
-    return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
-
-
-def base_dir() -> Path:
-    """What relative paths in a profile are relative to: the checkout, else the current directory."""
-    return checkout_root() or Path.cwd()
-
-
-def checkout_file(relative: str) -> Path | None:
-    """A file of the checkout (e.g. ``docs/figures/ablation.json``), or None when there is no
-    checkout or no such file (measured results an installed package does not ship)."""
-    root = checkout_root()
-    path = None if root is None else root / relative
-    return path if path is not None and path.exists() else None
 RUNNER_KEYS = frozenset({"make_demo_data", "env"})  # profile keys that are not RunConfig fields
 PATH_KEYS = ("data_dir", "run_dir", "cache_dir")
 BUDGET_KEYS = ("train_minutes", "budget_minutes")  # the time budget; explicit steps turn both off

@@ -8,7 +8,6 @@ section of Markdown. Every number is formatted from those files, never typed by 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,8 @@ from ranking_lib.core import fileio
 from ranking_lib.core.config import RunConfig
 from ranking_lib.core.names import MODELS
 from ranking_lib.core.errors import RankingError
+from ranking_lib.core.paths import FIGURES
+from ranking_lib.reporting import kept
 
 COURSE_TARGET = 60.0  # % validation precision@30
 
@@ -315,20 +316,19 @@ def discussion(r: RunRecord) -> str:
     ])
 
 
-LEVERS = Path(__file__).resolve().parents[2] / "docs" / "figures" / "levers.json"
+LEVERS = FIGURES / "levers.json"
 
 
 def measured_levers(path: str | Path = LEVERS) -> list[dict] | None:
     """The recipes measured on full Tiny ImageNet (precision@30 against wall-clock minutes,
     tuning split and val), each point's numbers read from its kept card in ``docs/runs/``
-    (`results.levers_points`), or None when `path` is absent."""
-    from ranking_lib.reporting import results
+    (`kept.levers_points`), or None when `path` is absent."""
 
     if path is None or not Path(path).is_file():
         return None
     path = Path(path)
     try:
-        return results.levers_points(path)
+        return kept.levers_points(path)
     except (ValueError, KeyError, TypeError) as e:
         if isinstance(e, RankingError):
             raise
@@ -472,21 +472,20 @@ def reference_commands(measured: dict | None, levers: list[dict] | None = None) 
     """Markdown: the commands of the reference results as one verbatim block, paths relative to the
     repository (the kept JSON holds them as they ran)."""
     from ranking_lib.reporting import ablation
-    from ranking_lib.reporting.results import card, relative
 
     blocks = []
     for p in levers or []:
-        command = card(p["card"])["command"] if p.get("card") else p["command"]
-        blocks.append(f"# {p['label']} ({p['split']}; docs/runs/{p['card']}/card.json)\n{_wrapped(relative(command))}")
+        command = kept.card(p["card"])["command"] if p.get("card") else p["command"]
+        blocks.append(f"# {p['label']} ({p['split']}; docs/runs/{p['card']}/card.json)\n{_wrapped(kept.relative(command))}")
     if measured:
-        base = relative(measured.get("base_command", "python -m ranking_lib STEP ...").replace(" --quiet", ""))
+        base = kept.relative(measured.get("base_command", "python -m ranking_lib STEP ...").replace(" --quiet", ""))
         base = base.replace("python -m ranking_lib STEP", "python -m ranking_lib all", 1)
         rows = "\n".join(f"#   {r['name']}: {' '.join(ablation.override_flags(r['overrides'])) or '(none)'}"
                          for r in measured["rows"])
         blocks.append("# the paper's options: every reduced-budget row is this command plus its flags\n"
                       f"{_wrapped(base + ' --run-dir runs/ablation/ROW')}\n{rows}")
         for r in measured.get("val_rows", []):
-            blocks.append(f"# full budget, val: {r['name']}\n{_wrapped(relative(r['command']))}")
+            blocks.append(f"# full budget, val: {r['name']}\n{_wrapped(kept.relative(r['command']))}")
     if not blocks:
         return ""
     return "Commands of the reference results:\n\n```text\n" + "\n\n".join(blocks) + "\n```"

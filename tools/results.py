@@ -7,7 +7,7 @@ A table sits between two markers, and only what is between them is rewritten::
     | ... rendered ... |
     <!-- /results:NAME -->
 
-``make results`` (``python -m ranking_lib.reporting.results``) rewrites every marked table and
+``make results`` (``python tools/results.py``) rewrites every marked table and
 draws the figures (``docs/figures/levers.png``, ``docs/figures/ablation_out_of_class.png``) from
 the same files; ``--check`` only compares and exits 1 naming the first table that differs
 (``tests/test_results.py`` runs it). Tables whose numbers have no card are not marked; RESULTS.md
@@ -17,35 +17,21 @@ says so above each of them.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
 from typing import Callable
 
 from ranking_lib.core.errors import RankingError
-from ranking_lib.core.fileio import read_json, write_text
+from ranking_lib.core.fileio import write_text
+from ranking_lib.core.paths import FIGURES, KEPT_RUNS, REPO
 from ranking_lib.core.runcard import machine_class
+from ranking_lib.reporting.kept import card, figure_json, levers_points, metrics, relative
 
-REPO = Path(__file__).resolve().parents[2]
-RUNS = REPO / "docs" / "runs"
-FIGURES = REPO / "docs" / "figures"
+RUNS = KEPT_RUNS
 DOCS = ("README.md", "RESULTS.md")
 MARKER = re.compile(r"(<!-- results:([\w.-]+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
 DASH = "–"
-
-
-# ---- inputs --------------------------------------------------------------------------------
-def card(name: str, runs: Path = RUNS) -> dict:
-    return read_json(runs / name / "card.json", "kept run card")
-
-
-def figure_json(name: str, figures: Path = FIGURES) -> dict:
-    return read_json(figures / name, "results file")
-
-
-def metrics(c: dict, model: str, split: str) -> dict:
-    return ((c.get("metrics") or {}).get(model) or {}).get(split) or {}
 
 
 # ---- formatting ----------------------------------------------------------------------------
@@ -74,18 +60,6 @@ def score(m: dict) -> str:
 
 def card_ref(name: str, c: dict) -> str:
     return f"[`{name}`](docs/runs/{name}/card.json)" + (" (reconstructed)" if c.get("reconstructed") else "")
-
-
-ABSOLUTE = ((str(REPO) + "/", ""), ("--cache-dir /work/data/cache", "--cache-dir <cache>"),
-            ("=/work/exp/cache-final", "=<empty dir>"), ("/work/data/", "data/"), ("/work/exp/", "runs/"))
-
-
-def relative(command: str) -> str:
-    """A command as the documentation shows it: the checkout, the data and the run folders of the
-    machine it ran on made repository-relative (the kept JSON holds the commands as they ran)."""
-    for a, b in ABSOLUTE:
-        command = command.replace(a, b)
-    return command
 
 
 # ---- tables --------------------------------------------------------------------------------
@@ -465,23 +439,6 @@ def marked(text: str) -> list[str]:
     return [m.group(2) for m in MARKER.finditer(text)]
 
 
-def levers_points(path: Path | None = None) -> list[dict]:
-    """The points of the precision-against-minutes figure, values read from their cards:
-    ``docs/figures/levers.json`` names each point's card, split and label. A point whose
-    minutes are stitched from two runs or estimated gets ``kind`` (drawn hollow)."""
-    spec = figure_json("levers.json") if path is None else json.loads(Path(path).read_text(encoding="utf-8"))
-    out = []
-    for p in spec["points"]:
-        c = card(p["card"])
-        m = metrics(c, "trained", p["split"])
-        drawn = {**p, "precision@30": m["precision@30"], "minutes": c["wall_s"] / 60}
-        kind = "stitched" if "wall_s" in c.get("stitched", []) else "estimated" if "wall_s" in c.get("estimated", []) else None
-        if kind:
-            drawn["kind"] = kind
-        out.append(drawn)
-    return out
-
-
 def draw_figures(figures: Path = FIGURES) -> list[Path]:
     from ranking_lib.reporting import ablation
     from ranking_lib.reporting.plots import plot_precision_vs_minutes
@@ -492,7 +449,7 @@ def draw_figures(figures: Path = FIGURES) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ranking_lib.reporting.results", description=__doc__,
+    p = argparse.ArgumentParser(prog="python tools/results.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true", help="compare only; exit 1 when a committed table differs")
     p.add_argument("--no-figures", action="store_true", help="tables only")
