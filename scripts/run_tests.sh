@@ -15,7 +15,7 @@ shift
 # OpenMP threads spinning for their next parallel region took the cores from the others (three
 # copies of one training test side by side: 135 s spinning, 67 s passive, on the 2-core EPYC).
 export OMP_WAIT_POLICY=PASSIVE
-SECOND=(tests/test_browser.py tests/test_distributed.py tests/test_install.py tests/test_notebooks.py tests/test_slurm.py)
+SECOND=(tests/test_browser.py tests/training/test_distributed.py tests/test_install.py tests/test_notebooks.py tests/test_slurm.py)
 mkdir -p runs
 second_log=runs/pytest-second.log nbval_log=runs/nbval.log
 # each in its own session (setsid), so that an interrupted or failed run ends all of it

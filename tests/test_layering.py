@@ -107,3 +107,13 @@ def test_readme_layout_names_every_folder_benchmark_and_script():
             assert re.search(rf"{re.escape(folder)} \([^)]*\b{path.stem}\b", row["ranking_lib/"]), rel
         elif not folder:
             assert f"`{path.stem}`" in row["ranking_lib/"], rel
+
+
+def test_test_folders_mirror_the_package():
+    """``tests/<folder>/`` holds the tests of ``ranking_lib/<folder>/``: every test folder is a
+    package folder, and no test file sits deeper than one folder."""
+    tests = ROOT / "tests"
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    assert folders and folders <= {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}, folders
+    assert not [p for p in tests.glob("*/*/test_*.py")]
+    assert {"core", "training", "retrieval"} <= folders

@@ -15,7 +15,7 @@ from data_scripts.make_demo_dataset import make_demo_dataset
 from ranking_lib.data import TinyImageNet, load_or_build_cache
 from ranking_lib.core.errors import DatasetError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DL_SCRIPT = REPO / "data_scripts" / "download_tiny_imagenet.py"
 DEMO_SCRIPT = REPO / "data_scripts" / "make_demo_dataset.py"
 

@@ -23,7 +23,7 @@ from conftest import SMALL_CLASSES
 from ranking_lib.training.checkpoint import read_checkpoint
 from ranking_lib.training.distributed import DistContext
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

@@ -22,7 +22,7 @@ from ranking_lib.data import (
 )
 from ranking_lib.core.errors import CorruptImageError, DatasetError, RankingError
 
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "tiny-imagenet-sample"
+SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "tiny-imagenet-sample"
 
 
 # ----------------------------------------------------------------------------- helpers
