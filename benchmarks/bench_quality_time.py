@@ -77,7 +77,7 @@ def train_curve(name: str, cfg: RunConfig, wnids, inputs, labels, triplets, eval
                 every_s: float, t_offset: float, probe_steps: int, run_dir: Path) -> dict:
     """Train `cfg` for `budget_s` seconds of training time; evaluate every `every_s` seconds."""
     # probe: a few steps on a throw-away copy size the cosine schedule to the budget
-    probe = Trainer(cfg.replace(steps=10**6), initial_model(cfg, wnids), inputs, labels, triplets, run_dir / "probe")
+    probe = Trainer(cfg.replace(steps=10**6), initial_model(cfg, wnids), inputs, labels, triplets, run_dir=run_dir / "probe")
     probe.model.train()
     probe.train_step(0)
     t0 = time.perf_counter()
@@ -87,7 +87,7 @@ def train_curve(name: str, cfg: RunConfig, wnids, inputs, labels, triplets, eval
     del probe
     steps = max(cfg.warmup_steps + 1, int(budget_s / step_s))
     cfg = cfg.replace(steps=steps)
-    trainer = Trainer(cfg, initial_model(cfg, wnids), inputs, labels, triplets, run_dir / name)
+    trainer = Trainer(cfg, initial_model(cfg, wnids), inputs, labels, triplets, run_dir=run_dir / name)
     print(f"[{name}] probe {step_s * 1000:.0f} ms/step -> cosine schedule over {steps} steps "
           f"({budget_s / 60:.1f} min budget)", flush=True)
 

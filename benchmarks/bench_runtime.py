@@ -243,7 +243,7 @@ def step_trainer(bf16: bool, channels_last: bool, run_dir: Path, n: int = 4000):
     labels = np.repeat(np.arange(200), n // 200)
     q = rng.integers(0, n, 20_000)
     trip = np.stack([q, (q // 20) * 20 + rng.integers(0, 20, len(q)), rng.integers(0, n, len(q))], 1)
-    trainer = Trainer(cfg, model, ModelInputs(feats, "stage_features"), labels, trip, run_dir)
+    trainer = Trainer(cfg, model, ModelInputs(feats, "stage_features"), labels, trip, run_dir=run_dir)
     model.train()
     return trainer
 

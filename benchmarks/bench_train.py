@@ -77,7 +77,7 @@ def time_naive(cfg: RunConfig, root: Path, paths: list[str], triplets: np.ndarra
 
 def time_project(cfg: RunConfig, inputs: np.ndarray, labels: np.ndarray, triplets: np.ndarray, steps: int,
                  run_dir: Path) -> float:
-    trainer = Trainer(cfg, build_model(cfg), inputs, labels, triplets, run_dir)
+    trainer = Trainer(cfg, build_model(cfg), inputs, labels, triplets, run_dir=run_dir)
     trainer.model.train()
     trainer.train_step(0)  # warm-up
     t0 = time.perf_counter()
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         scfg = cfg.replace(freeze_stages=args.freeze_stages, cache_stage_features=True)
         net = build_model(scfg)
         t0 = time.perf_counter()
-        feats = ModelInputs(load_or_build_stage_features(net, cache, True, device=net.head.weight.device),
+        feats = ModelInputs(load_or_build_stage_features(net, cache, pretrained=True, device=net.head.weight.device),
                             "stage_features")
         build_s = time.perf_counter() - t0
         sp = time_project(scfg, feats, cache.labels, triplets, args.steps, run_dir)

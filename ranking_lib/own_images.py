@@ -336,8 +336,8 @@ def find_duplicates(cfg: RunConfig, name: str, *, threshold: float | None = None
     where = index_dir(cfg, name)
     title = f"{sum(map(len, found))} images in {len(found)} near-duplicate groups of {data.meta['root']} (d <= {t:.4f})"
     csv_path = dup.write_csv(where / "duplicates.csv", found, data.paths, data.embeddings)
-    html_path = dup.write_contact_sheet(where / "duplicates.html", found, data.paths, data.embeddings,
-                                        Path(data.meta["root"]), title)
+    html_path = dup.write_contact_sheet(where / "duplicates.html", found, data.paths, embeddings=data.embeddings,
+                                        root=Path(data.meta["root"]), title=title)
     return {"threshold": t, "calibration": calib, "groups": [[data.paths[i] for i in g] for g in found],
             "csv": csv_path, "html": html_path}
 

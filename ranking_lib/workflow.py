@@ -247,7 +247,7 @@ def sample(cfg: RunConfig, *, replace: bool = False) -> dict[str, np.ndarray]:
             meta["purpose"] = "evaluation only: training draws its triplets online"
         if meta["sampler"] == "relevance":  # evaluation triplets stay the course's
             sampler = RelevanceTripletSampler(cache.labels[ids], golden_features(cfg, cache)[ids],
-                                              cfg.out_of_class_fraction, cfg.relevance_tp, cfg.relevance_tr,
+                                              out_of_class_fraction=cfg.out_of_class_fraction, tp=cfg.relevance_tp, tr=cfg.relevance_tr,
                                               seed=seed, class_ids=cache.wnids, split=where)
             t = ids[sampler.sample(n)]
             meta.update(in_class_negatives=int((cache.labels[t[:, 0]] == cache.labels[t[:, 2]]).sum()),
@@ -308,7 +308,7 @@ def class_similarity(cfg: RunConfig, wnids) -> np.ndarray | None:
     return hierarchy.similarity
 
 
-def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: int | None = None,
+def train(cfg: RunConfig, *, progress: bool = True, resume: bool = True, stop_at: int | None = None,
           steps_per_s: float | None = None, replans: list | None = None) -> TrainResult:
     """Train the ranking network on the pre-sampled training triplets.
 
@@ -333,7 +333,7 @@ def train(cfg: RunConfig, progress: bool = True, resume: bool = True, stop_at: i
     triplets, views = distributed.main_first(  # instance triplets mixed in (instance_fraction), their views
         ctx, lambda: instance_training(cfg, triplets, model, caches["train"], progress and ctx.is_main))
     parts = build_parts(cfg, model, class_similarity(cfg, caches["train"].wnids))  # optimiser, loss, miner, terms
-    trainer = Trainer(cfg, model, inputs, caches["train"].labels, triplets, cfg.run_dir, replans=replans or (),
+    trainer = Trainer(cfg, model, inputs, caches["train"].labels, triplets, run_dir=cfg.run_dir, replans=replans or (),
                       views=views, parts=parts)
     if resume:
         trainer.resume()  # refuses changed settings before config.json is rewritten
@@ -537,7 +537,7 @@ def evaluate(cfg: RunConfig, model: str = "trained") -> dict[str, dict]:
     metrics = evaluate_embeddings(db, triplets, kept=kept, held=held, ks=cfg.ks,
                                   train_eval_queries=cfg.train_eval_queries, seed=cfg.seed, val=val,
                                   index_options=index_options(cfg), rerank=run_reranker(cfg, model))
-    semantic = semantic_metrics(cfg, model, db, kept, held, val, metrics) if cfg.semantic_metrics else None
+    semantic = semantic_metrics(cfg, model, db, kept=kept, held=held, val=val, metrics=metrics) if cfg.semantic_metrics else None
     write_json(run_path(cfg, f"metrics_{model}.json"), {"model": model, "config": cfg.to_dict(), **metrics,
                                                         **({"semantic": semantic} if semantic else {})})
     return metrics
@@ -563,7 +563,7 @@ def run_reranker(cfg: RunConfig, model: str) -> Reranker:
     return Reranker(cfg.rerank, cfg.rerank_k, cfg.rerank_alpha)
 
 
-def semantic_metrics(cfg: RunConfig, model: str, db: EmbeddingIndex, kept: np.ndarray, held: np.ndarray,
+def semantic_metrics(cfg: RunConfig, model: str, db: EmbeddingIndex, *, kept: np.ndarray, held: np.ndarray,
                      val: EmbeddingIndex | None, metrics: dict[str, dict]) -> dict:
     """Similarity beyond the label (`retrieval.semantic`), added to `metrics`' tune and val splits:
 

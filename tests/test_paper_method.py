@@ -41,8 +41,8 @@ def test_relevance_sampler_constraints(fraction):
     assert (rqp[in_class] - rqn[in_class] >= 0.05 - 1e-9).all()  # the T_r margin
     share_out = 1 - in_class.mean()
     assert abs(share_out - fraction) < 0.04 + s.in_class_fallbacks / len(t), (share_out, fraction)
-    assert np.array_equal(t, RelevanceTripletSampler(labels, feats, fraction, 0.9, 0.05, seed=3).sample(4000))
-    assert not np.array_equal(t, RelevanceTripletSampler(labels, feats, fraction, 0.9, 0.05, seed=4).sample(4000))
+    assert np.array_equal(t, RelevanceTripletSampler(labels, feats, out_of_class_fraction=fraction, tp=0.9, tr=0.05, seed=3).sample(4000))
+    assert not np.array_equal(t, RelevanceTripletSampler(labels, feats, out_of_class_fraction=fraction, tp=0.9, tr=0.05, seed=4).sample(4000))
 
 
 def test_relevance_sampler_frequencies_follow_the_paper():
@@ -158,7 +158,7 @@ def test_online_index_maps_back_to_the_split():
 # ---- multiscale network ------------------------------------------------------------------
 def test_multiscale_shapes_norms_and_gradients_reach_every_path():
     torch.manual_seed(0)
-    net = EmbeddingNet("efficientnet_lite0", 32, pretrained=False, input_size=64, architecture="multiscale",
+    net = EmbeddingNet("efficientnet_lite0", embedding_dim=32, pretrained=False, input_size=64, architecture="multiscale",
                        freeze_stages=0, channels_last=False)
     assert len(net.paths) == 2 and [p.factor for p in net.paths] == [4, 8]
     assert net.head.in_features == net.backbone.feature_dim + 2 * 4 * 4 * 96

@@ -176,7 +176,7 @@ def thumbnail_uri(path: Path, size: int = 128) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def write_contact_sheet(path: Path, found: list[list[int]], paths: list[str], embeddings: np.ndarray,
+def write_contact_sheet(path: Path, found: list[list[int]], paths: list[str], *, embeddings: np.ndarray,
                         root: Path, title: str) -> Path:
     """An HTML page: one row per group, each image's thumbnail, path and distance to the first."""
     rows = []

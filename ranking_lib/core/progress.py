@@ -37,7 +37,7 @@ def mode() -> str:
 class LineProgress:
     """A tqdm stand-in that prints one line per `every_percent` % (and at the end)."""
 
-    def __init__(self, iterable=None, total: int | None = None, desc: str = "", unit: str = "it",
+    def __init__(self, iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it",
                  initial: int = 0, every_percent: float = 10.0, stream=None) -> None:
         self.iterable = iterable
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)

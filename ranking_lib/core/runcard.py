@@ -201,7 +201,7 @@ def portable_arg(arg: str, repo: Path = REPO) -> str:
 
 
 def write_benchmark_card(name: str, results_path: str | Path, argv: list[str] | None = None,
-                         phases: dict[str, float] | None = None, keep: Path | None = None,
+                         *, phases: dict[str, float] | None = None, keep: Path | None = None,
                          script: str | None = None) -> Path:
     """A benchmark's card beside its results (``<results>.card.json``). When the results went
     to the default folder ``benchmarks/results/`` (ignored by git), the results and the card are

@@ -246,7 +246,7 @@ def _prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def make_demo_dataset(out_dir, num_classes: int = 10, train_per_class: int = 100,
+def make_demo_dataset(out_dir, num_classes: int = 10, *, train_per_class: int = 100,
                       val_per_class: int = 20, seed: int = 0, size: int = 64) -> Path:
     """Generate the synthetic dataset under ``out_dir`` (created) and return its path."""
     if num_classes < 2:
@@ -326,7 +326,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     try:
-        out = make_demo_dataset(args.out, args.classes, args.train_per_class, args.val_per_class, args.seed)
+        out = make_demo_dataset(args.out, args.classes, train_per_class=args.train_per_class, val_per_class=args.val_per_class, seed=args.seed)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -35,7 +35,7 @@ _POOL_MIN_IMAGES = 4000
 class ImageCache:
     """Decoded images of one split: ``images[i]`` is the uint8 RGB image of ``paths[i]``."""
 
-    def __init__(self, images, labels, paths, wnids, class_names, split, skipped=(), cache_file=None,
+    def __init__(self, images, labels, *, paths, wnids, class_names, split, skipped=(), cache_file=None,
                  crc32: int | None = None):
         self.images: np.ndarray = images
         self.labels: np.ndarray = np.asarray(labels, dtype=np.int64)
@@ -285,7 +285,7 @@ def load_or_build_cache(
     dataset: TinyImageNet,
     split: str,
     cache_dir=None,
-    skip_corrupt: bool = False,
+    *, skip_corrupt: bool = False,
     image_size: int = 64,
     progress: bool = True,
     workers: int | None = None,
@@ -330,5 +330,5 @@ def load_or_build_cache(
     paths, labels, skipped, crc = _build(dataset, split, items, npy, meta_file, fingerprint,
                                          skip_corrupt, image_size, progress, workers)
     images = np.load(npy, mmap_mode="r")
-    return ImageCache(images, labels, paths, dataset.wnids, dataset.class_names, split,
+    return ImageCache(images, labels, paths=paths, wnids=dataset.wnids, class_names=dataset.class_names, split=split,
                       skipped=skipped, cache_file=npy, crc32=crc)

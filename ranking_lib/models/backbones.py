@@ -40,7 +40,7 @@ class Backbone(nn.Module):
         mean, std: per-channel input normalisation for images scaled to [0, 1].
     """
 
-    def __init__(self, net: nn.Module, stages: list[nn.Module], feature_dim: int,
+    def __init__(self, net: nn.Module, stages: list[nn.Module], *, feature_dim: int,
                  mean: tuple[float, ...], std: tuple[float, ...],
                  classifier: nn.Module | None = None) -> None:
         super().__init__()
@@ -191,7 +191,7 @@ def create_efficientnet_lite(variant: int, pretrained: bool = True) -> Backbone:
     if pretrained:
         state = torch.load(efficientnet_lite_weights_path(variant), map_location="cpu", weights_only=True)
         net.load_state_dict(state, strict=True)
-    return Backbone(net, net.stage_modules(), 1280, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+    return Backbone(net, net.stage_modules(), feature_dim=1280, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                     classifier=net._fc)
 
 
@@ -213,7 +213,7 @@ def _create_resnet(name: str, pretrained: bool) -> Backbone:
         ) from e
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
     stages = [stem, net.layer1, net.layer2, net.layer3, net.layer4]
-    return Backbone(net, stages, net.fc.in_features, IMAGENET_MEAN, IMAGENET_STD, classifier=net.fc)
+    return Backbone(net, stages, feature_dim=net.fc.in_features, mean=IMAGENET_MEAN, std=IMAGENET_STD, classifier=net.fc)
 
 
 BACKBONES: Registry[Callable[[bool], Backbone]] = Registry("backbone")

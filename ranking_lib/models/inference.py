@@ -97,7 +97,7 @@ def on_device_for_inference(net: EmbeddingNet, device: torch.device | str) -> Em
 
 
 def embed_images(net: EmbeddingNet, inputs: ModelInputs | np.ndarray, batch_size: int = 256,
-                 device: str = "auto", baseline: bool = False, progress: bool = True, desc: str = "embed",
+                 device: str = "auto", *, baseline: bool = False, progress: bool = True, desc: str = "embed",
                  bf16_cpu: bool = False, flip_tta: bool = False) -> np.ndarray:
     """Embed all `inputs` with one network, in batches; float32 (N, embedding_dim).
 

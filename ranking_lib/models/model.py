@@ -73,7 +73,7 @@ class EmbeddingNet(nn.Module):
         architecture: ``single`` or ``multiscale`` (adds the two `ShallowPath`s).
     """
 
-    def __init__(self, backbone: str = "efficientnet_lite0", embedding_dim: int = 128,
+    def __init__(self, backbone: str = "efficientnet_lite0", *, embedding_dim: int = 128,
                  pretrained: bool = True, input_size: int = 128, head: str = "linear",
                  normalize: bool = True, freeze_stages: int = 0, channels_last: bool = True,
                  freeze_bn: bool = False, architecture: str = "single") -> None:
@@ -212,6 +212,6 @@ HEAD_INITS.add("classifier", init_head_from_classifier)
 def build_model(cfg) -> EmbeddingNet:
     """The `EmbeddingNet` a `RunConfig` describes (head initialised from cfg.seed)."""
     torch.manual_seed(cfg.seed)
-    return EmbeddingNet(cfg.backbone, cfg.embedding_dim, cfg.pretrained, cfg.input_size, cfg.head,
-                        cfg.normalize_embeddings, cfg.freeze_stages, cfg.channels_last, cfg.freeze_bn,
-                        cfg.architecture)
+    return EmbeddingNet(cfg.backbone, embedding_dim=cfg.embedding_dim, pretrained=cfg.pretrained, input_size=cfg.input_size, head=cfg.head,
+                        normalize=cfg.normalize_embeddings, freeze_stages=cfg.freeze_stages, channels_last=cfg.channels_last, freeze_bn=cfg.freeze_bn,
+                        architecture=cfg.architecture)

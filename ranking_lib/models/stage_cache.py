@@ -77,7 +77,7 @@ def stage_features_shape(net: EmbeddingNet, images: np.ndarray, device: torch.de
 
 
 def compute_stage_features(net: EmbeddingNet, images: np.ndarray, out: np.ndarray | None = None,
-                           batch_size: int = 256, device: torch.device | str = "cpu", progress: bool = True,
+                           *, batch_size: int = 256, device: torch.device | str = "cpu", progress: bool = True,
                            desc: str = "stage features", bf16_cpu: bool = False,
                            runtime: str = "torch") -> np.ndarray:
     """Stages [0, freeze_stages) of `net` on `images`, as float16 (N, C, H, W): written into
@@ -130,7 +130,7 @@ def _load_checked(path: Path, n: int) -> tuple[np.ndarray | None, str]:
     return (None, damaged) if damaged else (arr, "")
 
 
-def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, pretrained: bool, batch_size: int = 256,
+def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, *, pretrained: bool, batch_size: int = 256,
                                  device: torch.device | str = "cpu", progress: bool = True,
                                  bf16_cpu: bool = False, runtime: str = "torch") -> np.ndarray:
     """Memory-mapped float16 outputs of the frozen stages for every image of `cache`.
@@ -157,7 +157,7 @@ def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, pretraine
     with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
         reserve(tmp, target=path)  # a full disk: one line now, not a SIGBUS in the memory map
-        compute_stage_features(net, cache.images, out, batch_size, device, progress,
+        compute_stage_features(net, cache.images, out, batch_size=batch_size, device=device, progress=progress,
                                desc=f"frozen stages ({cache.split}, {runtime})", bf16_cpu=bf16_cpu, runtime=runtime)
         out.flush()
         crc = content_crc32(out)
@@ -171,9 +171,9 @@ def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, pretraine
 
 def stage_inputs(cfg: RunConfig, net: EmbeddingNet, cache: ImageCache, progress: bool = True) -> ModelInputs:
     """Cached outputs of the frozen stages of the *pretrained* network for one split."""
-    return ModelInputs(load_or_build_stage_features(net, cache, cfg.pretrained, cfg.embed_batch_size,
-                                                    resolve_device(cfg.device), progress, cfg.bf16_cpu,
-                                                    cfg.frozen_runtime),
+    return ModelInputs(load_or_build_stage_features(net, cache, pretrained=cfg.pretrained, batch_size=cfg.embed_batch_size,
+                                                    device=resolve_device(cfg.device), progress=progress, bf16_cpu=cfg.bf16_cpu,
+                                                    runtime=cfg.frozen_runtime),
                        "stage_features")
 
 

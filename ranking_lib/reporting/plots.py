@@ -153,7 +153,7 @@ def moving_average(values: Sequence[float], window: int) -> np.ndarray:
     return pd.Series(np.asarray(values, dtype=np.float64)).rolling(window, min_periods=1).mean().to_numpy()
 
 
-def plot_loss_curve(steps: Sequence[float], losses: Sequence[float], smooth: float | None = 0.98,
+def plot_loss_curve(steps: Sequence[float], losses: Sequence[float], *, smooth: float | None = 0.98,
                     window: int | None = None, ax=None, title: str = "Training loss (ranking hinge loss)",
                     gap: float | None = None, path=None) -> Figure:
     """Per-step training loss (thin) and its smoothed curve (EMA `smooth` or moving `window`).
@@ -215,7 +215,7 @@ def plot_class_counts(class_names: Sequence[str], train_counts: Sequence[int], v
     return finish(fig, path)
 
 
-def plot_sample_grid(images, labels, class_names: Sequence[str], per_class: int = 8,
+def plot_sample_grid(images, labels, class_names: Sequence[str], *, per_class: int = 8,
                      max_classes: int = 10, seed: int = 0, path=None) -> Figure:
     """Grid of random images: one row per class (first `max_classes` classes present)."""
     images = np.asarray(images)
@@ -267,7 +267,7 @@ def plot_triplets(images_q, images_p, images_n, captions: Sequence | None = None
 
 
 # ---- queries ---------------------------------------------------------------------------
-def plot_query_result(query_image, query_caption: str, top_images, top_distances, top_same_class,
+def plot_query_result(query_image, query_caption: str, top_images, *, top_distances, top_same_class,
                       bottom_images, bottom_distances, bottom_same_class, top_captions=None,
                       bottom_captions=None, title: str | None = None, ncols: int | None = None,
                       path=None) -> Figure:
@@ -317,7 +317,7 @@ def plot_query_result(query_image, query_caption: str, top_images, top_distances
     return finish(fig, path)
 
 
-def plot_query(result, query_image, database, title: str | None = None, ncols: int = 5, path=None) -> Figure:
+def plot_query(result, query_image, database, *, title: str | None = None, ncols: int = 5, path=None) -> Figure:
     """`plot_query_result` for a `workflow.QueryResult` against the training images of `database`
     (an `ImageCache`): tiles captioned with class names, frames by same class as the query
     (all red when the query's class is unknown, e.g. an uploaded image)."""
@@ -327,8 +327,8 @@ def plot_query(result, query_image, database, title: str | None = None, ncols: i
         else (lambda labels: np.zeros(len(labels), dtype=bool))
     return plot_query_result(
         query_image, label,
-        database.images[result.top_indices], result.top_distances, same(result.top_labels),
-        database.images[result.bottom_indices], result.bottom_distances, same(result.bottom_labels),
+        database.images[result.top_indices], top_distances=result.top_distances, top_same_class=same(result.top_labels),
+        bottom_images=database.images[result.bottom_indices], bottom_distances=result.bottom_distances, bottom_same_class=same(result.bottom_labels),
         top_captions=[database.class_names[c] for c in result.top_labels],
         bottom_captions=[database.class_names[c] for c in result.bottom_labels],
         title=title or f"{label}   green frame = same class, red = other class", ncols=ncols, path=path)

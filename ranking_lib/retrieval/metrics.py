@@ -248,7 +248,7 @@ def retrieval_metrics(
     index,
     query_embeddings,
     query_labels,
-    ks=(1, 10, 30),
+    *, ks=(1, 10, 30),
     exclude_self: bool = False,
     query_ids=None,
     chunk_size: int = 4096,

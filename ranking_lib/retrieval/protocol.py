@@ -44,7 +44,7 @@ def queries_without_match(query_labels: np.ndarray, db_labels: np.ndarray) -> in
     return int((~np.isin(query_labels, db_labels)).sum())
 
 
-def choose_rerank(kept_db: EmbeddingIndex, queries: np.ndarray, labels: np.ndarray, ks, index_options: dict,
+def choose_rerank(kept_db: EmbeddingIndex, queries: np.ndarray, labels: np.ndarray, *, ks, index_options: dict,
                   candidates=AUTO_CANDIDATES) -> tuple[Reranker, dict[str, float]]:
     """The candidate re-ranking with the best precision@max(ks) of the tuning queries (ties: the
     earlier, i.e. simpler, candidate), and every candidate's score."""
@@ -101,7 +101,7 @@ def evaluate_embeddings(db: EmbeddingIndex, triplets: dict[str, np.ndarray], *, 
             raise RankingError("rerank 'auto' chooses on the tuning split: set holdout_per_class > 0, "
                                "or pass a method (none, aqe, dba, dba+aqe)")
         base = EmbeddingIndex(db.embeddings[kept], db.labels[kept], **opts)
-        rerank, search = choose_rerank(base, db.embeddings[held], db.labels[held], ks, opts)
+        rerank, search = choose_rerank(base, db.embeddings[held], db.labels[held], ks=ks, index_options=opts)
     trip = triplets["train"]
     m = {"triplet_acc": triplet_accuracy_from_index(db.embeddings, trip), "num_triplets": int(len(trip))}
     ids = train_query_ids(kept, train_eval_queries, seed)

@@ -296,7 +296,7 @@ def semantic_triplet_accuracy(query_embeddings, db_embeddings, triplets) -> floa
     return float(100.0 * np.mean(np.linalg.norm(q - d[t[:, 1]], axis=1) < np.linalg.norm(q - d[t[:, 2]], axis=1)))
 
 
-def semantic_retrieval_metrics(db, query_embeddings, query_labels, similarity, ks=(1, 10, 30),
+def semantic_retrieval_metrics(db, query_embeddings, query_labels, similarity, *, ks=(1, 10, 30),
                                num_triplets: int = 10000, seed: int = 0, chunk_size: int = 4096) -> dict:
     """The WordNet-graded metrics of queries against an `EmbeddingIndex` (queries not in it).
 
@@ -474,7 +474,7 @@ def transform_images(images: np.ndarray, name: str, seed: int = 0) -> np.ndarray
 
 
 def near_duplicate_recall(embed: Callable[[np.ndarray], np.ndarray], images: np.ndarray, db_embeddings,
-                          ks=(1, 10), seed: int = 0, transforms: Sequence[str] = tuple(ALL_TRANSFORMS)) -> dict:
+                          *, ks=(1, 10), seed: int = 0, transforms: Sequence[str] = tuple(ALL_TRANSFORMS)) -> dict:
     """Near-duplicate retrieval: recall@k of the original, in percent.
 
     The originals `images` (uint8 (N, H, W, 3)) are embedded with `embed` and added to

@@ -190,7 +190,7 @@ def replans_from(records: Iterable[dict] | None) -> list[Replan]:
     return out
 
 
-def new_plan(cfg: RunConfig, minutes: float, steps_per_s: float, calibration_steps: int = 0,
+def new_plan(cfg: RunConfig, minutes: float, steps_per_s: float, *, calibration_steps: int = 0,
              calibration_s: float = 0.0, measured: bool = True, spent_s: float = 0.0,
              evaluation_s: float = 0.0) -> BudgetPlan:
     """The plan of a run starting now: `minutes` of training (`training_minutes`) at `steps_per_s`

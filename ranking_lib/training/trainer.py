@@ -90,7 +90,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: RunConfig, model: EmbeddingNet, inputs: ModelInputs | np.ndarray, labels: np.ndarray,
-                 triplets, run_dir: str | Path | None = None, *, replans: Sequence[Replan | dict] = (),
+                 triplets, *, run_dir: str | Path | None = None, replans: Sequence[Replan | dict] = (),
                  views=None, parts: TrainingParts | None = None, class_similarity=None) -> None:
         self.cfg = cfg
         self.dist = distributed.context()
@@ -253,7 +253,7 @@ class Trainer:
                 rate, n, spent = self.measure_step_rate(max_s=min(CALIBRATION_MAX_S, minutes * 60 / 10))
             else:
                 rate, n, spent = float(steps_per_s), 0, 0.0
-            self.budget = new_plan(self.cfg, minutes, rate, n, spent, measured=steps_per_s is None,
+            self.budget = new_plan(self.cfg, minutes, rate, calibration_steps=n, calibration_s=spent, measured=steps_per_s is None,
                                    spent_s=spent_s, evaluation_s=evaluation_s)
             self.cfg = self.cfg.replace(steps=self.budget.steps)
             if self.resumed_from is None:
@@ -285,7 +285,8 @@ class Trainer:
             im = (self.device_side_images[torch.from_numpy(idx).to(self.device)]
                   if self.device_side_images is not None else self._gather(self.inputs.images, idx))
         if self.views is not None:  # instance triplets: the positive is a view of the query's own image
-            x, im = self.views.positives(x, im, t[:, 0], *self.source.instance_rows(step), step)
+            rows, views = self.source.instance_rows(step)
+            x, im = self.views.positives(x, im, t[:, 0], rows, views=views, step=step)
         if self.cfg.augment:
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
             if self.from_stage:

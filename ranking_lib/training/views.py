@@ -184,7 +184,7 @@ class ViewImages:
         return apply_views(x, self.params[start:stop:step]).numpy()
 
 
-def view_features_file(cache: ImageCache, net: EmbeddingNet, pretrained: bool, num_views: int, seed: int,
+def view_features_file(cache: ImageCache, net: EmbeddingNet, *, pretrained: bool, num_views: int, seed: int,
                        bf16: bool = False, runtime: str = "torch") -> Path:
     """Beside the stage features of `cache`: ``views_<the stage file's name>_x<K>_s<seed>_v<version>.npy``."""
     stage = stage_features_file(cache, net, pretrained, bf16, runtime)
@@ -205,7 +205,7 @@ def load_or_build_view_features(cfg: RunConfig, net: EmbeddingNet, cache: ImageC
     device = resolve_device(cfg.device)
     bf16 = uses_cpu_bf16(device, cfg.bf16_cpu)
     runtime = resolve_runtime(cfg.frozen_runtime, device, bf16)
-    path = view_features_file(cache, net, cfg.pretrained, k_views, cfg.seed, bf16, runtime)
+    path = view_features_file(cache, net, pretrained=cfg.pretrained, num_views=k_views, seed=cfg.seed, bf16=bf16, runtime=runtime)
     arr, reason = _load_checked(path, len(cache))
     if arr is not None:
         return arr
@@ -219,8 +219,8 @@ def load_or_build_view_features(cfg: RunConfig, net: EmbeddingNet, cache: ImageC
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
         reserve(tmp, target=path)  # a full disk: one line now, not a SIGBUS in the memory map
         for k in range(k_views):
-            compute_stage_features(net, ViewImages(cache.images, cfg.seed, k), out[:, k], cfg.embed_batch_size,
-                                   device, progress, desc=f"frozen stages of view {k + 1}/{k_views} ({cache.split})",
+            compute_stage_features(net, ViewImages(cache.images, cfg.seed, k), out[:, k], batch_size=cfg.embed_batch_size,
+                                   device=device, progress=progress, desc=f"frozen stages of view {k + 1}/{k_views} ({cache.split})",
                                    bf16_cpu=cfg.bf16_cpu, runtime=runtime)
         out.flush()
         crc = content_crc32(out)
@@ -260,7 +260,7 @@ class TrainingViews:
         return view_params(self.seed, view, len(self.images))
 
     def positives(self, x: torch.Tensor, im: torch.Tensor | None, queries: np.ndarray, rows: np.ndarray,
-                  views: np.ndarray, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  *, views: np.ndarray, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`x` (and `im`), a batch of 3B inputs (queries, positives, negatives), with the positive
         of every instance row r (``rows[r]``) replaced by a view of query image ``queries[r]``:
         a live view of the query's row of `x`, or its cached view ``views[r]``."""

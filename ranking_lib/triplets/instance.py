@@ -38,7 +38,7 @@ class InstanceTriplets:
             default all. Every query must be one of them.
     """
 
-    def __init__(self, source, labels: np.ndarray, fraction: float, num_views: int = 0, seed: int = 0,
+    def __init__(self, source, labels: np.ndarray, fraction: float, *, num_views: int = 0, seed: int = 0,
                  candidates: np.ndarray | None = None) -> None:
         if not 0 < fraction <= 1:
             raise RankingError(f"instance_fraction must be in (0, 1] for instance triplets (got {fraction})")

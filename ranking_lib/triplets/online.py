@@ -62,7 +62,7 @@ class OnlineTriplets:
             training images when a tuning split is held out); default the identity.
     """
 
-    def __init__(self, labels: np.ndarray, batch_size: int, buffer_size: int = 32, refresh_steps: int = 50,
+    def __init__(self, labels: np.ndarray, *, batch_size: int, buffer_size: int = 32, refresh_steps: int = 50,
                  stream_chunk: int | None = None, features: np.ndarray | None = None,
                  out_of_class_fraction: float = 1.0, tp: float = 0.6, tr: float = 0.1, seed: int = 0,
                  class_ids: list[str] | None = None, index: np.ndarray | None = None) -> None:
@@ -127,7 +127,7 @@ class OnlineTriplets:
             others = [everyone[self.labels[everyone] != self.labels[x]] for x in qs]
             return np.array([o[r.integers(len(o))] for o in others], dtype=np.int64)
 
-        t, _ = draw_triplets(rng, q, pools, self.relevance, self.fraction, self.tp, self.tr, out_of_class)
+        t, _ = draw_triplets(rng, q, pools, relevance=self.relevance, out_of_class_fraction=self.fraction, tp=self.tp, tr=self.tr, out_of_class=out_of_class)
         return t if self.index is None else self.index[t]
 
 

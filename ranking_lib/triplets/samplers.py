@@ -114,7 +114,7 @@ class RelevanceTripletSampler:
         seed, class_ids, split: as for `TripletSampler`.
     """
 
-    def __init__(self, labels: np.ndarray, features: np.ndarray, out_of_class_fraction: float = 0.2,
+    def __init__(self, labels: np.ndarray, features: np.ndarray, *, out_of_class_fraction: float = 0.2,
                  tp: float = 0.6, tr: float = 0.1, seed: int = 0, class_ids: list[str] | None = None,
                  split: str | None = None) -> None:
         from ranking_lib.triplets.relevance import RelevanceScores
@@ -138,7 +138,7 @@ class RelevanceTripletSampler:
         rel = self.relevance
         q = rng.choice(len(self.labels), size=num_triplets, p=rel.total / rel.total.sum())
         pools = [rel.members(c) for c in range(rel.num_classes)]
-        t, self.in_class_fallbacks = draw_triplets(rng, q, pools, rel, self.fraction, self.tp, self.tr,
+        t, self.in_class_fallbacks = draw_triplets(rng, q, pools, relevance=rel, out_of_class_fraction=self.fraction, tp=self.tp, tr=self.tr,
                                                    out_of_class=self._base.out_of_class)
         return t
 
@@ -165,7 +165,7 @@ def _draw_rows(rng: np.random.Generator, w: np.ndarray) -> np.ndarray:
     return np.minimum((c <= u[:, None]).sum(axis=1), w.shape[1] - 1)
 
 
-def draw_triplets(rng: np.random.Generator, queries: np.ndarray, pools: list[np.ndarray], relevance,
+def draw_triplets(rng: np.random.Generator, queries: np.ndarray, pools: list[np.ndarray], *, relevance,
                   out_of_class_fraction: float, tp: float, tr: float, out_of_class) -> tuple[np.ndarray, int]:
     """Positives and negatives for drawn `queries` (paper §4): shared by the pre-sampled
     `RelevanceTripletSampler` and the online buffers (`ranking_lib.triplets.online`).

@@ -28,9 +28,9 @@ def test_stage_features_match_the_full_forward_pass(sample_dir, sample_cache_dir
     cfg = _cfg(sample_dir, sample_cache_dir, "unused")
     caches = workflow.load_caches(cfg, progress=False)
     net = build_model(cfg).eval()
-    feats = load_or_build_stage_features(net, caches["val"], cfg.pretrained, progress=False)
+    feats = load_or_build_stage_features(net, caches["val"], pretrained=cfg.pretrained, progress=False)
     assert feats.dtype == np.float16 and feats.shape[0] == len(caches["val"])
-    again = load_or_build_stage_features(net, caches["val"], cfg.pretrained, progress=False)
+    again = load_or_build_stage_features(net, caches["val"], pretrained=cfg.pretrained, progress=False)
     assert again.filename == feats.filename  # reused, not rebuilt
     in_memory = compute_stage_features(net, caches["val"].images[:8], progress=False)  # allocates its output
     assert isinstance(in_memory, np.ndarray) and np.array_equal(in_memory, feats[:8])

@@ -99,8 +99,8 @@ def test_query_result(tmp_path):
     bot_d = np.sort(np.random.default_rng(1).uniform(1.2, 1.9, 10))[::-1]
     top_same = [True] * 7 + [False] * 3
     bot_same = [False] * 10
-    fig = plots.plot_query_result(_images(1)[0], "val_17 (goldfish)", _images(10), top_d, top_same,
-                                  _images(10, 1), bot_d, bot_same, top_captions=["goldfish"] * 10,
+    fig = plots.plot_query_result(_images(1)[0], "val_17 (goldfish)", _images(10), top_distances=top_d, top_same_class=top_same,
+                                  bottom_images=_images(10, 1), bottom_distances=bot_d, bottom_same_class=bot_same, top_captions=["goldfish"] * 10,
                                   bottom_captions=["a very long class name, with synonyms"] * 10,
                                   path=tmp_path / "q.png")
     w, h = _png_size(tmp_path / "q.png")
@@ -115,12 +115,12 @@ def test_query_result(tmp_path):
     greens = [ax for ax in tiles if ax.spines["top"].get_edgecolor()[:3] == pytest.approx((0x1a / 255, 0x9e / 255, 0x3a / 255))]
     assert len(greens) == 7
     assert any("7/10\nsame class" in t for t in texts)
-    wrapped = plots.plot_query_result(_images(1)[0], "q", _images(10), top_d, top_same, _images(10, 1), bot_d,
-                                      bot_same, ncols=5, path=tmp_path / "q5.png")
+    wrapped = plots.plot_query_result(_images(1)[0], "q", _images(10), top_distances=top_d, top_same_class=top_same, bottom_images=_images(10, 1), bottom_distances=bot_d,
+                                      bottom_same_class=bot_same, ncols=5, path=tmp_path / "q5.png")
     w5, h5 = _png_size(tmp_path / "q5.png")
     assert w5 < w and h5 > h and len([a for a in wrapped.axes if a.get_title().startswith("d=")]) == 20
     with pytest.raises(ValueError):
-        plots.plot_query_result(_images(1)[0], "q", _images(10), top_d[:5], top_same, _images(10), bot_d, bot_same)
+        plots.plot_query_result(_images(1)[0], "q", _images(10), top_distances=top_d[:5], top_same_class=top_same, bottom_images=_images(10), bottom_distances=bot_d, bottom_same_class=bot_same)
 
 
 def test_metrics_table_and_bars(tmp_path):

@@ -135,7 +135,7 @@ def test_calibration_leaves_the_run_as_it_was(demo, tmp_path, monkeypatch):
     model = workflow.initial_model(cfg, caches["train"].wnids)
     inputs = workflow.model_inputs(cfg, model, caches["train"], progress=False)
     t = Trainer(cfg, model, inputs, caches["train"].labels,
-                workflow.training_triplets(cfg, caches["train"], False), cfg.run_dir)
+                workflow.training_triplets(cfg, caches["train"], False), run_dir=cfg.run_dir)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     rate, n, spent = t.measure_step_rate(warmup=1, steps=3, max_s=0.0)

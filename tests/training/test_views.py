@@ -92,8 +92,8 @@ def test_instance_triplets_positive_is_the_query_and_negative_its_class():
         assert np.array_equal(labels[neg], labels[t[rows, 0]]) and (neg != t[rows, 0]).all()
         assert not np.isin(neg, held).any()
         assert ((views[rows] >= 0) & (views[rows] < 3)).all() and (views[~rows] == -1).all()
-    assert np.array_equal(inst.batch(3), InstanceTriplets(src, labels, 0.5, 3, 7, kept).batch(3))  # seeded
-    assert inst.sha256 != src.sha256 != InstanceTriplets(src, labels, 0.25, 3, 7, kept).sha256
+    assert np.array_equal(inst.batch(3), InstanceTriplets(src, labels, 0.5, num_views=3, seed=7, candidates=kept).batch(3))  # seeded
+    assert inst.sha256 != src.sha256 != InstanceTriplets(src, labels, 0.25, num_views=3, seed=7, candidates=kept).sha256
     with pytest.raises(RankingError, match="instance_fraction"):
         InstanceTriplets(src, labels, 0.0)
 
@@ -115,7 +115,7 @@ def test_instance_triplets_over_online_buffers():
 def test_training_views_put_the_querys_view_in_the_positive_slot():
     x = _images(9)  # 3 triplets: queries 0-2, positives 3-5, negatives 6-8
     rows = np.array([True, False, True])
-    out, im = TrainingViews(seed=4).positives(x, None, np.array([10, 11, 12]), rows, np.full(3, -1), step=5)
+    out, im = TrainingViews(seed=4).positives(x, None, np.array([10, 11, 12]), rows, views=np.full(3, -1), step=5)
     assert im is None
     live = apply_views(x[[0, 2]], step_view_params(4, 5, 2))
     assert torch.equal(out[3], live[0]) and torch.equal(out[5], live[1])
@@ -125,7 +125,7 @@ def test_training_views_put_the_querys_view_in_the_positive_slot():
     # cached: the positive reads the stage features of view k of the query's image
     feats = np.random.default_rng(0).standard_normal((20, 2, 4, 3, 3)).astype(np.float16)
     fx = torch.zeros(9, 4, 3, 3, dtype=torch.float16)
-    out, _ = TrainingViews(0, feats).positives(fx, None, np.array([10, 11, 12]), rows, np.array([1, -1, 0]), 0)
+    out, _ = TrainingViews(0, feats).positives(fx, None, np.array([10, 11, 12]), rows, views=np.array([1, -1, 0]), step=0)
     assert np.array_equal(out[3].numpy(), feats[10, 1]) and np.array_equal(out[5].numpy(), feats[12, 0])
     assert not out[4].any()
 
@@ -171,7 +171,7 @@ def test_the_trainer_feeds_the_querys_view_as_positive(sample_dir, small_cache_d
     cache = workflow.load_caches(cfg, progress=False)["train"]
     net = build_model(cfg)
     source, views = instance_training(cfg, workflow.load_run_triplets(cfg, "train", len(cache)), net, cache, False)
-    trainer = Trainer(cfg, net, cache.images, cache.labels, source, cfg.run_dir, views=views)
+    trainer = Trainer(cfg, net, cache.images, cache.labels, source, run_dir=cfg.run_dir, views=views)
     x, _, y = trainer._batch(3)
     t = source.batch(3)
     rows, _ = source.instance_rows(3)
