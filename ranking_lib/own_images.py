@@ -262,7 +262,7 @@ def _relative(file: str, root: Path) -> str:
 
 
 def search_index(cfg: RunConfig, data: store.IndexData) -> EmbeddingIndex:
-    from ranking_lib.workflow import index_options
+    from ranking_lib.run_files import index_options
 
     return EmbeddingIndex(data.embeddings, np.zeros(len(data), np.int64), data.paths, **index_options(cfg))
 
@@ -330,7 +330,7 @@ def find_duplicates(cfg: RunConfig, name: str, *, threshold: float | None = None
     data, net = open_index(cfg, name)
     calib = duplicate_threshold(cfg, net) if threshold is None else None
     t = float(calib["threshold"]) if calib else float(threshold)
-    from ranking_lib.workflow import index_options
+    from ranking_lib.run_files import index_options
 
     found = dup.groups(data.embeddings, dup.near_pairs(data.embeddings, t, index_options=index_options(cfg)), t)
     where = index_dir(cfg, name)
