@@ -34,13 +34,8 @@ def semantic_metrics(cfg: RunConfig, ds: TinyImageNet, db: EmbeddingIndex, *, ke
     network that computed `db`) and `caches` (the train and val images): the near-duplicate recall,
     left out without them."""
     from ranking_lib.retrieval.protocol import semantic_evaluation
-    from ranking_lib.retrieval.semantic import (
-        ALL_TRANSFORMS,
-        FAMILIES,
-        load_hierarchy,
-        near_duplicate_ids,
-        near_duplicate_recall,
-    )
+    from ranking_lib.retrieval.near_duplicates import ALL_TRANSFORMS, FAMILIES, near_duplicate_ids, near_duplicate_recall
+    from ranking_lib.retrieval.semantic import load_hierarchy
 
     info: dict = {"wordnet_dir": cfg.wordnet_dir, "note": None, "example": None}
     hierarchy, note = load_hierarchy(ds.wnids, cfg.wordnet_dir)

@@ -301,7 +301,7 @@ def duplicate_threshold(cfg: RunConfig, net: dict) -> dict:
     """The near-duplicate threshold of the run's network (`collection.duplicates.calibrate` on
     `near_dup_queries` val images of the run's data and their copies), computed once and kept in
     ``RUN/near_dup_threshold_<model>.json`` with the network's key and the calibration's rule."""
-    from ranking_lib.retrieval.semantic import TRANSFORMS
+    from ranking_lib.retrieval.near_duplicates import TRANSFORMS
     from ranking_lib.workflow import load_caches
 
     path = Path(cfg.run_dir) / f"near_dup_threshold_{net['model']}.json"

@@ -5,7 +5,7 @@ that show them (a CSV and an HTML contact sheet).
   found among each image's `k` nearest neighbours;
 * `groups`: groups in which every two images are within the threshold (complete linkage);
 * `calibrate`: the threshold on the project's near-duplicate protocol
-  (`retrieval.semantic.TRANSFORMS`: crop and rescale, colour jitter, blur, JPEG re-encoding; `n`
+  (`retrieval.near_duplicates.TRANSFORMS`: crop and rescale, colour jitter, blur, JPEG re-encoding; `n`
   originals and their transformed copies, a pair positive when both come from one original):
   the largest distance within which at most `FALSE_PAIR_RATE` (1 in 10,000) of the pairs of
   different images of one class fall, with the pair precision and recall there.
@@ -26,7 +26,7 @@ import torch
 from ranking_lib.core.errors import RankingError
 from ranking_lib.core.fileio import write_text
 from ranking_lib.retrieval.index import EmbeddingIndex
-from ranking_lib.retrieval.semantic import TRANSFORMS, transform_images
+from ranking_lib.retrieval.near_duplicates import TRANSFORMS, transform_images
 
 NEIGHBOURS = 16  # neighbours per image searched for pairs (a group can still be larger: components)
 

@@ -79,7 +79,7 @@ def frozen_rate(cfg: RunConfig, r: ClassRates) -> float:
 NEAR_DUP_TRANSFORMS_MEASURED = 4
 """Near-duplicate transforms the measured `ClassRates.eval_s` embedded (the standard four)."""
 NEAR_DUP_TRANSFORMS = 9
-"""Near-duplicate transforms `evaluate` embeds now (`retrieval.semantic.ALL_TRANSFORMS`: the four
+"""Near-duplicate transforms `evaluate` embeds now (`retrieval.near_duplicates.ALL_TRANSFORMS`: the four
 standard ones and the held-out family; a test keeps the two equal)."""
 
 

@@ -4,7 +4,7 @@ A view is the image under seeded crop-and-rescale (aspect kept), colour jitter (
 contrast, saturation), Gaussian blur (half of the views) and JPEG-like 8x8 block quantisation
 (half of the views), computed with torch on uint8 (N, H, W, 3) batches (`apply_views`). It never
 turns, stretches, writes on, gamma-curves or covers an image: those changes are the held-out
-near-duplicate family (`retrieval.semantic.HELD_OUT_TRANSFORMS`).
+near-duplicate family (`retrieval.near_duplicates.HELD_OUT_TRANSFORMS`).
 
 Two ways to train on views (`TrainingViews`):
 

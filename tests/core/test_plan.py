@@ -63,13 +63,13 @@ def test_whole_budget_gives_training_what_is_left(tmp_path):
 
 
 def test_the_evaluation_estimate_counts_the_near_duplicate_transforms_evaluate_embeds(tmp_path):
-    from ranking_lib.retrieval import semantic
+    from ranking_lib.retrieval import near_duplicates
 
-    assert plan.NEAR_DUP_TRANSFORMS == len(semantic.ALL_TRANSFORMS)  # the estimate follows the protocol
+    assert plan.NEAR_DUP_TRANSFORMS == len(near_duplicates.ALL_TRANSFORMS)  # the estimate follows the protocol
     cfg = RunConfig(data_dir=str(tmp_path), input_size=192, freeze_stages=7, cache_stage_features=True,
                     near_dup_queries=1000)
     for klass, r in plan.RATES.items():
         with_dups = plan.estimate_seconds(cfg, 100_000, klass)["evaluation + report"]
         without = plan.estimate_seconds(cfg.replace(semantic_metrics=False), 100_000, klass)["evaluation + report"]
-        extra = (len(semantic.ALL_TRANSFORMS) - 4) * 1000 * 2 / r.frozen_img_s
+        extra = (len(near_duplicates.ALL_TRANSFORMS) - 4) * 1000 * 2 / r.frozen_img_s
         assert abs(with_dups - without - extra) < 1e-6
