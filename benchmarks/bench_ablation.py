@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"{classes} classes")
 
     def record_val(name: str, run_dir: Path, wall_s: float | None, command: str) -> None:
-        from ranking_lib.core.config import RunConfig, resume_differences
+        from ranking_lib.core.config import RunConfig
+        from ranking_lib.training.checkpoint import resume_differences
 
         overrides = ablation.ROWS[name][0]
         saved = RunConfig.load(run_dir / "config.json")

@@ -22,7 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ranking_lib.retrieval.index import EmbeddingIndex, factory_string  # noqa: E402
+from ranking_lib.retrieval.faiss_index import factory_string  # noqa: E402
+from ranking_lib.retrieval.index import EmbeddingIndex  # noqa: E402
 
 ROWS = (  # (label, backend, options)
     ("torch", "torch", {}),

@@ -82,7 +82,7 @@ def timed(fn):
 def run_size(args, n: int, d: int, hnsw_rate: dict) -> list[dict]:
     import faiss
 
-    from ranking_lib.retrieval.index import default_pq_m
+    from ranking_lib.retrieval.faiss_index import default_pq_m
 
     t_gen, (x, q) = timed(lambda: synthetic(n, args.q, d, args.clusters, args.seed))
     print(f"n={n:,} d={d}: data generated in {t_gen:.1f} s ({x.nbytes / 2**30:.2f} GiB)", flush=True)

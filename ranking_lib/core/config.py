@@ -20,33 +20,6 @@ from typing import Any
 from ranking_lib.core.errors import RankingError
 from ranking_lib.core.fileio import write_json
 
-# Fields a resumed run may change: where files live, how often it logs, how it is evaluated.
-# Every other field shapes the training run, so a checkpoint made with another value is not
-# resumed (`steps` may grow: the run is extended and the change recorded).
-RESUME_FREE_FIELDS = frozenset({
-    "data_dir", "run_dir", "cache_dir", "skip_corrupt", "val_triplets", "device", "num_threads",
-    "checkpoint_every", "log_every", "ks", "train_eval_queries", "embed_batch_size",
-    "search_backend", "num_query_examples", "query_seed", "top_k_show", "channels_last", "steps",
-    "evaluate_val", "flip_tta", "index_nlist", "index_nprobe", "index_pq_m", "index_refine", "index_hnsw_m",
-    "index_ef_search", "train_minutes", "budget_minutes", "semantic_metrics", "near_dup_queries", "wordnet_dir", "rerank", "rerank_k", "rerank_alpha",
-})
-
-
-def resume_differences(saved: dict[str, Any], cfg: "RunConfig") -> dict[str, tuple[Any, Any]]:
-    """{field: (checkpoint's value, cfg's value)} for the run-shaping fields that differ."""
-    now = cfg.to_dict()
-    out = {}
-    for name in cfg.field_names():
-        if name in RESUME_FREE_FIELDS or name not in saved:
-            continue
-        a, b = saved[name], now[name]
-        if isinstance(a, list) or isinstance(b, list):
-            a, b = list(a or []), list(b or [])
-        if a != b:
-            out[name] = (saved[name], now[name])
-    return out
-
-
 DEVICES = ("auto", "cpu", "cuda")
 """The config field ``device``: these, or ``cuda:N`` (`core.devices.resolve_device`)."""
 

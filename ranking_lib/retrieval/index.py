@@ -13,7 +13,7 @@ Backends
 * ``"faiss"``: exact, ``faiss.knn`` over the kept vectors (no second copy); on a GPU an
   ``index_factory("Flat")`` index moved there.
 * ``"faiss-ivf"`` / ``"faiss-ivfpq"`` / ``"faiss-hnsw"``: approximate FAISS indexes built with
-  ``faiss.index_factory`` (see :func:`factory_string`): ``IVF{nlist},Flat`` with ``nprobe``;
+  ``faiss.index_factory`` (see `faiss_index.factory_string`): ``IVF{nlist},Flat`` with ``nprobe``;
   ``IVF{nlist},PQ{pq_m}x{nbits}`` (``pq_m`` bytes per vector), plus ``Refine(Flat)`` when
   ``refine > 1``, whose ``refine x k`` candidates are re-ranked by exact distance;
   ``HNSW{hnsw_m},Flat`` with ``ef_search`` / ``ef_construction``. They are built at construction
@@ -45,6 +45,7 @@ import torch
 from ranking_lib.core.errors import RankingError
 from ranking_lib.core.fileio import atomic_path
 from ranking_lib.core.registry import Registry
+from ranking_lib.retrieval.faiss_index import default_pq_m, factory_string, faiss_available, faiss_gpus, import_faiss
 
 BACKENDS: Registry[bool] = Registry("search_backend")
 """Search backend name -> whether it is approximate (the config field ``search_backend``)."""
@@ -59,44 +60,6 @@ IVF_BACKENDS = ("faiss-ivf", "faiss-ivfpq")
 NPZ_KEYS = ("embeddings", "labels", "paths")
 # lowest allowed value of each index parameter
 PARAM_MIN = {"nlist": 1, "nprobe": 1, "pq_m": 1, "refine": 1, "hnsw_m": 2, "ef_search": 1, "ef_construction": 1}
-
-
-def _import_faiss():
-    try:
-        import faiss
-    except ImportError:
-        return None
-    return faiss
-
-
-def _faiss_gpus(faiss) -> int:
-    """GPUs FAISS can use (0 for the CPU-only faiss-cpu wheel)."""
-    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
-
-
-def default_nlist(n: int) -> int:
-    """IVF lists for n vectors: ~4 sqrt(n), with at least 39 training points per list."""
-    return int(max(1, min(4 * math.sqrt(n), n // 39)))
-
-
-def default_pq_m(d: int) -> int:
-    """IVF-PQ sub-quantizers for d dimensions: the largest divisor of d up to d / 4 (so each
-    sub-quantizer codes at least 4 dimensions in one byte)."""
-    return max(m for m in range(1, max(1, d // 4) + 1) if d % m == 0)
-
-
-def faiss_available() -> bool:
-    """True when the ``faiss`` module can be imported."""
-    return _import_faiss() is not None
-
-
-def factory_string(backend: str, n: int, d: int, *, nlist=None, pq_m=None, refine=1, hnsw_m=32) -> str:
-    """The ``faiss.index_factory`` description of a FAISS backend for n vectors of d dimensions."""
-    nlist = max(1, min(int(nlist or default_nlist(n)), n))
-    nbits = max(1, min(8, int(math.log2(n))))  # fewer bits below 256 training vectors
-    return {"faiss": "Flat", "faiss-ivf": f"IVF{nlist},Flat", "faiss-hnsw": f"HNSW{hnsw_m},Flat",
-            "faiss-ivfpq": f"IVF{nlist},PQ{pq_m or default_pq_m(d)}x{nbits}" + (",Refine(Flat)" if refine > 1 else ""),
-            }[backend]
 
 
 def _as_numpy(a):
@@ -229,7 +192,7 @@ class EmbeddingIndex:
         index (its serialised size)."""
         total = self.labels.nbytes + sum(a.nbytes for a in (self._vectors, self._xx) if a is not None)
         if self._cpu_index is not None:
-            total += len(_import_faiss().serialize_index(self._cpu_index))
+            total += len(import_faiss().serialize_index(self._cpu_index))
         return total
 
     # ------------------------------------------------------------------ persistence
@@ -382,7 +345,7 @@ class EmbeddingIndex:
 
     # ------------------------------------------------------------------ faiss path
     def _build_faiss(self, vectors: np.ndarray):
-        faiss = _import_faiss()
+        faiss = import_faiss()
         n, d = vectors.shape
         spec = factory_string(self.backend, n, d, nlist=self.nlist, pq_m=self.pq_m, refine=self.refine,
                               hnsw_m=self.hnsw_m)
@@ -401,7 +364,7 @@ class EmbeddingIndex:
         if spec.endswith("Refine(Flat)"):
             index.k_factor = float(self.refine)
         search = index
-        if self.backend in ("faiss", "faiss-ivf") and _faiss_gpus(faiss):
+        if self.backend in ("faiss", "faiss-ivf") and faiss_gpus(faiss):
             # FAISS built with CUDA and a GPU present: search there (flat and IVF). IVF-PQ stays on
             # the CPU (GPU IVF-PQ accepts only some code sizes) and so does HNSW (CPU-only).
             # Not run yet: the one GPU run of this project had no FAISS installed.
@@ -411,8 +374,8 @@ class EmbeddingIndex:
         self._cpu_index = index  # reconstructs vectors (the GPU copy need not)
 
     def _faiss_search(self, q, k, exclude):
-        faiss = _import_faiss()
-        if self.backend == "faiss" and self._search_index is None and _faiss_gpus(faiss):
+        faiss = import_faiss()
+        if self.backend == "faiss" and self._search_index is None and faiss_gpus(faiss):
             self._build_faiss(self._vectors)
         if self.backend == "faiss-hnsw":
             self._faiss_index.hnsw.efSearch = max(self.ef_search, k + 1)

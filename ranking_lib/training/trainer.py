@@ -26,8 +26,8 @@ from ranking_lib.training import distributed
 from ranking_lib.training.budget import (BudgetPlan, Replan, format_minutes, new_plan, next_replan, replans_from,
                                          resumed_plan, training_minutes)
 from ranking_lib.training.augment import flip_and_shift
-from ranking_lib.training.checkpoint import load_model_state, read_checkpoint, save_checkpoint
-from ranking_lib.core.config import RunConfig, resume_differences
+from ranking_lib.training.checkpoint import load_model_state, read_checkpoint, resume_differences, save_checkpoint
+from ranking_lib.core.config import RunConfig
 from ranking_lib.core.devices import array_on_device, autocast, resolve_device, setup_device, to_device
 from ranking_lib.core.errors import CheckpointError, DiskFullError, RankingError
 from ranking_lib.core.fileio import disk_full_error, is_disk_full
@@ -162,7 +162,7 @@ class Trainer:
         """Continue from `checkpoints/last.pt` if it exists; returns whether it did.
 
         Refused, in one line, when the checkpoint was made with other settings that shape the
-        run (see `config.resume_differences`), from other triplets, or is already past
+        run (see `checkpoint.resume_differences`), from other triplets, or is already past
         cfg.steps. A larger cfg.steps extends the run and is recorded in `steps_history`.
         """
         if not self.checkpoint_path.is_file():

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from ranking_lib.core.errors import RankingError
-from ranking_lib.retrieval.index import EmbeddingIndex, faiss_available
+from ranking_lib.retrieval.faiss_index import faiss_available
+from ranking_lib.retrieval.index import EmbeddingIndex
 
 EXACT = ["torch"] + (["faiss"] if faiss_available() else [])
 needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
@@ -232,7 +233,7 @@ def test_ivfpq_codes_and_refine():
 
 
 def test_index_defaults_and_bad_parameters():
-    from ranking_lib.retrieval.index import default_nlist, default_pq_m
+    from ranking_lib.retrieval.faiss_index import default_nlist, default_pq_m
 
     assert [default_pq_m(d) for d in (128, 200, 1280, 7, 2)] == [32, 50, 320, 1, 1]
     assert default_nlist(1_000_000) == 4000 and default_nlist(100) == 2
@@ -248,7 +249,7 @@ def test_index_defaults_and_bad_parameters():
 
 @needs_faiss
 def test_factory_strings():
-    from ranking_lib.retrieval.index import factory_string
+    from ranking_lib.retrieval.faiss_index import factory_string
 
     assert factory_string("faiss-ivf", 10_000, 128, nlist=100) == "IVF100,Flat"
     assert factory_string("faiss-ivfpq", 10_000, 128, nlist=100, refine=1) == "IVF100,PQ32x8"
