@@ -117,3 +117,10 @@ def test_test_folders_mirror_the_package():
     assert folders and folders <= {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}, folders
     assert not [p for p in tests.glob("*/*/test_*.py")]
     assert {"core", "training", "retrieval"} <= folders
+
+
+def test_no_library_module_is_over_450_lines():
+    """A module a maintainer reads in one sitting: split by concept past 450 lines."""
+    long = {str(p.relative_to(PACKAGE)): n for p in modules()
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 450}
+    assert not long, long
