@@ -96,7 +96,7 @@ def main(argv=None) -> int:
         img = np.asarray(ex.val.images[int(i)])
         uploads.append(timed(lambda img=img: [ex.query_pixels(img, "upload.png", m) for m in models])[0])
 
-    md = ex._model("trained")
+    md = ex.model_data("trained")
     result = {
         "run_dir": str(args.run_dir), "cpu": cpu(), "load_average_1min": os.getloadavg()[0], "models": models, "k": args.k,
         "train_images": len(ex.train), "val_images": len(ex.val), "classes": len(ex.val.class_names),

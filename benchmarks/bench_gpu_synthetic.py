@@ -33,13 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from ranking_lib.core.devices import resolve_device
+from ranking_lib.core.errors import RankingError
+from ranking_lib.core.fileio import write_json
+from ranking_lib.core.settings import resolve
 
-from ranking_lib.core.devices import resolve_device  # noqa: E402
-from ranking_lib.core.errors import RankingError  # noqa: E402
-from ranking_lib.core.fileio import write_json  # noqa: E402
-from ranking_lib.core.settings import resolve  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 K = 30
 
@@ -86,11 +85,11 @@ def bench_training(cfg, images, labels, seconds: float, cudnn_benchmark: bool, f
         first_s = []
         for s in range(first):
             t0 = time.perf_counter()
-            float(trainer._step(s))
+            float(trainer.step_loss(s))
             first_s.append(time.perf_counter() - t0)
         steps, t0 = 0, time.perf_counter()
         while True:
-            loss = trainer._step(first + steps)
+            loss = trainer.step_loss(first + steps)
             steps += 1
             if steps % 10 == 0 or device.type != "cuda":
                 float(loss)  # waits for the device

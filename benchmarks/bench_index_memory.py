@@ -13,17 +13,13 @@ the process's resident set. Build seconds are measured too (nothing else should 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ranking_lib.retrieval.faiss_index import factory_string  # noqa: E402
-from ranking_lib.retrieval.index import EmbeddingIndex  # noqa: E402
+from ranking_lib.retrieval.faiss_index import factory_string
+from ranking_lib.retrieval.index import EmbeddingIndex
 
 ROWS = (  # (label, backend, options)
     ("torch", "torch", {}),

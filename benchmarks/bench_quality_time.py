@@ -79,10 +79,10 @@ def train_curve(name: str, cfg: RunConfig, wnids, inputs, labels, triplets, eval
     # probe: a few steps on a throw-away copy size the cosine schedule to the budget
     probe = Trainer(cfg.replace(steps=10**6), initial_model(cfg, wnids), inputs, labels, triplets, run_dir=run_dir / "probe")
     probe.model.train()
-    probe.train_step(0)
+    probe.step_loss(0).item()
     t0 = time.perf_counter()
     for s in range(1, probe_steps + 1):
-        probe.train_step(s)
+        probe.step_loss(s).item()
     step_s = (time.perf_counter() - t0) / probe_steps
     del probe
     steps = max(cfg.warmup_steps + 1, int(budget_s / step_s))
@@ -105,7 +105,7 @@ def train_curve(name: str, cfg: RunConfig, wnids, inputs, labels, triplets, eval
             if step >= steps or train_s >= budget_s:
                 break
         t = time.perf_counter()
-        trainer.train_step(step)
+        trainer.step_loss(step).item()
         train_s += time.perf_counter() - t
         step += 1
     return {"name": name, "steps_planned": steps, "steps_done": step, "probe_ms_per_step": step_s * 1000,

@@ -34,7 +34,6 @@ amx_bf16), threads, load average. Prints a table and writes ``docs/figures/runti
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -43,7 +42,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 ISA_ENV = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
 KEY_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -260,13 +258,13 @@ def training_rows(args, native_bf16: bool) -> tuple[list[dict], list[dict]]:
     best = {name: float("inf") for name in trainers}
     for name, t in trainers.items():  # warm-up
         for _ in range(3):
-            t._step(step[name])
+            t.step_loss(step[name])
             step[name] += 1
     for _ in range(args.rounds):
         for name, t in trainers.items():
             t0 = time.perf_counter()
             for _ in range(args.step_steps):
-                loss = t._step(step[name])
+                loss = t.step_loss(step[name])
                 step[name] += 1
             float(loss)
             best[name] = min(best[name], (time.perf_counter() - t0) / args.step_steps)
@@ -283,7 +281,7 @@ def training_rows(args, native_bf16: bool) -> tuple[list[dict], list[dict]]:
 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(args.profile_steps):
-            t._step(step[name])
+            t.step_loss(step[name])
             step[name] += 1
     total = sum(e.self_cpu_time_total for e in prof.key_averages())
     shares: dict[str, float] = {}

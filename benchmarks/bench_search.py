@@ -134,8 +134,8 @@ def run_dim(args, d: int) -> list[dict]:
         search = time.perf_counter() - t0
         if backend == "faiss-ivf":
             params = {
-                "nlist": idx._faiss_index.nlist,
-                "nprobe": idx._faiss_index.nprobe,
+                "nlist": idx.faiss_index.nlist,
+                "nprobe": idx.faiss_index.nprobe,
             }
         label = f"EmbeddingIndex {backend} ({', '.join(f'{p}={v}' for p, v in params.items())})"
         record(label, search, a_ids, ref, build_s=build, approx=True)

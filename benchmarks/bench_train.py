@@ -79,10 +79,10 @@ def time_project(cfg: RunConfig, inputs: np.ndarray, labels: np.ndarray, triplet
                  run_dir: Path) -> float:
     trainer = Trainer(cfg, build_model(cfg), inputs, labels, triplets, run_dir=run_dir)
     trainer.model.train()
-    trainer.train_step(0)  # warm-up
+    trainer.step_loss(0).item()  # warm-up
     t0 = time.perf_counter()
     for s in range(1, steps + 1):
-        trainer.train_step(s)
+        trainer.step_loss(s).item()
     return steps * cfg.batch_size / (time.perf_counter() - t0)
 
 

@@ -112,10 +112,12 @@ class QueryExplorer:
         self._run = _run_data(run_dir)
         self.cfg, self.train, self.val = self._run.cfg, self._run.train, self._run.val
         self.model, self.k = model, k
-        self._model(model)  # fails early, in one line, before any widget
+        self.model_data(model)  # fails early, in one line, before any widget
         self._by_class = [np.flatnonzero(self.val.labels == c) for c in range(len(self.val.class_names))]
 
-    def _model(self, model: str | None) -> _ModelData:
+    def model_data(self, model: str | None) -> _ModelData:
+        """`model`'s network, embeddings and index in this run (None: the explorer's own model),
+        loaded once per process."""
         model = model or self.model
         if model not in workflow.MODELS:
             raise RankingError(f"model must be one of {workflow.MODELS} (got {model!r})")
@@ -126,7 +128,7 @@ class QueryExplorer:
         out = {}
         for m in workflow.MODELS:
             try:
-                self._model(m)
+                self.model_data(m)
                 out[m] = None
             except RankingError as e:
                 out[m] = str(e)
@@ -185,7 +187,7 @@ class QueryExplorer:
 
     def query_val(self, index: int, model: str | None = None) -> workflow.QueryResult:
         """Top-k and bottom-k of val image `index` (as `workflow.query`, from the loaded index)."""
-        md = self._model(model)
+        md = self.model_data(model)
         index = int(index)
         if not 0 <= index < len(self.val):
             raise RankingError(f"val index {index} out of range (val has {len(self.val)} images)")
@@ -218,7 +220,7 @@ class QueryExplorer:
 
     def query_pixels(self, img: np.ndarray, name: str = "upload", model: str | None = None) -> workflow.QueryResult:
         """A decoded 64 px uint8 RGB image, embedded by the model's network (loaded once)."""
-        md = self._model(model)
+        md = self.model_data(model)
         return self._result(md, self._embed(md, model, img), None, name)
 
     def query_image(self, result: workflow.QueryResult, data: bytes | None = None):

@@ -79,7 +79,7 @@ def test_both_models_from_one_load(run):
         np.testing.assert_array_equal(r.bottom_indices, ref.bottom_indices)
     assert not np.array_equal(ex.query_val(6, "trained").top_distances, ex.query_val(6, "baseline").top_distances)
     again = QueryExplorer(run, k=4)
-    assert again._model("trained") is ex._model("trained") and again.train is ex.train  # loaded once
+    assert again.model_data("trained") is ex.model_data("trained") and again.train is ex.train  # loaded once
 
 
 def test_upload_matches_query_image_file(run, tmp_path):

@@ -138,6 +138,33 @@ def t_semantic_budget(name: str = BUDGET_CARD) -> str:
     return table(["model", "split", "P@30 search", *(t for _, t in cols)], ["---", "---", "---"] + ["---:"] * len(cols), rows)
 
 
+FINE_CARD = "cpu-budget85-inst02-distill5"  # the fine-grained sweep's chosen point at the full budget (#33)
+FINE_FULL = ((BUDGET_CARD, "`cpu` profile, training 40 min (native bf16 EPYC)"),
+             (AVX2_CARD, "`cpu` profile, budget 85 min end to end (AVX2-only EPYC)"),
+             (FINE_CARD, "`cpu` + instance-0.2 + distill-5, budget 85 min end to end (native bf16 Xeon)"))
+
+
+def t_fine_full(rows=FINE_FULL) -> str:
+    """Val, full data, every axis: the profile's budgeted runs and the fine-grained option chosen on
+    tune, each at its full budget, and the frozen backbone of the option's run."""
+    cols = [("precision@30", "P@30"), ("near_dup_recall@1", "near-dup R@1"),
+            ("near_dup_held_out_recall@1", "held-out R@1"), ("semantic_triplet_acc", "WordNet triplet acc"),
+            ("mistake_wup@30", "mistake WuP@30")]
+    out = []
+    for name, label in rows:
+        c = card(name)
+        steps = (c.get("train_summary") or {}).get("steps")
+        m = metrics(c, "trained", "val")
+        out.append([label, f"{steps:,}" if steps else DASH, _wall(c), m.get("rerank") or "exact",
+                    *(f2(m.get(k)) for k, _ in cols), card_ref(name, c)])
+    c = card(rows[-1][0])
+    m = metrics(c, "baseline", "val")
+    out.append(["frozen pretrained backbone (of the run above)", DASH, DASH, m.get("rerank") or "exact",
+                *(f2(m.get(k)) for k, _ in cols), card_ref(rows[-1][0], c)])
+    header = ["run (val)", "steps", "end to end", "P@30 search", *(t for _, t in cols), "card"]
+    return table(header, ["---", "---:", "---:", "---"] + ["---:"] * len(cols) + ["---"], out)
+
+
 def t_cpu_earlier() -> str:
     return split_table(card("cpu-128-fp32-20k"), "ranking-trained (20,000 steps)",
                        "frozen pretrained backbone (1280-d pooled)", with_score=False)
@@ -417,7 +444,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "semantic-budget": t_semantic_budget, "semantic-budget-avx2": lambda: t_semantic_budget(AVX2_CARD), "cpu-final": t_cpu_final, "cpu-earlier": t_cpu_earlier, "steps": t_steps,
     "recipe-search": t_recipe_search, "tuning": t_tuning, "quality-time": t_quality_time, "ablation": t_ablation, "ablation-semantic": t_ablation_semantic,
     "ablation-every-axis": t_ablation_every_axis, "ablation-fine": lambda: t_ablation_every_axis("ablation_fine.json"),
-    "ablation-fine-trade-off": t_trade_off,
+    "ablation-fine-trade-off": t_trade_off, "fine-full": t_fine_full,
     "ablation-val": t_ablation_val, "step-cost": t_step_cost, "search-scale": t_search_scale, "gpu-check": t_gpu_check,
     "gpu-options": t_gpu_options,
 }

@@ -161,6 +161,12 @@ class EmbeddingIndex:
         return f"EmbeddingIndex(n={len(self)}, dim={self.dim}, backend={self.backend!r})"
 
     @property
+    def faiss_index(self):
+        """The FAISS index proper (its ``nlist``, ``nprobe``, ``pq``, ``hnsw`` as FAISS set them), or
+        None for the torch backend and exact search without an index."""
+        return self._faiss_index
+
+    @property
     def keeps_vectors(self) -> bool:
         """True when the index holds its own float32 (N, d) copy."""
         return self._vectors is not None

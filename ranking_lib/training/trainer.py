@@ -224,10 +224,10 @@ class Trainer:
             with torch.random.fork_rng(devices=[]):
                 self.model.train()
                 for s in range(warmup):
-                    self._step(self.step + s)
+                    self.step_loss(self.step + s)
                 t0, n, last = time.perf_counter(), 0, None
                 while n < max(3, steps) and (n < 3 or n < steps and time.perf_counter() - t0 < max_s):
-                    last = self._step(self.step + warmup + n)
+                    last = self.step_loss(self.step + warmup + n)
                     n += 1
                 float(last)  # waits for the device
                 rate = n / (time.perf_counter() - t0)
@@ -298,10 +298,6 @@ class Trainer:
                 x = flip_and_shift(x, g)
         return x, im, self.labels[torch.from_numpy(idx)].to(self.device)
 
-    def train_step(self, step: int) -> float:
-        """One optimiser step; its loss (a host sync: the loop itself syncs once per log step)."""
-        return float(self._step(step))
-
     def _extra_gap(self, query_labels: torch.Tensor, negative_labels: torch.Tensor) -> torch.Tensor | None:
         """The graded margin's addition to each triplet's gap, or None without one."""
         return None if self.graded is None else self.graded(query_labels, negative_labels)
@@ -322,7 +318,9 @@ class Trainer:
         local = len(z) // 3
         return torch.cat([part[k * local:(k + 1) * local] for k in range(3) for part in parts])
 
-    def _step(self, step: int) -> torch.Tensor:
+    def step_loss(self, step: int) -> torch.Tensor:
+        """One optimiser step; its loss, left on the device (no host sync: the loop syncs once per log
+        step; ``float(...)`` of it syncs)."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * group["lr_scale"] * lr_factor(self.cfg, step, self.replans)
         x, im, y = self._batch(step)
@@ -383,7 +381,7 @@ class Trainer:
         try:
             while self.step < end:
                 step = self.step
-                log.add(step, self._step(step), self.optimizer.param_groups[0]["lr"], time.perf_counter() - t0)
+                log.add(step, self.step_loss(step), self.optimizer.param_groups[0]["lr"], time.perf_counter() - t0)
                 self.step = step + 1
                 bar.update(1)
                 if self.step % self.cfg.log_every == 0:

@@ -226,7 +226,7 @@ def test_ivfpq_codes_and_refine():
     i, d = full.topk(q, 10)
     np.testing.assert_array_equal(i, exact_i)
     np.testing.assert_allclose(d, exact_d, rtol=1e-6)
-    assert full._faiss_index.pq.M == 4 and full._faiss_index.code_size == 4 and full._faiss_index.nprobe == 16
+    assert full.faiss_index.pq.M == 4 and full.faiss_index.code_size == 4 and full.faiss_index.nprobe == 16
     one = EmbeddingIndex(x, labels, backend="faiss-ivfpq", nlist=16, nprobe=16, pq_m=4, refine=1)
     i1, _ = one.topk(q, 10)
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i1, exact_i)]) < 1.0

@@ -275,7 +275,7 @@ def _slowed_step(monkeypatch, after_s: float, extra_s: float):
     """Each step sleeps `extra_s` once `after_s` seconds have passed since the first step (a
     competing load that starts half-way)."""
     import time as _time
-    real = Trainer._step
+    real = Trainer.step_loss
     state = {}
 
     def step(self, i):
@@ -284,7 +284,7 @@ def _slowed_step(monkeypatch, after_s: float, extra_s: float):
         if t - state["t0"] > after_s:
             _time.sleep(extra_s)
         return real(self, i)
-    monkeypatch.setattr(Trainer, "_step", step)
+    monkeypatch.setattr(Trainer, "step_loss", step)
 
 
 def test_a_run_slowed_half_way_still_ends_on_time(demo, tmp_path, monkeypatch, capsys):
