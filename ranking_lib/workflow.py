@@ -191,8 +191,8 @@ def training_triplets(cfg: RunConfig, cache: ImageCache, progress: bool = True):
         return load_run_triplets(cfg, "train", len(cache))
     kept, _ = holdout_split(cache.labels, cfg.holdout_per_class, cfg.seed, cache.wnids)
     feats = golden_features(cfg, cache, progress)[kept] if cfg.uses_relevance else None
-    return source(cache.labels[kept], cfg.batch_size, cfg.buffer_size, cfg.buffer_refresh_steps,
-                  features=feats, out_of_class_fraction=cfg.out_of_class_fraction,
+    return source(cache.labels[kept], batch_size=cfg.batch_size, buffer_size=cfg.buffer_size,
+                  refresh_steps=cfg.buffer_refresh_steps, features=feats, out_of_class_fraction=cfg.out_of_class_fraction,
                   tp=cfg.relevance_tp, tr=cfg.relevance_tr, seed=cfg.seed, class_ids=cache.wnids,
                   index=kept)
 
