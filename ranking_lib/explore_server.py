@@ -71,7 +71,7 @@ def _kernel_manager_class():
         async def start_kernel(self, *args, **kwargs):
             running = len(self.list_kernel_ids()) + self._starting
             if running >= self.max_kernels:
-                why = (f"the explorer is at its most open pages ({running}, --max-kernels); close one, "
+                why = (f"the explorer is at its most open pages ({self.max_kernels}, --max-kernels); close one, "
                        "or wait until an idle one is closed")
                 raise web.HTTPError(503, why, reason=why)  # the reason is what Voila's error page shows
             self._starting += 1
