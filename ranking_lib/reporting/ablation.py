@@ -181,18 +181,15 @@ def _place_labels(ax, labels: list[tuple[str, float, float]]) -> None:
     dots = [ax.transData.transform((px, py)) for _, px, py in labels]
     placed = []
     for i, (text, px, py) in enumerate(labels):
-        for dx, dy, ha in LABEL_SPOTS:
-            note = ax.annotate(text, (px, py), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=7)
-            ext = note.get_window_extent(renderer)
-            free = (not any(ext.overlaps(b) for b in placed)
+        def free(ext) -> bool:
+            return (not any(ext.overlaps(b) for b in placed)
                     and not any(ext.contains(*d) for j, d in enumerate(dots) if j != i)
                     and box.contains(ext.x0, ext.y0) and box.contains(ext.x1, ext.y1))
-            if free or (dx, dy, ha) == LABEL_SPOTS[-1]:
-                if not free:  # nowhere free: the first spot
-                    note.remove()
-                    dx, dy, ha = LABEL_SPOTS[0]
-                    note = ax.annotate(text, (px, py), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=7)
-                    ext = note.get_window_extent(renderer)
+
+        for n, (dx, dy, ha) in enumerate((*LABEL_SPOTS, LABEL_SPOTS[0])):  # nowhere free: the first spot
+            note = ax.annotate(text, (px, py), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=7)
+            ext = note.get_window_extent(renderer)
+            if n == len(LABEL_SPOTS) or free(ext):
                 placed.append(ext)
                 break
             note.remove()

@@ -87,5 +87,10 @@ class GradedMargin:
         self.similarity = torch.where(torch.isnan(s), known.mean(), s).clamp(0, 1).to(device)
         self.weight = float(weight)
 
+    def to(self, device: torch.device | str) -> "GradedMargin":
+        """Itself, its similarity on `device` (where the labels it is called with live)."""
+        self.similarity = self.similarity.to(device)
+        return self
+
     def __call__(self, query_labels: torch.Tensor, negative_labels: torch.Tensor) -> torch.Tensor:
         return self.weight * (1.0 - self.similarity[query_labels, negative_labels])

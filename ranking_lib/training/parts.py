@@ -39,8 +39,7 @@ class TrainingParts:
         self.distill = WithinClassDistillation() if self.teacher is not None else None
 
 
-def build_parts(cfg: RunConfig, model: nn.Module, class_similarity=None,
-                device: torch.device | str = "cpu") -> TrainingParts:
+def build_parts(cfg: RunConfig, model: nn.Module, class_similarity=None) -> TrainingParts:
     """The parts `cfg` names, for `model` as built (before any step; a resumed run builds them the
     same way before loading its checkpoint, so its teacher is the pretrained network again).
     `class_similarity`: with ``cfg.graded_margin``, the (C, C) class similarity in [0, 1]."""
@@ -52,4 +51,4 @@ def build_parts(cfg: RunConfig, model: nn.Module, class_similarity=None,
         loss=RankingLoss(cfg.gap, cfg.squared_distance),
         miner=MINERS.get(cfg.miner),
         teacher=teacher, distill_weight=cfg.distill_weight if teacher is not None else 0.0,
-        graded=GradedMargin(class_similarity, cfg.graded_margin, device) if cfg.graded_margin > 0 else None)
+        graded=GradedMargin(class_similarity, cfg.graded_margin) if cfg.graded_margin > 0 else None)

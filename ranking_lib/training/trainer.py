@@ -116,13 +116,11 @@ class Trainer:
         self.views = views
         if views is not None and not hasattr(self.source, "instance_rows"):
             raise RankingError("views need a triplet source with instance triplets (instance.InstanceTriplets)")
-        parts = parts or build_parts(cfg, self.model, class_similarity, self.device)
+        parts = parts or build_parts(cfg, self.model, class_similarity)
         self.optimizer, self.loss_fn, self.miner = parts.optimizer, parts.loss, parts.miner
         self.teacher = None if parts.teacher is None else parts.teacher.to(self.device)
         self.distill, self.distill_weight = parts.distill, parts.distill_weight
-        self.graded = parts.graded
-        if self.graded is not None:
-            self.graded.similarity = self.graded.similarity.to(self.device)
+        self.graded = None if parts.graded is None else parts.graded.to(self.device)
         self.run_dir = Path(run_dir or cfg.run_dir)
         self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
         self.loss_log_path = self.run_dir / "loss_log.csv"
