@@ -107,18 +107,26 @@ class Server:
         return f"http://{host}:{self.port}/{path.lstrip('/')}" + (f"?token={self.token}" if token else "")
 
     def kernels(self) -> int:
-        """How many kernels the server runs now (its ipykernel child processes)."""
+        """How many kernels the server runs now: its ipykernel child processes, not counting their own
+        children (a kernel's subprocess carries the kernel's command line between fork and exec)."""
         import psutil
 
         try:
             kids = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return 0
+        kernels = set()
+        for p in kids:
+            try:
+                if any("ipykernel" in a for a in p.cmdline()):
+                    kernels.add(p.pid)
+            except psutil.Error:  # exited meanwhile
+                pass
         n = 0
         for p in kids:
             try:
-                n += any("ipykernel" in a for a in p.cmdline())
-            except psutil.Error:  # exited meanwhile
+                n += p.pid in kernels and p.ppid() not in kernels
+            except psutil.Error:
                 pass
         return n
 

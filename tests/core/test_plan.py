@@ -71,5 +71,6 @@ def test_the_evaluation_estimate_counts_the_near_duplicate_transforms_evaluate_e
     for klass, r in plan.RATES.items():
         with_dups = plan.estimate_seconds(cfg, 100_000, klass)["evaluation + report"]
         without = plan.estimate_seconds(cfg.replace(semantic_metrics=False), 100_000, klass)["evaluation + report"]
-        extra = (len(near_duplicates.ALL_TRANSFORMS) - 4) * 1000 * 2 / r.frozen_img_s
+        extra = max(0, len(near_duplicates.ALL_TRANSFORMS) - r.near_dup_transforms) * 1000 * 2 / r.frozen_img_s
         assert abs(with_dups - without - extra) < 1e-6
+    assert any(r.near_dup_transforms < plan.NEAR_DUP_TRANSFORMS for r in plan.RATES.values())  # the sum is exercised
