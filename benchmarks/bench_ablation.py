@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(results_path, results)
     print(ablation.table(results).round(2).to_string())
     ablation.plot_out_of_class(results, results_path.with_name("ablation_out_of_class.png"))
-    from ranking_lib.core.runcard import write_benchmark_card
+    from benchmark_card import write_benchmark_card
 
     # the card is named after the results (ablation_fine.json: docs/runs/bench_ablation-fine)
     name = "bench_" + results_path.stem.replace("_", "-")

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from ranking_lib.core.fileio import write_json
-from ranking_lib.core.runcard import cpu_info, write_benchmark_card
+from benchmark_card import write_benchmark_card
+from ranking_lib.core.runcard import cpu_info
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     write_json(args.out, {"device": args.device, "cpu_count": os.cpu_count(), "batch_size": args.batch_size,
                           "cpu_has_bf16": cpu_has_bf16(), "rows": rows})
-    from ranking_lib.core.runcard import write_benchmark_card
+    from benchmark_card import write_benchmark_card
 
     print(f"wrote {write_benchmark_card('bench_embed', args.out, argv)}")
     return 0

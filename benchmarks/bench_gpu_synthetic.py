@@ -72,6 +72,7 @@ def peak_gib(device: torch.device) -> dict:
 def bench_training(cfg, images, labels, seconds: float, cudnn_benchmark: bool, first: int = 3) -> tuple[dict, object]:
     """The first `first` steps timed one by one, then steady steps for `seconds`."""
     from ranking_lib.models.model import build_model
+    from ranking_lib.run_settings import model_kwargs
     from ranking_lib.training.trainer import Trainer
     from ranking_lib.triplets.samplers import TripletSampler
 
@@ -79,7 +80,7 @@ def bench_training(cfg, images, labels, seconds: float, cudnn_benchmark: bool, f
     device = resolve_device(cfg.device)
     reset_peak(device)
     with tempfile.TemporaryDirectory(prefix="bench-gpu-synthetic-") as tmp:
-        trainer = Trainer(cfg, build_model(cfg), images, labels, triplets, run_dir=tmp)
+        trainer = Trainer(cfg, build_model(**model_kwargs(cfg)), images, labels, triplets, run_dir=tmp)
         torch.backends.cudnn.benchmark = cudnn_benchmark and device.type == "cuda"
         trainer.model.train()
         first_s = []
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
               "train": train, "embed": embed, "search": search}
     write_json(args.out, result)
     print_table(result)
-    from ranking_lib.core.runcard import write_benchmark_card
+    from benchmark_card import write_benchmark_card
 
     print(f"wrote {args.out}\nwrote {write_benchmark_card('bench_gpu_synthetic', args.out, argv, phases=phases)}")
     return 0

@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 
 from ranking_lib.core.fileio import write_json
-from ranking_lib.core.runcard import BENCH_RESULTS, machine, write_benchmark_card
+from benchmark_card import write_benchmark_card
+from ranking_lib.core.paths import BENCH_RESULTS
+from ranking_lib.core.runcard import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = re.compile(r"^index .*: (?P<images>[\d,]+) images .*embedded (?P<embedded>[\d,]+) now.*; "

@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     if args.n < 300 or args.d < 4:
         ap.error("--n must be >= 300 and --d >= 4")
     from ranking_lib.core.fileio import write_json
-    from ranking_lib.core.runcard import machine, write_benchmark_card
+    from benchmark_card import write_benchmark_card
+    from ranking_lib.core.runcard import machine
 
     mach = machine()
     print(f"n={args.n} d={args.d} | {mach['cpu_model']} ({', '.join(mach['cpu_flags'])}), {mach['cores']} cores, "

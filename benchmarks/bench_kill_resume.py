@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "torch": torch.__version__},
                           "settings": vars(args), "results": rows})
     print(f"wrote {args.out}")
-    from ranking_lib.core.runcard import write_benchmark_card
+    from benchmark_card import write_benchmark_card
 
     print(f"wrote {write_benchmark_card('bench_kill_resume', args.out, argv)}")
     return 0

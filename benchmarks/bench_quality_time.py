@@ -46,6 +46,7 @@ from ranking_lib.core.errors import RankingError
 from ranking_lib.retrieval.index import EmbeddingIndex
 from ranking_lib.retrieval.metrics import precision_at_k
 from ranking_lib.models.model import build_model
+from ranking_lib.run_settings import model_kwargs
 from ranking_lib.triplets.samplers import TripletSampler
 from ranking_lib.models.stage_cache import compute_stage_features
 from ranking_lib.training.trainer import Trainer, resolve_device
@@ -181,7 +182,7 @@ def run(argv: list[str] | None, reexec: bool) -> int:
 
     # 1) the profile (frozen stages cached): its clock starts with the frozen-stage pass
     if cfg.cache_stage_features:
-        net = build_model(cfg)
+        net = build_model(**model_kwargs(cfg))
         t = time.perf_counter()
         feats = compute_stage_features(net, train.images, batch_size=cfg.embed_batch_size, device=device,
                                        progress=False)
@@ -225,7 +226,7 @@ def run(argv: list[str] | None, reexec: bool) -> int:
     out.write_text(json.dumps({"info": info, "curves": curves}, indent=2) + "\n")
     plot(curves, info, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
-    from ranking_lib.core.runcard import write_benchmark_card
+    from benchmark_card import write_benchmark_card
 
     print(f"wrote {write_benchmark_card('bench_quality_time', out, argv)}")
     return 0

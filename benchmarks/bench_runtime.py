@@ -230,12 +230,13 @@ def step_trainer(bf16: bool, channels_last: bool, run_dir: Path, n: int = 4000):
     from ranking_lib.core import settings
     from ranking_lib.models.inference import ModelInputs
     from ranking_lib.models.model import build_model
+    from ranking_lib.run_settings import model_kwargs
     from ranking_lib.training.trainer import Trainer
 
     cfg = settings.resolve("cpu", {"run_dir": str(run_dir), "steps": 100_000, "bf16_cpu": bf16,
                                    "channels_last": channels_last}).config
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_model(**model_kwargs(cfg))
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((n, 192, 6, 6)).astype(np.float16)
     labels = np.repeat(np.arange(200), n // 200)

@@ -208,7 +208,7 @@ def main(argv=None) -> int:
         json.dumps({"params": vars(args), "env": env, "results": rows}, indent=2) + "\n"
     )
     print(f"\nwrote {out}")
-    from ranking_lib.core.runcard import write_benchmark_card
+    from benchmark_card import write_benchmark_card
 
     print(f"wrote {write_benchmark_card('bench_search', out, argv)}")
     return 0

@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     print()
     print(markdown(rows, args.k))
     print(f"\nwrote {out}")
-    from ranking_lib.core.runcard import write_benchmark_card
+    from benchmark_card import write_benchmark_card
 
     print(f"wrote {write_benchmark_card('bench_search_scale', out, argv)}")
     return 0

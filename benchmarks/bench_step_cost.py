@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['name']:14s} {1000 * r['s_per_step']:8.0f} {r['ratio_to_profile']:9.3f}")
     print(f"wrote {args.out}")
-    from ranking_lib.core.runcard import write_benchmark_card
+    from benchmark_card import write_benchmark_card
 
     print(f"wrote {write_benchmark_card('bench_step_cost', args.out, argv)}")
     return 0

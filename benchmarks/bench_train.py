@@ -35,6 +35,7 @@ from ranking_lib.core.devices import cpu_has_bf16
 from ranking_lib.models.inference import ModelInputs
 from ranking_lib.training.losses import RankingLoss
 from ranking_lib.models.model import build_model
+from ranking_lib.run_settings import model_kwargs
 from ranking_lib.triplets.samplers import TripletSampler
 from ranking_lib.training.trainer import Trainer
 
@@ -57,7 +58,7 @@ class JpegTriplets(torch.utils.data.Dataset):
 
 
 def time_naive(cfg: RunConfig, root: Path, paths: list[str], triplets: np.ndarray, steps: int, workers: int) -> float:
-    net = build_model(cfg.replace(freeze_bn=False)).train()
+    net = build_model(**model_kwargs(cfg.replace(freeze_bn=False))).train()
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     loss_fn = RankingLoss(cfg.gap)
     loader = torch.utils.data.DataLoader(JpegTriplets(root, paths, triplets), batch_size=cfg.batch_size,
@@ -77,7 +78,7 @@ def time_naive(cfg: RunConfig, root: Path, paths: list[str], triplets: np.ndarra
 
 def time_project(cfg: RunConfig, inputs: np.ndarray, labels: np.ndarray, triplets: np.ndarray, steps: int,
                  run_dir: Path) -> float:
-    trainer = Trainer(cfg, build_model(cfg), inputs, labels, triplets, run_dir=run_dir)
+    trainer = Trainer(cfg, build_model(**model_kwargs(cfg)), inputs, labels, triplets, run_dir=run_dir)
     trainer.model.train()
     trainer.step_loss(0).item()  # warm-up
     t0 = time.perf_counter()
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         from ranking_lib.models.stage_cache import load_or_build_stage_features
 
         scfg = cfg.replace(freeze_stages=args.freeze_stages, cache_stage_features=True)
-        net = build_model(scfg)
+        net = build_model(**model_kwargs(scfg))
         t0 = time.perf_counter()
         feats = ModelInputs(load_or_build_stage_features(net, cache, pretrained=True, device=net.head.weight.device),
                             "stage_features")
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"info": info, "rows": rows}, indent=2))
-    from ranking_lib.core.runcard import write_benchmark_card
+    from benchmark_card import write_benchmark_card
 
     print(f"wrote {write_benchmark_card('bench_train', out, argv)}")
     return 0

@@ -21,7 +21,7 @@ torch: the cpu profile's OpenVINO cannot be held back this way, so the AVX2 clas
 is not what this row measures). The profile's env (the cpu profile's allocator settings) is
 applied by re-executing once (from the command line; `main(argv)` keeps its caller's process). The machine (CPU model and flags, threads, load average at the start
 and the end: a loaded machine slows every row alike) is in the JSON; a card beside it
-(`core.runcard.write_benchmark_card`).
+(`benchmarks/benchmark_card.py`).
 """
 
 from __future__ import annotations
@@ -81,9 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     from ranking_lib.core.devices import uses_cpu_bf16
     from ranking_lib.core.errors import RankingError
     from ranking_lib.core.fileio import write_json
-    from ranking_lib.core.runcard import machine, write_benchmark_card
+    from benchmark_card import write_benchmark_card
+    from ranking_lib.core.runcard import machine
     from ranking_lib.core.settings import resolve
     from ranking_lib.models.model import build_model
+    from ranking_lib.run_settings import model_kwargs
     from ranking_lib.models.runtimes import resolve_runtime
     from ranking_lib.models.stage_cache import compute_stage_features, stage_features_shape
     from ranking_lib.training.views import ViewImages, apply_views, step_view_params
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     n = min(args.images, len(cache))
     images = np.ascontiguousarray(cache.images[:n])
-    net = build_model(cfg).eval()
+    net = build_model(**model_kwargs(cfg)).eval()
     bf16 = uses_cpu_bf16("cpu", cfg.bf16_cpu)
     runtime = resolve_runtime(cfg.frozen_runtime, "cpu", bf16)
     shape = stage_features_shape(net, images)

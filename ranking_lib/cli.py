@@ -20,6 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
+from ranking_lib.core.log import show_messages
 from ranking_lib.choices import check_choices, choices
 from ranking_lib.core.config import RunConfig, field_doc, field_kind
 from ranking_lib.core.names import MODELS
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 done, 2 bad input / refused (one line on stderr), 1 an OS error (one line)."""
     from_command_line = argv is None
     args = build_parser().parse_args(argv)
+    show_messages()  # the library's log lines (plans, caches built, re-plans) as plain lines
     settings = None
     before = _stop_on_sigterm()
     try:

@@ -12,6 +12,9 @@ from ranking_lib.data import ImageCache, TinyImageNet
 from ranking_lib.retrieval.index import EmbeddingIndex
 from ranking_lib.retrieval.query import pick_query_examples
 from ranking_lib.run_files import index_options
+from ranking_lib.core.log import get_logger
+
+logger = get_logger(__name__)
 
 
 def semantic_metrics(cfg: RunConfig, ds: TinyImageNet, db: EmbeddingIndex, *, kept: np.ndarray, held: np.ndarray,
@@ -41,7 +44,7 @@ def semantic_metrics(cfg: RunConfig, ds: TinyImageNet, db: EmbeddingIndex, *, ke
     hierarchy, note = load_hierarchy(ds.wnids, cfg.wordnet_dir)
     if hierarchy is None:
         info["note"] = note
-        print(f"note: {note}")
+        logger.info(f"note: {note}")
     else:
         graded = semantic_evaluation(db, hierarchy.similarity, kept=kept, held=held, ks=cfg.ks,
                                      num_triplets=cfg.val_triplets, seed=cfg.seed, val=val,

@@ -43,6 +43,7 @@ from ranking_lib.models.model import (
     build_model,
 )
 from ranking_lib.models.stage_cache import model_inputs, stage_inputs  # noqa: F401 - stage_inputs re-exported
+from ranking_lib.run_settings import class_similarity, feature_options, model_kwargs
 from ranking_lib.retrieval.index import EmbeddingIndex
 from ranking_lib.run_files import (check_embeddings, check_index_size, check_network, check_replacing_triplets,  # noqa: F401
                                    check_sample_size, embeddings_meta, embeddings_path, index_options, network_record,
@@ -68,6 +69,9 @@ from ranking_lib.triplets.samplers import (
     load_triplets,
     save_triplets,
 )
+from ranking_lib.core.log import get_logger
+
+logger = get_logger(__name__)
 
 
 # ---- setup ---------------------------------------------------------------------------
@@ -130,13 +134,11 @@ def _prepare_checks(cfg: RunConfig, caches: dict[str, ImageCache]) -> list[str]:
 def prepare(cfg: RunConfig, progress: bool = True) -> PreparedCaches:
     """Build (or verify) the decoded uint8 caches of train and val; check the splits (see
     `_prepare_checks`); save the run config."""
-    import logging
-
     caches = PreparedCaches(load_caches(cfg, progress))
     caches.checks = _prepare_checks(cfg, caches)
     for line in caches.checks:
         if line.startswith("warning: "):
-            logging.getLogger(__name__).warning(line[len("warning: "):])
+            logger.warning(line[len("warning: "):])
     if not Path(cfg.run_dir, "checkpoints", "last.pt").is_file():  # else config.json is the trained run's
         cfg.save(run_path(cfg, "config.json"))
     return caches
@@ -171,7 +173,7 @@ def sample(cfg: RunConfig, *, replace: bool = False) -> dict[str, np.ndarray]:
             # training draws its own triplets as it runs: this file only scores the train split
             meta["purpose"] = "evaluation only: training draws its triplets online"
         if meta["sampler"] == "relevance":  # evaluation triplets stay the course's
-            sampler = RelevanceTripletSampler(cache.labels[ids], golden_features(cfg, cache)[ids],
+            sampler = RelevanceTripletSampler(cache.labels[ids], golden_features_of(cfg, cache)[ids],
                                               out_of_class_fraction=cfg.out_of_class_fraction, tp=cfg.relevance_tp, tr=cfg.relevance_tr,
                                               seed=seed, class_ids=cache.wnids, split=where)
             t = ids[sampler.sample(n)]
@@ -190,7 +192,7 @@ def training_triplets(cfg: RunConfig, cache: ImageCache, progress: bool = True):
     if source is None:
         return load_run_triplets(cfg, "train", len(cache))
     kept, _ = holdout_split(cache.labels, cfg.holdout_per_class, cfg.seed, cache.wnids)
-    feats = golden_features(cfg, cache, progress)[kept] if cfg.uses_relevance else None
+    feats = golden_features_of(cfg, cache, progress)[kept] if cfg.uses_relevance else None
     return source(cache.labels[kept], batch_size=cfg.batch_size, buffer_size=cfg.buffer_size,
                   refresh_steps=cfg.buffer_refresh_steps, features=feats, out_of_class_fraction=cfg.out_of_class_fraction,
                   tp=cfg.relevance_tp, tr=cfg.relevance_tr, seed=cfg.seed, class_ids=cache.wnids,
@@ -202,14 +204,20 @@ def load_run_triplets(cfg: RunConfig, split: str, num_images: int) -> np.ndarray
     return load_triplets(run_path(cfg, f"triplets_{split}.npy"), num_images, expect=triplet_settings(cfg, split))
 
 
+def golden_features_of(cfg: RunConfig, cache: ImageCache, progress: bool = True) -> np.ndarray:
+    """The golden features of `cache` (`triplets.golden`): the run's backbone, single architecture."""
+    return golden_features(build_model(**model_kwargs(cfg, architecture="single")), cache, feature_options(cfg),
+                           progress)
+
+
 def initial_model(cfg: RunConfig, wnids: list[str], progress: bool = False) -> EmbeddingNet:
     """The network a training run starts from: `build_model`, then the head init of `cfg`."""
-    model = build_model(cfg)
+    model = build_model(**model_kwargs(cfg))
     init = HEAD_INITS.get(cfg.head_init)  # None: the head keeps its seeded random init
     if init is not None:
         copied = init(model, wnids)
         if progress:
-            print(f"head initialised from the ImageNet classifier rows of {copied} dataset classes")
+            logger.info(f"head initialised from the ImageNet classifier rows of {copied} dataset classes")
     return model
 
 
@@ -219,20 +227,6 @@ TRAINED_OUTPUTS = ("checkpoints/last.pt", "loss_log.csv", "train_summary.json", 
 
 
 @writes_run_dir
-def class_similarity(cfg: RunConfig, wnids) -> np.ndarray | None:
-    """The classes' Wu–Palmer similarity a graded margin needs (``graded_margin``), else None;
-    one line when WordNet or WordNet class ids are missing."""
-    if cfg.graded_margin <= 0:
-        return None
-    from ranking_lib.retrieval.semantic import load_hierarchy
-
-    hierarchy, note = load_hierarchy(wnids, cfg.wordnet_dir)
-    if hierarchy is None:
-        raise RankingError(f"graded_margin={cfg.graded_margin:g} grades by WordNet, which is not available here "
-                           f"({note.rsplit(': WordNet-graded', 1)[0]}): set graded_margin 0")
-    return hierarchy.similarity
-
-
 def train(cfg: RunConfig, *, progress: bool = True, resume: bool = True, stop_at: int | None = None,
           steps_per_s: float | None = None, replans: list | None = None) -> TrainResult:
     """Train the ranking network on the pre-sampled training triplets.
@@ -254,9 +248,13 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = True, stop_at
     caches = load_caches(cfg, progress=False)
     triplets = distributed.main_first(ctx, lambda: training_triplets(cfg, caches["train"], progress and ctx.is_main))
     model = initial_model(cfg, caches["train"].wnids, progress and ctx.is_main)
-    inputs = distributed.main_first(ctx, lambda: model_inputs(cfg, model, caches["train"], progress and ctx.is_main))
+    options = feature_options(cfg)
+    inputs = distributed.main_first(ctx, lambda: model_inputs(model, caches["train"], options, progress and ctx.is_main))
+    kept, _ = holdout_split(caches["train"].labels, cfg.holdout_per_class, cfg.seed, caches["train"].wnids)
     triplets, views = distributed.main_first(  # instance triplets mixed in (instance_fraction), their views
-        ctx, lambda: instance_training(cfg, triplets, model, caches["train"], progress and ctx.is_main))
+        ctx, lambda: instance_training(triplets, model, caches["train"], options, instance_fraction=cfg.instance_fraction,
+                                       views_per_image=cfg.views_per_image, batch_size=cfg.batch_size, seed=cfg.seed,
+                                       candidates=kept, progress=progress and ctx.is_main))
     parts = build_parts(cfg, model, class_similarity(cfg, caches["train"].wnids))  # optimiser, loss, miner, terms
     trainer = Trainer(cfg, model, inputs, caches["train"].labels, triplets, run_dir=cfg.run_dir, replans=replans or (),
                       views=views, parts=parts)
@@ -284,7 +282,7 @@ def load_model(cfg: RunConfig, model: str = "trained") -> EmbeddingNet:
     """The trained network from the run's checkpoint, or the untrained `baseline`."""
     if model not in MODELS:
         raise RankingError(f"model must be one of {MODELS} (got {model!r})")
-    net = build_model(cfg)
+    net = build_model(**model_kwargs(cfg))
     if model == "trained":
         path = run_path(cfg, "checkpoints", "last.pt")
         load_model_state(net, read_checkpoint(path), path)
@@ -306,7 +304,7 @@ def embed(cfg: RunConfig, model: str = "trained", progress: bool = True) -> dict
     for split in splits:
         c = caches[split]
         t0 = time.perf_counter()
-        inputs = distributed.main_first(ctx, lambda: model_inputs(cfg, net, c, progress and ctx.is_main))
+        inputs = distributed.main_first(ctx, lambda: model_inputs(net, c, feature_options(cfg), progress and ctx.is_main))
         if ctx.enabled:
             part = ctx.shard(len(inputs))
             inputs = ModelInputs(inputs.array[part], inputs.kind, None if inputs.images is None else inputs.images[part])
@@ -322,7 +320,7 @@ def embed(cfg: RunConfig, model: str = "trained", progress: bool = True) -> dict
                                                         meta=embeddings_meta(model, c, network))
         out[split] = embeddings_path(cfg, model, split)
         if progress:
-            print(f"embedded {len(c)} {split} images in {time.perf_counter() - t0:.1f} s")
+            logger.info(f"embedded {len(c)} {split} images in {time.perf_counter() - t0:.1f} s")
     distributed.barrier(ctx)
     return out
 

@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not args.verbose:
         logging.getLogger("papermill").setLevel(logging.ERROR)
+    logging.getLogger("ranking_lib").setLevel(logging.INFO)  # the library's own lines (e.g. the demo data made)
     try:
         settings, runner = resolve_settings(args)
         notebooks = select_notebooks(args.notebooks)

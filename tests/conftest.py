@@ -3,6 +3,14 @@ from pathlib import Path
 
 import pytest
 
+pytest.register_assert_rewrite("faults", "tiny_runs")  # their asserts explain themselves as a test's do
+
+from ranking_lib.core.log import show_messages  # noqa: E402
+
+# The library logs (core.log); its lines show as the command line and the notebooks show them, so a
+# test reads a library call's lines from capsys whichever test ran first in the process.
+show_messages()
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "tiny-imagenet-sample"
 # RANKING_TESTS_WITHOUT_SAMPLE=1 runs the suite as on a clone without ../shared (the fallback).

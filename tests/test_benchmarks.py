@@ -5,7 +5,9 @@ import json
 
 import pytest
 
+from benchmark_card import write_benchmark_card
 from conftest import REPO, SMALL_CLASSES
+from ranking_lib.core import paths
 
 
 def load_script(name: str):
@@ -153,3 +155,21 @@ def test_bench_views_measures_the_cached_views_against_the_stage_pass(sample_dir
     assert res["machine"]["cpu_flags"] is not None and res["config"]["images"] == 12
     assert (tmp_path / "views.card.json").is_file()
     assert load_script("bench_views").main(["--data-dir", str(sample_dir), "--images", "0"]) == 2
+
+
+def test_benchmark_card_beside_its_results_and_kept_only_when_asked(tmp_path, monkeypatch):
+    results = tmp_path / "bench.json"
+    results.write_text('{"rows": []}\n')
+    card = write_benchmark_card("bench_x", results, ["--n", "3"])
+    assert card == tmp_path / "bench.card.json"
+    c = json.loads(card.read_text())
+    assert c["command"] == "python benchmarks/bench_x.py --n 3" and c["results"] == "bench.json"
+    assert not (paths.KEPT_RUNS / "bench_x").exists()  # results outside benchmarks/results stay put
+    keep = tmp_path / "kept"
+    write_benchmark_card("bench_x", results, [], keep=keep)
+    assert (keep / "bench.json").read_text() == results.read_text() and (keep / "card.json").is_file()
+    # the default folder (ignored by git) is never the only copy
+    monkeypatch.setattr(paths, "BENCH_RESULTS", tmp_path)
+    monkeypatch.setattr(paths, "KEPT_RUNS", tmp_path / "runs")
+    write_benchmark_card("bench_x", results, [])
+    assert (tmp_path / "runs" / "bench_x" / "bench.json").is_file()

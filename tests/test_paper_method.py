@@ -178,8 +178,8 @@ def test_multiscale_from_stage_features_needs_and_uses_the_images(sample_dir, sa
     cfg = RunConfig(data_dir=str(sample_dir), cache_dir=str(sample_cache_dir), run_dir="unused", input_size=64,
                     embedding_dim=16, freeze_stages=7, cache_stage_features=True, architecture="multiscale")
     caches = workflow.load_caches(cfg, progress=False)
-    net = workflow.build_model(cfg).eval()
-    inputs = workflow.model_inputs(cfg, net, caches["val"], progress=False)
+    net = workflow.build_model(**workflow.model_kwargs(cfg)).eval()
+    inputs = workflow.model_inputs(net, caches["val"], workflow.feature_options(cfg), progress=False)
     assert inputs.kind == "stage_features" and inputs.images is not None
     z_stage = embed_images(net, ModelInputs(inputs.array[:8], "stage_features", inputs.images[:8]), progress=False)
     z_full = embed_images(net, np.array(caches["val"].images[:8]), progress=False)
@@ -216,7 +216,7 @@ def test_multiscale_with_relevance_sampling_end_to_end(sample_dir, small_cache_d
     side = json.loads((tmp_path / "run" / "triplets_train.json").read_text())
     assert side["sampler"] == "relevance" and side["in_class_negatives"] > 0.6 * side["num_triplets"]
     # a single-scale network refuses the multiscale checkpoint in one line
-    single = workflow.build_model(cfg.replace(architecture="single"))
+    single = workflow.build_model(**workflow.model_kwargs(cfg.replace(architecture="single")))
     path = tmp_path / "run" / "checkpoints" / "last.pt"
     with pytest.raises(CheckpointError, match="architecture='multiscale'"):
         load_model_state(single, read_checkpoint(path), path)

@@ -124,6 +124,33 @@ def t_cpu_budget_avx2() -> str:
     return budget_table(AVX2_CARD, "budget 85 min end to end")
 
 
+XEON_CARD = "cpu-budget85-xeon-quiet"  # the profile as committed, whole-pipeline budget, native-bf16 Xeon, alone
+
+
+def t_cpu_budget_xeon() -> str:
+    return budget_table(XEON_CARD, "budget 85 min end to end")
+
+
+def t_budget_check() -> str:
+    """The whole-pipeline budget against what each kept run took: end to end, the training loop
+    against its plan, the evaluation against its estimate, and the schedule's moves."""
+    rows = []
+    for name, label in ((AVX2_CARD, "`cpu`, AVX2-only EPYC, quiet"), (XEON_CARD, "`cpu`, native-bf16 Xeon, quiet"),
+                        (FINE_CARD, "`cpu` + instance-0.2 + distill-5, native-bf16 Xeon, not alone")):
+        c = card(name)
+        b = c.get("budget_check") or {}
+        if not b:
+            continue
+        over = 100 * (b["wall_s"] - b["budget_s"]) / b["budget_s"]
+        rows.append([label, f"{b['budget_s'] / 60:.0f} min", f"{b['wall_s'] / 60:.1f} min ({over:+.1f} %)",
+                     f"{b['training_loop_s']:,.0f} s of {b['training_planned_s']:,.0f} s",
+                     f"{b['evaluation_s']:,.0f} s of {b['evaluation_estimate_s']:,.0f} s",
+                     n0(b.get("replans")), card_ref(name, c)])
+    header = ["run (full data, from an empty cache)", "budget", "end to end", "training loop (planned)",
+              "evaluation (estimate)", "re-plans", "card"]
+    return table(header, ["---", "---:", "---:", "---:", "---:", "---:", "---"], rows)
+
+
 def t_semantic_budget(name: str = BUDGET_CARD) -> str:
     """Every axis of a budgeted `cpu` run: class-level P@30 and the similarity beyond the label."""
     c = card(name)
@@ -141,6 +168,7 @@ def t_semantic_budget(name: str = BUDGET_CARD) -> str:
 FINE_CARD = "cpu-budget85-inst02-distill5"  # the fine-grained sweep's chosen point at the full budget (#33)
 FINE_FULL = ((BUDGET_CARD, "`cpu` profile, training 40 min (native bf16 EPYC)"),
              (AVX2_CARD, "`cpu` profile, budget 85 min end to end (AVX2-only EPYC)"),
+             (XEON_CARD, "`cpu` profile, budget 85 min end to end (native bf16 Xeon)"),
              (FINE_CARD, "`cpu` + instance-0.2 + distill-5, budget 85 min end to end (native bf16 Xeon)"))
 
 
@@ -441,6 +469,7 @@ def t_trade_off(name: str = "ablation_fine.json") -> str:
 
 TABLES: dict[str, Callable[[], str]] = {
     "headline": t_headline, "cpu-budget": t_cpu_budget, "cpu-budget-avx2": t_cpu_budget_avx2,
+    "cpu-budget-xeon": t_cpu_budget_xeon, "budget-check": t_budget_check,
     "semantic-budget": t_semantic_budget, "semantic-budget-avx2": lambda: t_semantic_budget(AVX2_CARD), "cpu-final": t_cpu_final, "cpu-earlier": t_cpu_earlier, "steps": t_steps,
     "recipe-search": t_recipe_search, "tuning": t_tuning, "quality-time": t_quality_time, "ablation": t_ablation, "ablation-semantic": t_ablation_semantic,
     "ablation-every-axis": t_ablation_every_axis, "ablation-fine": lambda: t_ablation_every_axis("ablation_fine.json"),

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from ranking_lib.core.errors import RankingError
-from ranking_lib.core.fileio import write_bytes, write_json
+from ranking_lib.core.fileio import write_json
 from ranking_lib.core.names import MODELS
-from ranking_lib.core.paths import BENCH_RESULTS, KEPT_RUNS, REPO
+from ranking_lib.core.paths import REPO
 
 CARD_NAME = "run_card.json"
 CARD_VERSION = 1
@@ -198,37 +198,6 @@ def portable_arg(arg: str, repo: Path = REPO) -> str:
             rel = path.relative_to(base).as_posix()
             return (prefix + rel) if rel != "." else (prefix.rstrip("/") or ".")
     return arg
-
-
-def write_benchmark_card(name: str, results_path: str | Path, argv: list[str] | None = None,
-                         *, phases: dict[str, float] | None = None, keep: Path | None = None,
-                         script: str | None = None) -> Path:
-    """A benchmark's card beside its results (``<results>.card.json``). When the results went
-    to the default folder ``benchmarks/results/`` (ignored by git), the results and the card are
-    also copied to ``docs/runs/<name>/`` (tracked), so a measurement is never only in an
-    ignored folder; results written elsewhere (tests, trials) stay where they were put.
-    `script`: the benchmark's file name when the card's `name` is another (one script, several
-    kept cards)."""
-    import sys
-
-    results = Path(results_path)
-    args = sys.argv[1:] if argv is None else list(argv)
-    card = {
-        "card_version": CARD_VERSION, "kind": "benchmark", "name": name,
-        "command": " ".join(["python", f"benchmarks/{script or name}.py", *map(portable_arg, args)]),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "phases": {k: round(v, 1) for k, v in (phases or {}).items()},
-        "results": results.name, "machine": machine(), "bf16": None, "git": git_state(), "reconstructed": False,
-    }
-    path = results.with_name(results.stem + ".card.json")
-    write_json(path, card)
-    keep_dir = keep
-    if keep_dir is None and results.resolve().parent == BENCH_RESULTS.resolve():
-        keep_dir = KEPT_RUNS / name
-    if keep_dir is not None and results.is_file():
-        write_json(keep_dir / "card.json", card)
-        write_bytes(keep_dir / results.name, results.read_bytes())
-    return path
 
 
 def load_card(path: str | Path) -> dict:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ranking_lib.core.log import show_messages
 from ranking_lib.core.config import RETIRED_FIELDS, RunConfig, coerce_field
 from ranking_lib.core.errors import RankingError
 from ranking_lib.core.fileio import read_json
@@ -218,7 +219,8 @@ def notebook_config(profile: str | Path | None = None, overrides: dict[str, Any]
     """The `RunConfig` of a notebook's parameters cell: `profile` < `overrides` < the named
     `knobs` that are not None (``run_dir=..., steps=...``), resolved by :func:`resolve` exactly
     as the CLI resolves ``--profile P --<field> value`` (relative paths: relative to `cwd`, the
-    notebook's folder by default)."""
+    notebook's folder by default). From then on the library's log lines show (`core.log`)."""
+    show_messages()  # a notebook shows the library's log lines in its cells' output
     knobs = {k: v for k, v in knobs.items() if v is not None}
     both = sorted(set(knobs) & set(overrides or {}))
     if both:

@@ -28,6 +28,9 @@ import numpy as np
 from PIL import Image
 
 from ranking_lib.core.errors import DatasetError
+from ranking_lib.core.log import get_logger
+
+logger = get_logger(__name__)
 
 JPEG_QUALITY = 90
 _SS = 2  # supersampling factor for anti-aliased edges
@@ -303,7 +306,7 @@ def ensure_demo_dataset(data_dir, quiet: bool = False) -> bool:
                            "synthetic dataset only into a new or empty folder; pass the folder that holds "
                            "wnids.txt (e.g. data/tiny-imagenet-200) or a new one")
     if not quiet:
-        print(f"generating the synthetic demo dataset in {data_dir} ...", flush=True)
+        logger.info(f"generating the synthetic demo dataset in {data_dir} ...")
     make_demo_dataset(data_dir)
     return True
 

@@ -209,9 +209,11 @@ HEAD_INITS.add("random", None)
 HEAD_INITS.add("classifier", init_head_from_classifier)
 
 
-def build_model(cfg) -> EmbeddingNet:
-    """The `EmbeddingNet` a `RunConfig` describes (head initialised from cfg.seed)."""
-    torch.manual_seed(cfg.seed)
-    return EmbeddingNet(cfg.backbone, embedding_dim=cfg.embedding_dim, pretrained=cfg.pretrained, input_size=cfg.input_size, head=cfg.head,
-                        normalize=cfg.normalize_embeddings, freeze_stages=cfg.freeze_stages, channels_last=cfg.channels_last, freeze_bn=cfg.freeze_bn,
-                        architecture=cfg.architecture)
+def build_model(*, seed: int, backbone: str, embedding_dim: int, pretrained: bool, input_size: int, head: str,
+                normalize: bool, freeze_stages: int, channels_last: bool, freeze_bn: bool,
+                architecture: str) -> EmbeddingNet:
+    """An `EmbeddingNet` with its head initialised from `seed` (a run's: ``workflow.model_kwargs(cfg)``)."""
+    torch.manual_seed(seed)
+    return EmbeddingNet(backbone, embedding_dim=embedding_dim, pretrained=pretrained, input_size=input_size, head=head,
+                        normalize=normalize, freeze_stages=freeze_stages, channels_last=channels_last,
+                        freeze_bn=freeze_bn, architecture=architecture)

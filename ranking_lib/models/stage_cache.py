@@ -17,13 +17,13 @@ import logging
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from ranking_lib.core.config import RunConfig
 from ranking_lib.core.devices import autocast, resolve_device, to_device, uses_cpu_bf16
 from ranking_lib.core.errors import RankingError
 from ranking_lib.core.fileio import atomic_path, content_crc32, reserve, write_json
@@ -164,24 +164,37 @@ def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, *, pretra
         del out
     write_json(sidecar(path), {"shape": list(shape), "crc32": crc, "source": str(cache.cache_file)})
     if progress:
-        print(f"computed frozen-stage features of {len(cache)} {cache.split} images "
-              f"{shape[1:]} in {time.perf_counter() - t0:.1f} s ({runtime}) -> {path.name}")
+        logger.info(f"computed frozen-stage features of {len(cache)} {cache.split} images "
+                    f"{shape[1:]} in {time.perf_counter() - t0:.1f} s ({runtime}) -> {path.name}")
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
-def stage_inputs(cfg: RunConfig, net: EmbeddingNet, cache: ImageCache, progress: bool = True) -> ModelInputs:
+@dataclass(frozen=True)
+class FeatureOptions:
+    """How a run computes the frozen stages' outputs and what its network reads (plain values; a
+    run's are ``workflow.feature_options(cfg)``)."""
+    pretrained: bool = True
+    batch_size: int = 256          # images per forward pass (``embed_batch_size``)
+    device: str = "cpu"
+    bf16_cpu: bool = True
+    runtime: str = "auto"          # the frozen-stage pass's runtime (``frozen_runtime``)
+    cache_stages: bool = True      # read the frozen stages' cached outputs, not the images (``cache_stage_features``)
+
+
+def stage_inputs(net: EmbeddingNet, cache: ImageCache, options: FeatureOptions, progress: bool = True) -> ModelInputs:
     """Cached outputs of the frozen stages of the *pretrained* network for one split."""
-    return ModelInputs(load_or_build_stage_features(net, cache, pretrained=cfg.pretrained, batch_size=cfg.embed_batch_size,
-                                                    device=resolve_device(cfg.device), progress=progress, bf16_cpu=cfg.bf16_cpu,
-                                                    runtime=cfg.frozen_runtime),
+    return ModelInputs(load_or_build_stage_features(net, cache, pretrained=options.pretrained,
+                                                    batch_size=options.batch_size,
+                                                    device=resolve_device(options.device), progress=progress,
+                                                    bf16_cpu=options.bf16_cpu, runtime=options.runtime),
                        "stage_features")
 
 
-def model_inputs(cfg: RunConfig, net: EmbeddingNet, cache: ImageCache, progress: bool = True) -> ModelInputs:
-    """What `net` reads for one split under `cfg`: its frozen stages' cached outputs, or the images."""
-    if not cfg.cache_stage_features:
+def model_inputs(net: EmbeddingNet, cache: ImageCache, options: FeatureOptions, progress: bool = True) -> ModelInputs:
+    """What `net` reads for one split: its frozen stages' cached outputs, or the images."""
+    if not options.cache_stages:
         return ModelInputs(cache.images)
-    staged = stage_inputs(cfg, net, cache, progress)
+    staged = stage_inputs(net, cache, options, progress)
     return ModelInputs(staged.array, staged.kind, cache.images) if net.multiscale else staged
 
 

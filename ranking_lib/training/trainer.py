@@ -38,6 +38,9 @@ from ranking_lib.training.parts import TrainingParts, build_parts
 from ranking_lib.triplets.presampled import PresampledTriplets
 from ranking_lib.models.model import EmbeddingNet
 from ranking_lib.core.progress import progress as progress_bar
+from ranking_lib.core.log import get_logger
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -257,7 +260,7 @@ class Trainer:
             if self.resumed_from is None:
                 self.steps_history = [[0, self.budget.steps]]
         if progress and self.dist.is_main:
-            print(self.budget.describe(), flush=True)
+            logger.info(self.budget.describe())
         return self.budget
 
     # ---- one step --------------------------------------------------------------------
@@ -397,9 +400,9 @@ class Trainer:
                     t_warm = time.perf_counter()
                 elif announce and self.step == estimate_at and t_warm is not None:
                     rate = CALIBRATION_STEPS / (time.perf_counter() - t_warm)
-                    print(f"{self.cfg.steps:,} steps at {rate:.2f} steps/s ~ "
-                          f"{format_minutes((self.cfg.steps - start_step) / rate)}"
-                          + (f" (resumed at step {start_step:,})" if start_step else ""), flush=True)
+                    logger.info(f"{self.cfg.steps:,} steps at {rate:.2f} steps/s ~ "
+                                f"{format_minutes((self.cfg.steps - start_step) / rate)}"
+                                + (f" (resumed at step {start_step:,})" if start_step else ""))
             loss = flush()
             bar.close()
         except DiskFullError:  # a checkpoint's, naming its file
@@ -442,5 +445,5 @@ class Trainer:
         self.cfg = self.cfg.replace(steps=move.steps)
         self.steps_history.append([self.step, move.steps])
         if show:
-            print(move.describe(), flush=True)
+            logger.info(move.describe())
         return True

@@ -27,14 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ranking_lib.core.config import RunConfig
 from ranking_lib.core.devices import resolve_device, to_device, uses_cpu_bf16
 from ranking_lib.core.errors import RankingError
 from ranking_lib.core.fileio import atomic_path, content_crc32, reserve, write_json
 from ranking_lib.data import ImageCache
-from ranking_lib.data.holdout import holdout_split
 from ranking_lib.models.model import EmbeddingNet
 from ranking_lib.models.stage_cache import (
+    FeatureOptions,
     _load_checked,
     compute_stage_features,
     sidecar,
@@ -43,6 +42,9 @@ from ranking_lib.models.stage_cache import (
 )
 from ranking_lib.triplets.instance import InstanceTriplets
 from ranking_lib.triplets.presampled import PresampledTriplets
+from ranking_lib.core.log import get_logger
+
+logger = get_logger(__name__)
 
 VIEW_VERSION = 1
 """Changes whenever `apply_views` makes other views (cached views of another version are rebuilt)."""
@@ -191,26 +193,27 @@ def view_features_file(cache: ImageCache, net: EmbeddingNet, *, pretrained: bool
     return stage.with_name(f"views_{stage.stem.removeprefix('stage_')}_x{num_views}_s{seed}_v{VIEW_VERSION}.npy")
 
 
-def load_or_build_view_features(cfg: RunConfig, net: EmbeddingNet, cache: ImageCache,
-                                progress: bool = True) -> np.ndarray:
-    """Memory-mapped float16 (N, K, C, H, W): the frozen stages' outputs of K = ``views_per_image``
+def load_or_build_view_features(net: EmbeddingNet, cache: ImageCache, options: FeatureOptions, *,
+                                views_per_image: int, seed: int, progress: bool = True) -> np.ndarray:
+    """Memory-mapped float16 (N, K, C, H, W): the frozen stages' outputs of K = `views_per_image`
     views of every image of `cache` (view k of image i: `view_params` (seed, k, i)), computed once
     (atomically, space reserved first, CRC-32 in a sidecar; a damaged file is rebuilt) with the
-    runtime and numerics of the run's stage features."""
+    runtime and numerics of the run's stage features (`options`)."""
     from ranking_lib.models.runtimes import resolve_runtime
 
-    k_views = cfg.views_per_image
+    k_views = views_per_image
     if k_views < 1 or net.freeze_stages < 1:
         raise RankingError("cached views need views_per_image >= 1 and freeze_stages >= 1")
-    device = resolve_device(cfg.device)
-    bf16 = uses_cpu_bf16(device, cfg.bf16_cpu)
-    runtime = resolve_runtime(cfg.frozen_runtime, device, bf16)
-    path = view_features_file(cache, net, pretrained=cfg.pretrained, num_views=k_views, seed=cfg.seed, bf16=bf16, runtime=runtime)
+    device = resolve_device(options.device)
+    bf16 = uses_cpu_bf16(device, options.bf16_cpu)
+    runtime = resolve_runtime(options.runtime, device, bf16)
+    path = view_features_file(cache, net, pretrained=options.pretrained, num_views=k_views, seed=seed, bf16=bf16,
+                              runtime=runtime)
     arr, reason = _load_checked(path, len(cache))
     if arr is not None:
         return arr
     if reason != "not built yet" and progress:
-        print(f"rebuilding view features: {reason}")
+        logger.info(f"rebuilding view features: {reason}")
     one = stage_features_shape(net, cache.images, device)
     shape = (one[0], k_views) + tuple(one[1:])
     t0 = time.perf_counter()
@@ -219,17 +222,17 @@ def load_or_build_view_features(cfg: RunConfig, net: EmbeddingNet, cache: ImageC
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
         reserve(tmp, target=path)  # a full disk: one line now, not a SIGBUS in the memory map
         for k in range(k_views):
-            compute_stage_features(net, ViewImages(cache.images, cfg.seed, k), out[:, k], batch_size=cfg.embed_batch_size,
+            compute_stage_features(net, ViewImages(cache.images, seed, k), out[:, k], batch_size=options.batch_size,
                                    device=device, progress=progress, desc=f"frozen stages of view {k + 1}/{k_views} ({cache.split})",
-                                   bf16_cpu=cfg.bf16_cpu, runtime=runtime)
+                                   bf16_cpu=options.bf16_cpu, runtime=runtime)
         out.flush()
         crc = content_crc32(out)
         del out
     write_json(sidecar(path), {"shape": list(shape), "crc32": crc, "source": str(cache.cache_file),
-                               "views_per_image": k_views, "seed": cfg.seed, "view_version": VIEW_VERSION})
+                               "views_per_image": k_views, "seed": seed, "view_version": VIEW_VERSION})
     if progress:
-        print(f"computed frozen-stage features of {k_views} views of {len(cache)} {cache.split} images in "
-              f"{time.perf_counter() - t0:.1f} s ({runtime}, {path.stat().st_size / 2 ** 30:.2f} GiB) -> {path.name}")
+        logger.info(f"computed frozen-stage features of {k_views} views of {len(cache)} {cache.split} images in "
+                    f"{time.perf_counter() - t0:.1f} s ({runtime}, {path.stat().st_size / 2 ** 30:.2f} GiB) -> {path.name}")
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
@@ -291,19 +294,22 @@ class TrainingViews:
         return x, im
 
 
-def instance_training(cfg: RunConfig, triplets, net: EmbeddingNet, cache: ImageCache, progress: bool = True):
-    """(triplet source, `TrainingViews` or None) of a training run: with ``instance_fraction`` > 0,
+def instance_training(triplets, net: EmbeddingNet, cache: ImageCache, options: FeatureOptions, *,
+                      instance_fraction: float, views_per_image: int, batch_size: int, seed: int,
+                      candidates: np.ndarray, progress: bool = True):
+    """(triplet source, `TrainingViews` or None) of a training run: with `instance_fraction` > 0,
     `triplets` (an array of pre-sampled triplets or a source with ``batch(step)``) with that share
-    of instance triplets mixed in (`InstanceTriplets`, in-class negatives among the images not held
-    out) and the views that make their positives (cached under the stage cache); else as given."""
-    if cfg.instance_fraction <= 0:
+    of instance triplets mixed in (`InstanceTriplets`, in-class negatives among `candidates`, the
+    images not held out) and the views that make their positives (cached under the stage cache
+    when ``options.cache_stages``); else as given."""
+    if instance_fraction <= 0:
         return triplets, None
     if not hasattr(triplets, "batch"):
-        triplets = PresampledTriplets(triplets, cfg.batch_size, cfg.seed)
-    kept, _ = holdout_split(cache.labels, cfg.holdout_per_class, cfg.seed, cache.wnids)
-    source = InstanceTriplets(triplets, cache.labels, cfg.instance_fraction, num_views=cfg.views_per_image,
-                              seed=cfg.seed, candidates=kept)
-    if not cfg.cache_stage_features:
-        return source, TrainingViews(cfg.seed)
-    feats = load_or_build_view_features(cfg, net, cache, progress)
-    return source, TrainingViews(cfg.seed, feats, cache.images if net.multiscale else None)
+        triplets = PresampledTriplets(triplets, batch_size, seed)
+    source = InstanceTriplets(triplets, cache.labels, instance_fraction, num_views=views_per_image,
+                              seed=seed, candidates=candidates)
+    if not options.cache_stages:
+        return source, TrainingViews(seed)
+    feats = load_or_build_view_features(net, cache, options, views_per_image=views_per_image, seed=seed,
+                                        progress=progress)
+    return source, TrainingViews(seed, feats, cache.images if net.multiscale else None)

@@ -11,24 +11,27 @@ import time
 
 import numpy as np
 
-from ranking_lib.core.config import RunConfig
 from ranking_lib.core.devices import resolve_device, uses_cpu_bf16
 from ranking_lib.core.fileio import atomic_path
 from ranking_lib.data import ImageCache
 from ranking_lib.models.inference import ModelInputs, embed_images
-from ranking_lib.models.model import build_model
-from ranking_lib.models.stage_cache import golden_features_file, model_inputs
+from ranking_lib.models.model import EmbeddingNet
+from ranking_lib.models.stage_cache import FeatureOptions, golden_features_file, model_inputs
+from ranking_lib.core.log import get_logger
+
+logger = get_logger(__name__)
 
 
-def golden_features(cfg: RunConfig, cache: ImageCache, progress: bool = True) -> np.ndarray:
-    """(N, feature_dim) float16 golden features of every image of `cache` (the `baseline` model
-    at the run's input size), read from their file when it holds a valid array."""
-    single = cfg.replace(architecture="single")
-    net = build_model(single).eval()
+def golden_features(net: EmbeddingNet, cache: ImageCache, options: FeatureOptions, progress: bool = True) -> np.ndarray:
+    """(N, feature_dim) float16 golden features of every image of `cache`: the pooled features of
+    `net`, the run's network built with the single architecture (the `baseline` model at the run's
+    input size), read from their file when it holds a valid array."""
+    net = net.eval()
     if cache.cache_file is None:
         inputs, path = ModelInputs(cache.images), None
     else:
-        path = golden_features_file(cache, net, cfg.pretrained, uses_cpu_bf16(resolve_device(cfg.device), cfg.bf16_cpu))
+        path = golden_features_file(cache, net, options.pretrained,
+                                    uses_cpu_bf16(resolve_device(options.device), options.bf16_cpu))
         if path.is_file():
             try:
                 z = np.load(path, allow_pickle=False)
@@ -36,13 +39,13 @@ def golden_features(cfg: RunConfig, cache: ImageCache, progress: bool = True) ->
                     return z
             except (OSError, ValueError):
                 pass
-        inputs = model_inputs(single, net, cache, progress)
+        inputs = model_inputs(net, cache, options, progress)
     t0 = time.perf_counter()
-    z = embed_images(net, inputs, cfg.embed_batch_size, cfg.device, baseline=True, progress=progress,
-                     desc=f"golden features ({cache.split})", bf16_cpu=cfg.bf16_cpu).astype(np.float16)
+    z = embed_images(net, inputs, options.batch_size, options.device, baseline=True, progress=progress,
+                     desc=f"golden features ({cache.split})", bf16_cpu=options.bf16_cpu).astype(np.float16)
     if path is not None:
         with atomic_path(path, need=z.nbytes + 128) as tmp:
             np.save(tmp, z)
     if progress:
-        print(f"golden features of {len(cache)} {cache.split} images in {time.perf_counter() - t0:.1f} s")
+        logger.info(f"golden features of {len(cache)} {cache.split} images in {time.perf_counter() - t0:.1f} s")
     return z

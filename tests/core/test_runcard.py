@@ -76,24 +76,6 @@ def test_verify_run_one_line_errors(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
 
 
-def test_benchmark_card_beside_its_results_and_kept_only_when_asked(tmp_path, monkeypatch):
-    results = tmp_path / "bench.json"
-    results.write_text('{"rows": []}\n')
-    card = runcard.write_benchmark_card("bench_x", results, ["--n", "3"])
-    assert card == tmp_path / "bench.card.json"
-    c = json.loads(card.read_text())
-    assert c["command"] == "python benchmarks/bench_x.py --n 3" and c["results"] == "bench.json"
-    assert not (runcard.KEPT_RUNS / "bench_x").exists()  # results outside benchmarks/results stay put
-    keep = tmp_path / "kept"
-    runcard.write_benchmark_card("bench_x", results, [], keep=keep)
-    assert (keep / "bench.json").read_text() == results.read_text() and (keep / "card.json").is_file()
-    # the default folder (ignored by git) is never the only copy
-    monkeypatch.setattr(runcard, "BENCH_RESULTS", tmp_path)
-    monkeypatch.setattr(runcard, "KEPT_RUNS", tmp_path / "runs")
-    runcard.write_benchmark_card("bench_x", results, [])
-    assert (tmp_path / "runs" / "bench_x" / "bench.json").is_file()
-
-
 def test_git_absent_gives_nulls(monkeypatch):
     monkeypatch.delenv("RANKING_GIT_COMMIT", raising=False)
     monkeypatch.setattr(runcard.shutil, "which", lambda name: None)

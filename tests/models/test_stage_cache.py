@@ -12,6 +12,7 @@ from ranking_lib.core.config import RunConfig
 from ranking_lib.models.inference import embed_images
 from ranking_lib.retrieval.metrics import triplet_accuracy_from_index
 from ranking_lib.models.model import build_model
+from ranking_lib.run_settings import model_kwargs
 from ranking_lib.models.stage_cache import compute_stage_features, load_or_build_stage_features
 
 
@@ -27,7 +28,7 @@ def _cfg(sample_dir, cache_dir, run_dir, **kw):
 def test_stage_features_match_the_full_forward_pass(sample_dir, sample_cache_dir):
     cfg = _cfg(sample_dir, sample_cache_dir, "unused")
     caches = workflow.load_caches(cfg, progress=False)
-    net = build_model(cfg).eval()
+    net = build_model(**model_kwargs(cfg)).eval()
     feats = load_or_build_stage_features(net, caches["val"], pretrained=cfg.pretrained, progress=False)
     assert feats.dtype == np.float16 and feats.shape[0] == len(caches["val"])
     again = load_or_build_stage_features(net, caches["val"], pretrained=cfg.pretrained, progress=False)
@@ -54,13 +55,13 @@ def test_train_from_stage_features_improves_and_embeds(sample_dir, small_cache_d
     assert log["loss"][-10:].mean() < 0.9 * log["loss"][:10].mean()
     trained = json.loads(Path(cfg.run_dir, "metrics_trained.json").read_text())
     # the frozen stages are untouched: their weights equal the pretrained ones
-    net, pre = workflow.load_model(cfg, "trained"), build_model(cfg)
+    net, pre = workflow.load_model(cfg, "trained"), build_model(**model_kwargs(cfg))
     for (n, a), (_, b) in zip(net.backbone.stages[0].named_parameters(), pre.backbone.stages[0].named_parameters()):
         assert torch.equal(a, b), n
     # ranks more val triplets right than the same network before training (same seed, same head init)
     caches = workflow.load_caches(cfg, progress=False)
     start = workflow.initial_model(cfg, caches["val"].wnids)
-    z0 = embed_images(start, workflow.stage_inputs(cfg, start, caches["val"], progress=False), progress=False)
+    z0 = embed_images(start, workflow.stage_inputs(start, caches["val"], workflow.feature_options(cfg), progress=False), progress=False)
     before = triplet_accuracy_from_index(z0, workflow.load_run_triplets(cfg, "val", len(caches["val"])))
     assert trained["val"]["triplet_acc"] > before + 2, (before, trained["val"]["triplet_acc"])
 
@@ -101,7 +102,7 @@ def test_openvino_frozen_pass_equals_torch_and_has_its_own_file(sample_dir, samp
         pytest.skip("OpenVINO or onnx not installed (pip install 'ranking-lib[fast]'): torch fallback checked")
     assert runtimes.resolve_runtime("auto", "cpu", False) == "openvino"
     caches = workflow.load_caches(cfg, progress=False)
-    net = build_model(cfg).eval()
+    net = build_model(**model_kwargs(cfg)).eval()
     images = caches["val"].images[:24]
     ref = compute_stage_features(net, images, batch_size=10, progress=False)
     fast = compute_stage_features(net, images, batch_size=10, progress=False, runtime="openvino")
@@ -125,7 +126,7 @@ def test_the_network_moves_to_its_device_outside_inference_mode(monkeypatch):
     ``torch.inference_mode`` by the frozen-stage pass gets inference-tensor parameters, and its
     first training step fails. The CPU moves nothing, so this checks where the move happens."""
     cfg = RunConfig(pretrained=False, input_size=32, embedding_dim=8, freeze_stages=2, cache_stage_features=True)
-    net = build_model(cfg)
+    net = build_model(**model_kwargs(cfg))
     seen, to = [], net.to
 
     def recording_to(*args, **kwargs):

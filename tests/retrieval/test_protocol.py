@@ -5,7 +5,7 @@ import pytest
 
 from ranking_lib.core.errors import RankingError
 from ranking_lib.retrieval.index import EmbeddingIndex
-from ranking_lib.retrieval.protocol import evaluate_embeddings, train_query_ids
+from ranking_lib.retrieval.protocol import evaluate_embeddings, queries_without_match, train_query_ids
 from ranking_lib.retrieval.query import pick_query_examples, query_split, query_vector
 
 # two classes on a line: class 0 near 0, class 1 near 1
@@ -59,3 +59,8 @@ def test_query_vector_and_examples():
     assert sorted(np.array([0, 0, 1, 1, 2])[picks]) == [0, 1, 2]
     with pytest.raises(RankingError, match="different classes"):
         pick_query_examples(np.array([0, 1]), 3, seed=0)
+
+
+def test_queries_without_match_counts_classes_missing_from_the_database():
+    assert queries_without_match(np.array([0, 1, 2, 2, 3]), np.array([0, 1, 1])) == 3
+    assert queries_without_match(np.array([0, 1]), np.array([1, 0])) == 0

@@ -133,7 +133,7 @@ def test_calibration_leaves_the_run_as_it_was(demo, tmp_path, monkeypatch):
     cfg = _cfg(demo, tmp_path / "m")
     caches = workflow.load_caches(cfg, progress=False)
     model = workflow.initial_model(cfg, caches["train"].wnids)
-    inputs = workflow.model_inputs(cfg, model, caches["train"], progress=False)
+    inputs = workflow.model_inputs(model, caches["train"], workflow.feature_options(cfg), progress=False)
     t = Trainer(cfg, model, inputs, caches["train"].labels,
                 workflow.training_triplets(cfg, caches["train"], False), run_dir=cfg.run_dir)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -14,6 +14,7 @@ from ranking_lib.core.errors import CheckpointError, RankingError
 from ranking_lib.models.inference import embed_images
 from ranking_lib.retrieval.metrics import triplet_accuracy_from_index
 from ranking_lib.models.model import build_model
+from ranking_lib.run_settings import model_kwargs
 from ranking_lib.training.optim import build_optimizer, lr_factor
 from ranking_lib.core.devices import array_on_device
 from ranking_lib.triplets.presampled import batch_triplets
@@ -31,7 +32,7 @@ def _cfg(sample_dir, cache_dir, run_dir, **kw):
 def _val_triplet_acc(cfg, model):
     caches = workflow.load_caches(cfg, progress=False)
     trip = workflow.load_run_triplets(cfg, "val", len(caches["val"]))
-    net = build_model(cfg)
+    net = build_model(**model_kwargs(cfg))
     if model == "trained":
         ckpt = read_checkpoint(workflow.run_path(cfg, "checkpoints", "last.pt"))
         net.load_state_dict(ckpt["model"])
@@ -130,7 +131,7 @@ def test_lr_schedule():
 
 def test_optimizer_by_name_and_no_fallback_for_an_unknown_one():
     cfg = RunConfig(pretrained=False, input_size=32, embedding_dim=8)
-    net = build_model(cfg)
+    net = build_model(**model_kwargs(cfg))
     for name, kind in (("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)):
         assert type(build_optimizer(cfg.replace(optimizer=name), net)) is kind
     with pytest.raises(RankingError, match=r"^optimizer must be one of sgd, adam, adamw \(got 'lbfgs'\)$"):

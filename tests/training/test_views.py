@@ -13,6 +13,7 @@ from ranking_lib import workflow
 from ranking_lib.core.config import RunConfig
 from ranking_lib.core.errors import RankingError
 from ranking_lib.models.model import build_model
+from ranking_lib.run_settings import feature_options, model_kwargs
 from ranking_lib.models.stage_cache import compute_stage_features
 from ranking_lib.training.checkpoint import read_checkpoint
 from ranking_lib.training.trainer import Trainer
@@ -163,14 +164,19 @@ def test_a_run_with_views_resumes_exactly(sample_dir, small_cache_dir, tmp_path,
 
 
 def test_the_trainer_feeds_the_querys_view_as_positive(sample_dir, small_cache_dir, tmp_path):
+    from ranking_lib.data.holdout import holdout_split
     from ranking_lib.training.views import instance_training
 
     cfg = _cfg(sample_dir, small_cache_dir, tmp_path / "run", augment=False)
     workflow.prepare(cfg, progress=False)
     workflow.sample(cfg)
     cache = workflow.load_caches(cfg, progress=False)["train"]
-    net = build_model(cfg)
-    source, views = instance_training(cfg, workflow.load_run_triplets(cfg, "train", len(cache)), net, cache, False)
+    net = build_model(**model_kwargs(cfg))
+    kept, _ = holdout_split(cache.labels, cfg.holdout_per_class, cfg.seed, cache.wnids)
+    source, views = instance_training(workflow.load_run_triplets(cfg, "train", len(cache)), net, cache,
+                                      feature_options(cfg), instance_fraction=cfg.instance_fraction,
+                                      views_per_image=cfg.views_per_image, batch_size=cfg.batch_size, seed=cfg.seed,
+                                      candidates=kept, progress=False)
     trainer = Trainer(cfg, net, cache.images, cache.labels, source, run_dir=cfg.run_dir, views=views)
     x, _, y = trainer._batch(3)
     t = source.batch(3)
@@ -186,8 +192,8 @@ def test_cached_views_are_the_frozen_stages_of_the_views(sample_dir, small_cache
     cfg = _cfg(sample_dir, small_cache_dir, str(tmp_path / "run"), freeze_stages=7, cache_stage_features=True, views_per_image=2)
     workflow.prepare(cfg, progress=False)
     cache = workflow.load_caches(cfg, progress=False)["train"]
-    net = build_model(cfg).eval()
-    feats = load_or_build_view_features(cfg, net, cache, progress=False)
+    net = build_model(**model_kwargs(cfg)).eval()
+    feats = load_or_build_view_features(net, cache, feature_options(cfg), views_per_image=cfg.views_per_image, seed=cfg.seed, progress=False)
     assert feats.dtype == np.float16 and feats.shape[:2] == (len(cache), 2)
     for k in (0, 1):
         direct = compute_stage_features(net, ViewImages(cache.images[:5], cfg.seed, k), progress=False)
@@ -196,7 +202,8 @@ def test_cached_views_are_the_frozen_stages_of_the_views(sample_dir, small_cache
     import ranking_lib.training.views as views_mod
 
     monkeypatch.setattr(views_mod, "compute_stage_features", lambda *a, **k: pytest.fail("rebuilt"))
-    again = load_or_build_view_features(cfg, net, cache, progress=False)  # reused, not rebuilt
+    again = load_or_build_view_features(net, cache, feature_options(cfg), views_per_image=cfg.views_per_image, seed=cfg.seed,
+                                        progress=False)  # reused, not rebuilt
     assert again.filename == feats.filename
     # prepare counts the views file and its sidecar as the current cache's own, not as strays
     from ranking_lib.models.stage_cache import stray_files
