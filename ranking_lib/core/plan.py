@@ -38,11 +38,10 @@ class ClassRates:
 
 
 RATES = {
-    "native bf16": ClassRates(0.59, 200.0, 4.58, 828.5,
-                              "docs/runs/cpu-budget40-clean (EPYC, AVX-512 BF16); the evaluation from "
-                              "docs/runs/cpu-budget85-inst02-distill5 (Xeon with AMX, all 9 near-duplicate transforms: "
-                              "828.5 s, the slower of the class's two CPUs; the EPYC's 620 s held 4)",
-                              near_dup_transforms=9),
+    "native bf16": ClassRates(0.59, 200.0, 4.58, 620.0,
+                              "docs/runs/cpu-budget40-clean (EPYC, AVX-512 BF16; 03 re-measured after b5fe6a6); the "
+                              "evaluation, ~670 s with all 9 near-duplicate transforms, is the slower of the class's two "
+                              "quiet CPUs (the Xeon with AMX took 592 s: docs/runs/cpu-budget85-xeon-quiet)"),
     "AVX2 only": ClassRates(0.49, 89.4, 2.0, 923.0,
                             "docs/runs/cpu-budget85-zen3 (EPYC Zen 3, AVX2 only, fp32; the torch frozen rate from "
                             "docs/figures/runtime_zen3.json)",
