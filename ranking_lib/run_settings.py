@@ -20,7 +20,8 @@ def model_kwargs(cfg: RunConfig, **over) -> dict:
     """`build_model`'s arguments for the run's network (`over`: fields replaced, e.g. ``architecture``)."""
     c = cfg.replace(**over) if over else cfg
     return dict(seed=c.seed, backbone=c.backbone, embedding_dim=c.embedding_dim, pretrained=c.pretrained,
-                input_size=c.input_size, head=c.head, normalize=c.normalize_embeddings, freeze_stages=c.freeze_stages,
+                input_size=c.input_size, head=c.head,
+                normalize_embeddings=c.normalize_embeddings, freeze_stages=c.freeze_stages,
                 channels_last=c.channels_last, freeze_bn=c.freeze_bn, architecture=c.architecture)
 
 

@@ -210,10 +210,10 @@ HEAD_INITS.add("classifier", init_head_from_classifier)
 
 
 def build_model(*, seed: int, backbone: str, embedding_dim: int, pretrained: bool, input_size: int, head: str,
-                normalize: bool, freeze_stages: int, channels_last: bool, freeze_bn: bool,
+                normalize_embeddings: bool, freeze_stages: int, channels_last: bool, freeze_bn: bool,
                 architecture: str) -> EmbeddingNet:
     """An `EmbeddingNet` with its head initialised from `seed` (a run's: ``workflow.model_kwargs(cfg)``)."""
     torch.manual_seed(seed)
     return EmbeddingNet(backbone, embedding_dim=embedding_dim, pretrained=pretrained, input_size=input_size, head=head,
-                        normalize=normalize, freeze_stages=freeze_stages, channels_last=channels_last,
+                        normalize=normalize_embeddings, freeze_stages=freeze_stages, channels_last=channels_last,
                         freeze_bn=freeze_bn, architecture=architecture)
