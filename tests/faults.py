@@ -140,6 +140,30 @@ def run_cli_out(args, capsys) -> tuple[int, list[str], str]:
     return rc, [ln for ln in out.err.splitlines() if ln.strip()], out.out
 
 
+def signalled_training(demo_data, tmp_path, capsys, sig: int, *, rows: int, **popen):
+    """A `train` command run as a child process on the demo data (400 steps, a checkpoint every 3),
+    sent `sig` once its loss log has more than `rows` rows: (run dir, cache dir, the ended child,
+    its stderr). `popen`: more `subprocess.Popen` arguments (a ``preexec_fn``)."""
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    flags = data_flags(demo_data, run, cache, steps=400, checkpoint_every=3)
+    for s in ("prepare", "sample"):
+        assert run_cli_out([s] + flags, capsys)[0] == 0
+    proc = subprocess.Popen([sys.executable, "-m", "ranking_lib", "train", *map(str, flags)], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+    log, t0 = run / "loss_log.csv", time.time()
+    try:
+        while not (log.is_file() and len(log.read_text().splitlines()) > rows):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() - t0 < 240, "training never got going"
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return run, cache, proc, stderr
+
+
 def logged(caplog) -> list[str]:
     """The warnings logged since the last call (under pytest they go to caplog, not stderr)."""
     out = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

@@ -14,13 +14,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from faults import demo_data, demo_dirs, embedded, trained  # noqa: F401 (fixtures, requested by name)
-from faults import REPO, copy_run, data_flags, demo_flags, files_in, own_copy, run_cli, run_cli_out
+from faults import REPO, copy_run, data_flags, demo_flags, files_in, own_copy, run_cli, run_cli_out, signalled_training
 
 from ranking_lib import cli
 
@@ -211,23 +210,7 @@ def test_full_disk_exits_1_as_the_readme_says(embedded, tmp_path, capsys, monkey
 
 
 def test_sigterm_during_a_command_is_one_line(demo_data, tmp_path, capsys):
-    run, cache = tmp_path / "run", tmp_path / "cache"
-    flags = data_flags(demo_data, run, cache, steps=400, checkpoint_every=3)
-    for s in ("prepare", "sample"):
-        assert run_cli_out([s] + flags, capsys)[0] == 0
-    proc = subprocess.Popen([sys.executable, "-m", "ranking_lib", "train", *map(str, flags)], cwd=REPO,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    log, t0 = run / "loss_log.csv", time.time()
-    try:
-        while not (log.is_file() and len(log.read_text().splitlines()) > 5):
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() - t0 < 240, "training never got going"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)  # a scheduler's time limit
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    run, _, proc, stderr = signalled_training(demo_data, tmp_path, capsys, signal.SIGTERM, rows=5)  # a time limit
     err = [ln for ln in stderr.splitlines() if ln.strip()]
     assert proc.returncode == 143 and len(err) == 1 and "Traceback" not in stderr, stderr
     assert err[0].startswith("error: terminated (SIGTERM): train stopped after step ") and "resumes from step" in err[0]

@@ -9,15 +9,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 from faults import demo_data, demo_dirs, embedded  # noqa: F401 (fixtures, requested by name)
-from faults import REPO, copy_run, data_flags, demo_cfg, demo_flags, prepared, run_cli, run_cli_out
+from faults import copy_run, data_flags, demo_cfg, demo_flags, prepared, run_cli, run_cli_out, signalled_training
 
 from ranking_lib import cli, workflow
 from ranking_lib.core.errors import CheckpointError
@@ -112,26 +109,10 @@ def test_empty_checkpoint_is_named(embedded, tmp_path, capsys):
 
 
 def test_ctrl_c_during_train_is_one_line_and_the_next_train_resumes_where_it_says(demo_data, tmp_path, capsys):
-    run, cache = tmp_path / "run", tmp_path / "cache"
-    flags = data_flags(demo_data, run, cache, steps=400, checkpoint_every=3)
-    for s in ("prepare", "sample"):
-        assert run_cli_out([s] + flags, capsys)[0] == 0
     # as from a terminal: a suite started in the background (nohup, `&`) has SIGINT ignored, and
     # the child would inherit that
-    proc = subprocess.Popen([sys.executable, "-m", "ranking_lib", "train", *map(str, flags)], cwd=REPO,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    log, t0 = run / "loss_log.csv", time.time()
-    try:
-        while not (log.is_file() and len(log.read_text().splitlines()) > 8):
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() - t0 < 240, "training never got going"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    run, cache, proc, stderr = signalled_training(demo_data, tmp_path, capsys, signal.SIGINT, rows=8,
+                                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     err = [ln for ln in stderr.splitlines() if ln.strip()]
     assert proc.returncode == 130 and len(err) == 1, stderr
     assert err[0].startswith("error: interrupted: train stopped after step ") and "Traceback" not in stderr
