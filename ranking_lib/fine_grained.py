@@ -5,6 +5,8 @@ with what it loaded)."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from ranking_lib.core.config import RunConfig
@@ -12,9 +14,8 @@ from ranking_lib.data import ImageCache, TinyImageNet
 from ranking_lib.retrieval.index import EmbeddingIndex
 from ranking_lib.retrieval.query import pick_query_examples
 from ranking_lib.run_files import index_options
-from ranking_lib.core.log import get_logger
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def semantic_metrics(cfg: RunConfig, ds: TinyImageNet, db: EmbeddingIndex, *, kept: np.ndarray, held: np.ndarray,

@@ -12,6 +12,7 @@ Every step reads what earlier steps wrote into ``cfg.run_dir``:
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -69,9 +70,8 @@ from ranking_lib.triplets.samplers import (
     load_triplets,
     save_triplets,
 )
-from ranking_lib.core.log import get_logger
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 
 # ---- setup ---------------------------------------------------------------------------
@@ -301,10 +301,11 @@ def embed(cfg: RunConfig, model: str = "trained", progress: bool = True) -> dict
     ctx = distributed.context()  # under torchrun each rank embeds a slice, rank 0 writes
     device = distributed.rank_device(cfg.device, ctx)
     out = {}
+    options = feature_options(cfg)
     for split in splits:
         c = caches[split]
         t0 = time.perf_counter()
-        inputs = distributed.main_first(ctx, lambda: model_inputs(net, c, feature_options(cfg), progress and ctx.is_main))
+        inputs = distributed.main_first(ctx, lambda: model_inputs(net, c, options, progress and ctx.is_main))
         if ctx.enabled:
             part = ctx.shard(len(inputs))
             inputs = ModelInputs(inputs.array[part], inputs.kind, None if inputs.images is None else inputs.images[part])

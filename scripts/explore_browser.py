@@ -115,20 +115,14 @@ class Server:
             kids = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return 0
-        kernels = set()
+        kernels = {}
         for p in kids:
             try:
                 if any("ipykernel" in a for a in p.cmdline()):
-                    kernels.add(p.pid)
+                    kernels[p.pid] = p.ppid()
             except psutil.Error:  # exited meanwhile
                 pass
-        n = 0
-        for p in kids:
-            try:
-                n += p.pid in kernels and p.ppid() not in kernels
-            except psutil.Error:
-                pass
-        return n
+        return sum(parent not in kernels for parent in kernels.values())
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -13,14 +13,9 @@ from __future__ import annotations
 import logging
 import sys
 
-__all__ = ["ROOT", "get_logger", "show_messages"]
+__all__ = ["ROOT", "show_messages"]
 
 ROOT = "ranking_lib"
-
-
-def get_logger(name: str) -> logging.Logger:
-    """The logger of module `name` (``__name__``), a child of ``ranking_lib``."""
-    return logging.getLogger(name)
 
 
 class _Console(logging.StreamHandler):

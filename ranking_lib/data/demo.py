@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import math
 import re
 import shutil
@@ -28,9 +29,8 @@ import numpy as np
 from PIL import Image
 
 from ranking_lib.core.errors import DatasetError
-from ranking_lib.core.log import get_logger
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 JPEG_QUALITY = 90
 _SS = 2  # supersampling factor for anti-aliased edges

@@ -115,7 +115,7 @@ def sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def _load_checked(path: Path, n: int) -> tuple[np.ndarray | None, str]:
+def load_checked(path: Path, n: int) -> tuple[np.ndarray | None, str]:
     """The memory-mapped features at `path` if whole and undamaged, else (None, reason)."""
     if not path.is_file():
         return None, "not built yet"
@@ -146,26 +146,37 @@ def load_or_build_stage_features(net: EmbeddingNet, cache: ImageCache, *, pretra
     bf16 = uses_cpu_bf16(device, bf16_cpu)
     runtime = resolve_runtime(runtime, device, bf16)
     path = stage_features_file(cache, net, pretrained, bf16, runtime)
-    arr, reason = _load_checked(path, len(cache))
+    arr, reason = load_checked(path, len(cache))
     if arr is not None:
         return arr
     if reason != "not built yet":
         logger.warning("rebuilding frozen-stage features: %s", reason)
     shape = stage_features_shape(net, cache.images, device)
     t0 = time.perf_counter()
-    sidecar(path).unlink(missing_ok=True)
-    with atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-        reserve(tmp, target=path)  # a full disk: one line now, not a SIGBUS in the memory map
-        compute_stage_features(net, cache.images, out, batch_size=batch_size, device=device, progress=progress,
-                               desc=f"frozen stages ({cache.split}, {runtime})", bf16_cpu=bf16_cpu, runtime=runtime)
-        out.flush()
-        crc = content_crc32(out)
-        del out
-    write_json(sidecar(path), {"shape": list(shape), "crc32": crc, "source": str(cache.cache_file)})
+    arr = build_checked(path, shape, lambda out: compute_stage_features(
+        net, cache.images, out, batch_size=batch_size, device=device, progress=progress,
+        desc=f"frozen stages ({cache.split}, {runtime})", bf16_cpu=bf16_cpu, runtime=runtime),
+        source=str(cache.cache_file))
     if progress:
         logger.info(f"computed frozen-stage features of {len(cache)} {cache.split} images "
                     f"{shape[1:]} in {time.perf_counter() - t0:.1f} s ({runtime}) -> {path.name}")
+    return arr
+
+
+def build_checked(path: Path, shape: tuple, fill, **record) -> np.ndarray:
+    """A float16 array of `shape` written to `path` as `load_checked` reads it back: atomically
+    (temp file, then rename), its space reserved first (a full disk is one line, not a SIGBUS in
+    the memory map), `fill(out)` computing it in place, its shape and CRC-32 in the JSON sidecar
+    with `record`; returned memory-mapped."""
+    sidecar(path).unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        reserve(tmp, target=path)
+        fill(out)
+        out.flush()
+        crc = content_crc32(out)
+        del out
+    write_json(sidecar(path), {"shape": list(shape), "crc32": crc, **record})
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 

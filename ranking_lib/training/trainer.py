@@ -14,6 +14,7 @@ a resumed run keeps). The loss stays on the device between log steps (`loss_log.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,9 +39,8 @@ from ranking_lib.training.parts import TrainingParts, build_parts
 from ranking_lib.triplets.presampled import PresampledTriplets
 from ranking_lib.models.model import EmbeddingNet
 from ranking_lib.core.progress import progress as progress_bar
-from ranking_lib.core.log import get_logger
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass

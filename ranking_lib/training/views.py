@@ -20,6 +20,7 @@ Two ways to train on views (`TrainingViews`):
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from pathlib import Path
 
@@ -29,22 +30,20 @@ import torch.nn.functional as F
 
 from ranking_lib.core.devices import resolve_device, to_device, uses_cpu_bf16
 from ranking_lib.core.errors import RankingError
-from ranking_lib.core.fileio import atomic_path, content_crc32, reserve, write_json
 from ranking_lib.data import ImageCache
 from ranking_lib.models.model import EmbeddingNet
 from ranking_lib.models.stage_cache import (
     FeatureOptions,
-    _load_checked,
+    build_checked,
+    load_checked,
     compute_stage_features,
-    sidecar,
     stage_features_file,
     stage_features_shape,
 )
 from ranking_lib.triplets.instance import InstanceTriplets
 from ranking_lib.triplets.presampled import PresampledTriplets
-from ranking_lib.core.log import get_logger
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 VIEW_VERSION = 1
 """Changes whenever `apply_views` makes other views (cached views of another version are rebuilt)."""
@@ -209,7 +208,7 @@ def load_or_build_view_features(net: EmbeddingNet, cache: ImageCache, options: F
     runtime = resolve_runtime(options.runtime, device, bf16)
     path = view_features_file(cache, net, pretrained=options.pretrained, num_views=k_views, seed=seed, bf16=bf16,
                               runtime=runtime)
-    arr, reason = _load_checked(path, len(cache))
+    arr, reason = load_checked(path, len(cache))
     if arr is not None:
         return arr
     if reason != "not built yet" and progress:
@@ -217,23 +216,19 @@ def load_or_build_view_features(net: EmbeddingNet, cache: ImageCache, options: F
     one = stage_features_shape(net, cache.images, device)
     shape = (one[0], k_views) + tuple(one[1:])
     t0 = time.perf_counter()
-    sidecar(path).unlink(missing_ok=True)
-    with atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-        reserve(tmp, target=path)  # a full disk: one line now, not a SIGBUS in the memory map
+
+    def fill(out: np.ndarray) -> None:
         for k in range(k_views):
             compute_stage_features(net, ViewImages(cache.images, seed, k), out[:, k], batch_size=options.batch_size,
                                    device=device, progress=progress, desc=f"frozen stages of view {k + 1}/{k_views} ({cache.split})",
                                    bf16_cpu=options.bf16_cpu, runtime=runtime)
-        out.flush()
-        crc = content_crc32(out)
-        del out
-    write_json(sidecar(path), {"shape": list(shape), "crc32": crc, "source": str(cache.cache_file),
-                               "views_per_image": k_views, "seed": seed, "view_version": VIEW_VERSION})
+
+    arr = build_checked(path, shape, fill, source=str(cache.cache_file), views_per_image=k_views, seed=seed,
+                        view_version=VIEW_VERSION)
     if progress:
         logger.info(f"computed frozen-stage features of {k_views} views of {len(cache)} {cache.split} images in "
                     f"{time.perf_counter() - t0:.1f} s ({runtime}, {path.stat().st_size / 2 ** 30:.2f} GiB) -> {path.name}")
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+    return arr
 
 
 class TrainingViews:

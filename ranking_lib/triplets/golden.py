@@ -7,6 +7,7 @@ cache under `models.stage_cache.golden_features_file`.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -17,9 +18,8 @@ from ranking_lib.data import ImageCache
 from ranking_lib.models.inference import ModelInputs, embed_images
 from ranking_lib.models.model import EmbeddingNet
 from ranking_lib.models.stage_cache import FeatureOptions, golden_features_file, model_inputs
-from ranking_lib.core.log import get_logger
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def golden_features(net: EmbeddingNet, cache: ImageCache, options: FeatureOptions, progress: bool = True) -> np.ndarray:

@@ -56,7 +56,7 @@ def test_shown_messages_are_bare_lines_info_on_stdout_warnings_on_stderr(capsys)
     log.show_messages()  # once is enough; again adds no second handler
     root = logging.getLogger(log.ROOT)
     assert sum(type(h).__name__ == "_Console" for h in root.handlers) == 1
-    child = log.get_logger("ranking_lib.training.trainer")
+    child = logging.getLogger("ranking_lib.training.trainer")
     child.info("budget 6 s -> 12 steps")
     child.warning("skipped 1 corrupt image")
     child.debug("not shown")
@@ -67,7 +67,7 @@ def test_shown_messages_are_bare_lines_info_on_stdout_warnings_on_stderr(capsys)
 
 def test_messages_follow_the_current_stdout(capsys):
     log.show_messages()
-    log.get_logger("ranking_lib.workflow").info("first")
+    logging.getLogger("ranking_lib.workflow").info("first")
     assert capsys.readouterr().out == "first\n"
-    log.get_logger("ranking_lib.workflow").info("second")  # a new capture: written there, not to the old one
+    logging.getLogger("ranking_lib.workflow").info("second")  # a new capture: written there, not to the old one
     assert capsys.readouterr().out == "second\n"
