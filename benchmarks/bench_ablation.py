@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     results.setdefault("hardware", hardware())  # the sweep's machine; every row records its own
     results.update(split="tune", profile=args.profile,
                    data=f"{Path(args.data_dir).resolve().name}, {classes} classes",
-                   budget=f"{args.profile} profile at {args.input_size} px, {args.steps} steps",
+                   budget=f"{args.profile} profile at {args.input_size} px, {args.steps} steps", steps=args.steps,
                    base_command=shown("STEP", base))
     py = [sys.executable, "-m", "ranking_lib"]
     log = open(out / "ablation.log", "a")
@@ -202,13 +202,14 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in args.equal_time:
         ref, measured = ablation.row(results, "profile"), ablation.row(results, name)
-        if ref is None or measured is None:
-            raise SystemExit(f"error: --equal-time {name} needs the measured 'profile' and {name!r} rows first")
         cost = None
-        if args.step_cost:
+        if args.step_cost:  # the ratio measured apart: the row itself need not have run at full steps
             cost = ablation.row(read_json(args.step_cost, "--step-cost file"), name)
             if cost is None:
                 raise SystemExit(f"error: --step-cost {args.step_cost} has no row {name!r}")
+        elif ref is None or measured is None:
+            raise SystemExit(f"error: --equal-time {name} needs the measured 'profile' and {name!r} rows first "
+                             "(or --step-cost)")
         steps = equal_time_steps(args.steps, ref, measured, cost)
         if name not in todo_equal:
             print(f"{name}{ablation.EQUAL_TIME}: already measured, skipped (--again re-runs it)")
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = ablation.ROWS[name][0]
         saved = RunConfig.load(run_dir / "config.json")
         want = resolve(args.profile, {**overrides, "data_dir": str(Path(args.data_dir).resolve())}).config
-        diff = resume_differences(saved.to_dict(), want)
+        diff = resume_differences(saved.to_dict(), want.to_dict())
         if diff:
             raise SystemExit(f"error: {run_dir} was not made with row {name!r}'s settings: " +
                              ", ".join(f"{k}={a!r} (row: {b!r})" for k, (a, b) in diff.items()))

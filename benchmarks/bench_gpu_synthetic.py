@@ -72,15 +72,14 @@ def peak_gib(device: torch.device) -> dict:
 def bench_training(cfg, images, labels, seconds: float, cudnn_benchmark: bool, first: int = 3) -> tuple[dict, object]:
     """The first `first` steps timed one by one, then steady steps for `seconds`."""
     from ranking_lib.models.model import build_model
-    from ranking_lib.run_settings import model_kwargs
-    from ranking_lib.training.trainer import Trainer
+    from ranking_lib.run_settings import make_trainer, model_kwargs
     from ranking_lib.triplets.samplers import TripletSampler
 
     triplets = TripletSampler(labels, seed=cfg.seed).sample(max(len(labels), cfg.batch_size))
     device = resolve_device(cfg.device)
     reset_peak(device)
     with tempfile.TemporaryDirectory(prefix="bench-gpu-synthetic-") as tmp:
-        trainer = Trainer(cfg, build_model(**model_kwargs(cfg)), images, labels, triplets, run_dir=tmp)
+        trainer = make_trainer(cfg, build_model(**model_kwargs(cfg)), images, labels, triplets, run_dir=tmp)
         torch.backends.cudnn.benchmark = cudnn_benchmark and device.type == "cuda"
         trainer.model.train()
         first_s = []

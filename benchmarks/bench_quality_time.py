@@ -46,10 +46,10 @@ from ranking_lib.core.errors import RankingError
 from ranking_lib.retrieval.index import EmbeddingIndex
 from ranking_lib.retrieval.metrics import precision_at_k
 from ranking_lib.models.model import build_model
-from ranking_lib.run_settings import model_kwargs
+from ranking_lib.run_settings import make_trainer, model_kwargs
 from ranking_lib.triplets.samplers import TripletSampler
 from ranking_lib.models.stage_cache import compute_stage_features
-from ranking_lib.training.trainer import Trainer, resolve_device
+from ranking_lib.training.trainer import resolve_device
 from ranking_lib.models.inference import ModelInputs, embed_images
 from ranking_lib.workflow import initial_model
 
@@ -78,7 +78,8 @@ def train_curve(name: str, cfg: RunConfig, wnids, inputs, labels, triplets, eval
                 every_s: float, t_offset: float, probe_steps: int, run_dir: Path) -> dict:
     """Train `cfg` for `budget_s` seconds of training time; evaluate every `every_s` seconds."""
     # probe: a few steps on a throw-away copy size the cosine schedule to the budget
-    probe = Trainer(cfg.replace(steps=10**6), initial_model(cfg, wnids), inputs, labels, triplets, run_dir=run_dir / "probe")
+    probe = make_trainer(cfg.replace(steps=10**6), initial_model(cfg, wnids), inputs, labels, triplets,
+                         run_dir=run_dir / "probe")
     probe.model.train()
     probe.step_loss(0).item()
     t0 = time.perf_counter()
@@ -88,7 +89,7 @@ def train_curve(name: str, cfg: RunConfig, wnids, inputs, labels, triplets, eval
     del probe
     steps = max(cfg.warmup_steps + 1, int(budget_s / step_s))
     cfg = cfg.replace(steps=steps)
-    trainer = Trainer(cfg, initial_model(cfg, wnids), inputs, labels, triplets, run_dir=run_dir / name)
+    trainer = make_trainer(cfg, initial_model(cfg, wnids), inputs, labels, triplets, run_dir=run_dir / name)
     print(f"[{name}] probe {step_s * 1000:.0f} ms/step -> cosine schedule over {steps} steps "
           f"({budget_s / 60:.1f} min budget)", flush=True)
 

@@ -231,7 +231,7 @@ def step_trainer(bf16: bool, channels_last: bool, run_dir: Path, n: int = 4000):
     from ranking_lib.models.inference import ModelInputs
     from ranking_lib.models.model import build_model
     from ranking_lib.run_settings import model_kwargs
-    from ranking_lib.training.trainer import Trainer
+    from ranking_lib.run_settings import make_trainer
 
     cfg = settings.resolve("cpu", {"run_dir": str(run_dir), "steps": 100_000, "bf16_cpu": bf16,
                                    "channels_last": channels_last}).config
@@ -242,7 +242,7 @@ def step_trainer(bf16: bool, channels_last: bool, run_dir: Path, n: int = 4000):
     labels = np.repeat(np.arange(200), n // 200)
     q = rng.integers(0, n, 20_000)
     trip = np.stack([q, (q // 20) * 20 + rng.integers(0, 20, len(q)), rng.integers(0, n, len(q))], 1)
-    trainer = Trainer(cfg, model, ModelInputs(feats, "stage_features"), labels, trip, run_dir=run_dir)
+    trainer = make_trainer(cfg, model, ModelInputs(feats, "stage_features"), labels, trip, run_dir=run_dir)
     model.train()
     return trainer
 

@@ -35,9 +35,8 @@ from ranking_lib.core.devices import cpu_has_bf16
 from ranking_lib.models.inference import ModelInputs
 from ranking_lib.training.losses import RankingLoss
 from ranking_lib.models.model import build_model
-from ranking_lib.run_settings import model_kwargs
+from ranking_lib.run_settings import make_trainer, model_kwargs
 from ranking_lib.triplets.samplers import TripletSampler
-from ranking_lib.training.trainer import Trainer
 
 
 class JpegTriplets(torch.utils.data.Dataset):
@@ -78,7 +77,7 @@ def time_naive(cfg: RunConfig, root: Path, paths: list[str], triplets: np.ndarra
 
 def time_project(cfg: RunConfig, inputs: np.ndarray, labels: np.ndarray, triplets: np.ndarray, steps: int,
                  run_dir: Path) -> float:
-    trainer = Trainer(cfg, build_model(**model_kwargs(cfg)), inputs, labels, triplets, run_dir=run_dir)
+    trainer = make_trainer(cfg, build_model(**model_kwargs(cfg)), inputs, labels, triplets, run_dir=run_dir)
     trainer.model.train()
     trainer.step_loss(0).item()  # warm-up
     t0 = time.perf_counter()

@@ -44,7 +44,7 @@ from ranking_lib.models.model import (
     build_model,
 )
 from ranking_lib.models.stage_cache import model_inputs, stage_inputs  # noqa: F401 - stage_inputs re-exported
-from ranking_lib.run_settings import class_similarity, feature_options, model_kwargs
+from ranking_lib.run_settings import class_similarity, feature_options, make_trainer, model_kwargs
 from ranking_lib.retrieval.index import EmbeddingIndex
 from ranking_lib.run_files import (check_embeddings, check_index_size, check_network, check_replacing_triplets,  # noqa: F401
                                    check_sample_size, embeddings_meta, embeddings_path, index_options, network_record,
@@ -59,8 +59,7 @@ from ranking_lib.retrieval.query import (
 )
 from ranking_lib.training import distributed
 from ranking_lib.training.checkpoint import load_model_state, read_checkpoint
-from ranking_lib.training.trainer import Trainer, TrainResult
-from ranking_lib.training.parts import build_parts
+from ranking_lib.training.trainer import TrainResult
 from ranking_lib.training.views import instance_training
 from ranking_lib.triplets.golden import golden_features
 from ranking_lib.triplets.online import TRIPLET_SOURCES
@@ -255,20 +254,21 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = True, stop_at
         ctx, lambda: instance_training(triplets, model, caches["train"], options, instance_fraction=cfg.instance_fraction,
                                        views_per_image=cfg.views_per_image, batch_size=cfg.batch_size, seed=cfg.seed,
                                        candidates=kept, progress=progress and ctx.is_main))
-    parts = build_parts(cfg, model, class_similarity(cfg, caches["train"].wnids))  # optimiser, loss, miner, terms
-    trainer = Trainer(cfg, model, inputs, caches["train"].labels, triplets, run_dir=cfg.run_dir, replans=replans or (),
-                      views=views, parts=parts)
+    # handed its parts (optimiser, loss, miner, fine-grained terms) and plain settings
+    trainer = make_trainer(cfg, model, inputs, caches["train"].labels, triplets,
+                           class_similarity=class_similarity(cfg, caches["train"].wnids), replans=replans or (),
+                           views=views)
     if resume:
         trainer.resume()  # refuses changed settings before config.json is rewritten
     evaluation_s = evaluation_seconds(cfg, len(caches["train"])) if cfg.budget_minutes is not None else 0.0
     # the budget's steps (a resumed run: its checkpoint's)
     trainer.apply_budget(steps_per_s, progress, spent_s=time.time() - started, evaluation_s=evaluation_s)
-    cfg = trainer.cfg
+    cfg = cfg.replace(steps=trainer.steps)
     if ctx.is_main:
         cfg.save(run_path(cfg, "config.json"))
     result = trainer.fit(resume=resume, stop_at=stop_at, progress=progress)
-    if ctx.is_main and trainer.cfg.steps != cfg.steps:  # the budget moved the schedule's end
-        cfg = trainer.cfg
+    if ctx.is_main and trainer.steps != cfg.steps:  # the budget moved the schedule's end
+        cfg = cfg.replace(steps=trainer.steps)
         cfg.save(run_path(cfg, "config.json"))
     summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
     summary["world_size"] = ctx.world_size

@@ -67,6 +67,23 @@ def test_imports_point_down_only():
     assert not wrong, "imports that do not point down (docs/DESIGN.md):\n" + "\n".join(sorted(wrong))
 
 
+def test_the_config_stops_at_the_workflow_boundary():
+    """Below `run_files` / `run_settings` (the layers that turn a `RunConfig` into plain arguments)
+    nothing reads a config: data, models, triplets, training, retrieval and collection never import
+    `core.config`."""
+    below = {"data", "models", "triplets", "training", "retrieval", "collection"}
+    wrong = []
+    for path in modules():
+        if unit(path) not in below:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([node.module] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if "ranking_lib.core.config" in names:
+                wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not wrong, "a config read below the workflow boundary: " + ", ".join(wrong)
+
+
 def test_the_check_sees_every_shape_of_an_import():
     """Absolute, from the package, inside a function, relative: all are seen."""
     src = ("from ranking_lib.models.backbones import BACKBONES\n"

@@ -471,6 +471,28 @@ def t_trade_off(name: str = "ablation_fine.json") -> str:
                  [[option, *values] for option, values in zip(df.index, df.values.tolist())])
 
 
+def t_backbones(name: str = "ablation_backbone.json", cost: str = "step_cost_backbone.json") -> str:
+    """The backbone sweep on the tuning split: each EfficientNet-Lite at the profile's training
+    time (steps cut by its measured time per step), beside the profile's Lite0, on every axis."""
+    from ranking_lib.reporting.ablation import SEMANTIC, SEMANTIC_TITLES, measured_columns, row as named
+
+    d, c = figure_json(name), figure_json(cost)
+    cols = measured_columns(SEMANTIC, d["rows"])
+    rows = []
+    for r in d["rows"]:
+        base = r["name"].split("@")[0]
+        step = named(c, base)
+        if step is None:
+            raise RankingError(f"{cost} has no step cost of row {base!r}")
+        m = r["metrics"]
+        rows.append([r["name"], f"`{r['overrides'].get('backbone', 'efficientnet_lite0')}`",
+                     n0(r["overrides"].get("steps", d["steps"])), f"{1000 * step['s_per_step']:.0f}",
+                     f"{step['ratio_to_profile']:.2f}", n0(r["train_s"]), f"**{f2(m['precision@30'])}**",
+                     f2(m["map@r"]), *(f2(m.get(k)) for k in cols)])
+    return table(["row", "backbone", "steps", "ms/step", "× Lite0", "train s", "**tune P@30**", "MAP@R",
+                  *(SEMANTIC_TITLES[k] for k in cols)], ["---", "---", *["---:"] * (6 + len(cols))], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "headline": t_headline, "cpu-budget": t_cpu_budget, "cpu-budget-avx2": t_cpu_budget_avx2,
     "cpu-budget-xeon": t_cpu_budget_xeon, "budget-check": t_budget_check,
@@ -479,7 +501,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "ablation-every-axis": t_ablation_every_axis, "ablation-fine": lambda: t_ablation_every_axis("ablation_fine.json"),
     "ablation-fine-trade-off": t_trade_off, "fine-full": t_fine_full,
     "ablation-val": t_ablation_val, "step-cost": t_step_cost, "search-scale": t_search_scale, "gpu-check": t_gpu_check,
-    "gpu-options": t_gpu_options,
+    "gpu-options": t_gpu_options, "backbones": t_backbones,
 }
 
 

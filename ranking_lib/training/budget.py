@@ -1,10 +1,10 @@
 """The time budget: minutes of training turned into steps, and re-planned while the run goes.
 
-A budget (``train_minutes``, and/or the whole pipeline's ``budget_minutes``, which caps the
-training minutes at what is left after the time already spent and the evaluation's estimated
-cost: `training_minutes`) becomes a number of steps before the run starts: the trainer measures
-its step rate on throwaway copies of the network and optimiser, then `budget_steps` fixes the
-steps (`BudgetPlan`).
+A budget (`TimeBudget`: ``train_minutes``, and/or the whole pipeline's ``budget_minutes``, which
+caps the training minutes at what is left after the time already spent and the evaluation's
+estimated cost) becomes a number of steps before the run starts: the trainer's step rate is
+measured on throwaway copies of the network and optimiser (`measure_step_rate`), then
+`budget_steps` fixes the steps (`BudgetPlan`).
 
 The machine may get slower or faster after that measurement (another program starts, a laptop
 goes on battery). At each checkpoint the trainer compares the loop's time left with the rate of
@@ -17,11 +17,14 @@ its checkpoint holds, and a run handed the recorded moves (no budget) repeats th
 
 from __future__ import annotations
 
+import copy
 import math
+import time
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
-from ranking_lib.core.config import RunConfig
+import torch
+
 from ranking_lib.core.errors import CheckpointError, RankingError
 from ranking_lib.core.settings import BUDGET_KEYS, same_budget
 
@@ -102,22 +105,50 @@ class Replan:
         return asdict(self)
 
 
-def training_minutes(cfg: RunConfig, spent_s: float = 0.0, evaluation_s: float = 0.0) -> float:
-    """The training loop's minutes: ``train_minutes``, capped by ``budget_minutes`` less the
-    `spent_s` seconds already run and the `evaluation_s` seconds the evaluation will take;
-    one-line RankingError when the whole budget leaves no time to train."""
-    limits = [] if cfg.train_minutes is None else [float(cfg.train_minutes)]
-    if cfg.budget_minutes is not None:
-        left = (cfg.budget_minutes * 60 - spent_s - evaluation_s) / 60
-        if left <= 0:
-            raise RankingError(
-                f"budget_minutes={cfg.budget_minutes:g} leaves no time to train: {format_minutes(spent_s)} spent "
-                f"before training, the evaluation needs ~{format_minutes(evaluation_s)} (estimate); "
-                f"give a larger budget, or --steps")
-        limits.append(left)
-    if not limits:
-        raise RankingError("no time budget: set train_minutes or budget_minutes (or give --steps)")
-    return min(limits)
+@dataclass(frozen=True)
+class TimeBudget:
+    """A run's time budget (at least one of the two): `train_minutes` for the training loop, and/or
+    `budget_minutes` for the whole pipeline; `warmup_steps`, which the steps must pass."""
+
+    train_minutes: float | None = None
+    budget_minutes: float | None = None
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.train_minutes is None and self.budget_minutes is None:
+            raise RankingError("no time budget: set train_minutes or budget_minutes (or give --steps)")
+
+    def settings(self) -> dict:
+        """The budget as the config's fields (``train_minutes``, ``budget_minutes``)."""
+        return {k: getattr(self, k) for k in BUDGET_KEYS}
+
+    def training_minutes(self, spent_s: float = 0.0, evaluation_s: float = 0.0) -> float:
+        """The training loop's minutes: `train_minutes`, capped by `budget_minutes` less the
+        `spent_s` seconds already run and the `evaluation_s` seconds the evaluation will take;
+        one-line RankingError when the whole budget leaves no time to train."""
+        limits = [] if self.train_minutes is None else [float(self.train_minutes)]
+        if self.budget_minutes is not None:
+            left = (self.budget_minutes * 60 - spent_s - evaluation_s) / 60
+            if left <= 0:
+                raise RankingError(
+                    f"budget_minutes={self.budget_minutes:g} leaves no time to train: {format_minutes(spent_s)} "
+                    f"spent before training, the evaluation needs ~{format_minutes(evaluation_s)} (estimate); "
+                    f"give a larger budget, or --steps")
+            limits.append(left)
+        return min(limits)
+
+    def plan(self, minutes: float, steps_per_s: float, *, calibration_steps: int = 0, calibration_s: float = 0.0,
+             measured: bool = True, spent_s: float = 0.0, evaluation_s: float = 0.0) -> BudgetPlan:
+        """The plan of a run starting now: `minutes` of training (`training_minutes`) at
+        `steps_per_s` (measured over `calibration_steps` in `calibration_s`, spent from the budget,
+        when `measured`; a measured plan re-plans as the run goes)."""
+        capped = self.train_minutes is None or minutes < self.train_minutes
+        what = f"budget_minutes={self.budget_minutes:g} ({minutes:.1f} min of training left)" if capped else None
+        steps = budget_steps(minutes, steps_per_s, self.warmup_steps, calibration_s, what)
+        whole = self.budget_minutes is not None
+        return BudgetPlan(minutes, steps, steps_per_s, calibration_steps, calibration_s, measured=measured,
+                          replan=measured, budget_minutes=self.budget_minutes,
+                          spent_s=spent_s if whole else 0.0, evaluation_s=evaluation_s if whole else 0.0)
 
 
 def format_minutes(seconds: float) -> str:
@@ -190,19 +221,33 @@ def replans_from(records: Iterable[dict] | None) -> list[Replan]:
     return out
 
 
-def new_plan(cfg: RunConfig, minutes: float, steps_per_s: float, *, calibration_steps: int = 0,
-             calibration_s: float = 0.0, measured: bool = True, spent_s: float = 0.0,
-             evaluation_s: float = 0.0) -> BudgetPlan:
-    """The plan of a run starting now: `minutes` of training (`training_minutes`) at `steps_per_s`
-    (measured over `calibration_steps` in `calibration_s`, spent from the budget, when `measured`;
-    a measured plan re-plans as the run goes)."""
-    capped = cfg.train_minutes is None or minutes < cfg.train_minutes
-    what = f"budget_minutes={cfg.budget_minutes:g} ({minutes:.1f} min of training left)" if capped else None
-    steps = budget_steps(minutes, steps_per_s, cfg.warmup_steps, calibration_s, what)
-    whole = cfg.budget_minutes is not None
-    return BudgetPlan(minutes, steps, steps_per_s, calibration_steps, calibration_s, measured=measured,
-                      replan=measured, budget_minutes=cfg.budget_minutes,
-                      spent_s=spent_s if whole else 0.0, evaluation_s=evaluation_s if whole else 0.0)
+def measure_step_rate(run, warmup: int, steps: int, max_s: float) -> tuple[float, int, float]:
+    """(steps/s, steps run, seconds) of a trainer's `step_loss` (`run`: a `trainer.Trainer`) on
+    deep copies of its network and optimiser, on the batches of the run's first steps: `warmup`
+    untimed steps, then up to `steps` timed ones or `max_s` seconds (at least 3). The run's own
+    weights, optimiser state and random state are left as they were; under DDP every rank gets
+    rank 0's rate."""
+    t_all = time.perf_counter()
+    own = run.model, run.optimizer
+    run.model, run.optimizer = copy.deepcopy(own)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            run.model.train()
+            for s in range(warmup):
+                run.step_loss(run.step + s)
+            t0, n, last = time.perf_counter(), 0, None
+            while n < max(3, steps) and (n < 3 or n < steps and time.perf_counter() - t0 < max_s):
+                last = run.step_loss(run.step + warmup + n)
+                n += 1
+            float(last)  # waits for the device
+            rate = n / (time.perf_counter() - t0)
+    finally:
+        run.model, run.optimizer = own
+    if run.dist.enabled:  # every rank plans with rank 0's rate
+        t = torch.tensor([rate], dtype=torch.float64, device=run.device)
+        torch.distributed.broadcast(t, 0)
+        rate = float(t)
+    return rate, warmup + n, time.perf_counter() - t_all
 
 
 def resumed_plan(saved: dict, now: dict, recorded: dict | None, where: str, start_over: str) -> BudgetPlan:

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from ranking_lib.core.config import RunConfig
 from ranking_lib.core.errors import CheckpointError
 from ranking_lib.core.fileio import write_bytes
 
@@ -36,11 +35,11 @@ RESUME_FREE_FIELDS = frozenset({
 })
 
 
-def resume_differences(saved: dict[str, Any], cfg: RunConfig) -> dict[str, tuple[Any, Any]]:
-    """{field: (checkpoint's value, cfg's value)} for the run-shaping fields that differ."""
-    now = cfg.to_dict()
+def resume_differences(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{field: (checkpoint's value, `now`'s value)} for the run-shaping fields that differ (`saved`
+    and `now`: a run's settings as ``RunConfig.to_dict`` writes them)."""
     out = {}
-    for name in cfg.field_names():
+    for name in now:
         if name in RESUME_FREE_FIELDS or name not in saved:
             continue
         a, b = saved[name], now[name]

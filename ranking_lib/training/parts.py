@@ -1,6 +1,6 @@
 """What a `Trainer` is handed: the optimiser, the ranking loss, the miner and the optional
-fine-grained terms, built from a config in one place (`build_parts`), as pytorch-metric-learning's
-trainers are handed theirs. The trainer runs the loop; it builds none of them."""
+fine-grained terms, built in one place (`build_parts`, from plain values that `run_settings` takes
+from the config), as pytorch-metric-learning's trainers are handed theirs. The trainer runs the loop; it builds none of them."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ranking_lib.core.config import RunConfig
 from ranking_lib.core.errors import RankingError
 from ranking_lib.training.losses import GradedMargin, RankingLoss, WithinClassDistillation
-from ranking_lib.training.optim import build_optimizer
 from ranking_lib.triplets.miners import MINERS
 
 
@@ -39,16 +37,20 @@ class TrainingParts:
         self.distill = WithinClassDistillation() if self.teacher is not None else None
 
 
-def build_parts(cfg: RunConfig, model: nn.Module, class_similarity=None) -> TrainingParts:
-    """The parts `cfg` names, for `model` as built (before any step; a resumed run builds them the
-    same way before loading its checkpoint, so its teacher is the pretrained network again).
-    `class_similarity`: with ``cfg.graded_margin``, the (C, C) class similarity in [0, 1]."""
-    if cfg.graded_margin > 0 and class_similarity is None:
+def build_parts(model: nn.Module, optimizer: torch.optim.Optimizer, *, gap: float, squared_distance: bool = False,
+                miner: str = "none", distill_weight: float = 0.0, graded_margin: float = 0.0,
+                class_similarity=None) -> TrainingParts:
+    """The parts of a run, for `model` as built (before any step; a resumed run builds them the
+    same way before loading its checkpoint, so its teacher is the pretrained network again):
+    `optimizer` (`optim.build_optimizer`), the ranking loss of `gap`, the `miner` by name
+    (`MINERS`), within-class distillation of `distill_weight` and the graded margin of
+    `graded_margin` over `class_similarity`, the (C, C) class similarity in [0, 1]."""
+    if graded_margin > 0 and class_similarity is None:
         raise RankingError("graded_margin needs the classes' similarity (class_similarity)")
-    teacher = copy.deepcopy(model).eval().requires_grad_(False) if cfg.distill_weight > 0 else None
+    teacher = copy.deepcopy(model).eval().requires_grad_(False) if distill_weight > 0 else None
     return TrainingParts(
-        optimizer=build_optimizer(cfg, model),
-        loss=RankingLoss(cfg.gap, cfg.squared_distance),
-        miner=MINERS.get(cfg.miner),
-        teacher=teacher, distill_weight=cfg.distill_weight if teacher is not None else 0.0,
-        graded=GradedMargin(class_similarity, cfg.graded_margin) if cfg.graded_margin > 0 else None)
+        optimizer=optimizer,
+        loss=RankingLoss(gap, squared_distance),
+        miner=MINERS.get(miner),
+        teacher=teacher, distill_weight=distill_weight if teacher is not None else 0.0,
+        graded=GradedMargin(class_similarity, graded_margin) if graded_margin > 0 else None)

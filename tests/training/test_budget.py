@@ -15,7 +15,9 @@ from ranking_lib.core.config import RunConfig
 from ranking_lib.core.errors import CheckpointError, RankingError
 from ranking_lib.training import trainer as trainer_mod
 from ranking_lib.training.checkpoint import read_checkpoint
-from ranking_lib.training.budget import budget_steps, format_minutes
+from ranking_lib.run_settings import make_trainer
+from ranking_lib.training.budget import TimeBudget, budget_steps, format_minutes
+from ranking_lib.training.optim import LRSchedule
 from ranking_lib.training.trainer import Trainer
 
 
@@ -134,8 +136,7 @@ def test_calibration_leaves_the_run_as_it_was(demo, tmp_path, monkeypatch):
     caches = workflow.load_caches(cfg, progress=False)
     model = workflow.initial_model(cfg, caches["train"].wnids)
     inputs = workflow.model_inputs(model, caches["train"], workflow.feature_options(cfg), progress=False)
-    t = Trainer(cfg, model, inputs, caches["train"].labels,
-                workflow.training_triplets(cfg, caches["train"], False), run_dir=cfg.run_dir)
+    t = make_trainer(cfg, model, inputs, caches["train"].labels, workflow.training_triplets(cfg, caches["train"], False))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     rate, n, spent = t.measure_step_rate(warmup=1, steps=3, max_s=0.0)
@@ -147,7 +148,7 @@ def test_calibration_leaves_the_run_as_it_was(demo, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_mod, "CALIBRATION_STEPS", 3)
     monkeypatch.setattr(Trainer, "measure_step_rate", lambda self, **k: (20.0, 4, 1.5))
     plan = t.apply_budget(progress=False)
-    assert plan.measured and plan.steps == int((6 - 1.5) * 20) == t.cfg.steps == t.steps_history[0][1]
+    assert plan.measured and plan.steps == int((6 - 1.5) * 20) == t.steps == t.steps_history[0][1]
 
 
 def test_a_profile_with_its_own_steps_drops_the_inherited_budget():
@@ -171,13 +172,15 @@ def test_after_training_the_profile_resolves_to_the_steps_its_budget_chose(tmp_p
 
 # ---------------------------------------------------------------------------- the whole pipeline's budget
 def test_whole_budget_caps_the_training_minutes():
-    cfg = RunConfig(train_minutes=40, budget_minutes=85)
-    assert trainer_mod.training_minutes(cfg, spent_s=600, evaluation_s=600) == 40  # a fast CPU: the cap is loose
-    assert trainer_mod.training_minutes(cfg, spent_s=1900, evaluation_s=1500) == pytest.approx((5100 - 3400) / 60)
-    alone = RunConfig(budget_minutes=10)
-    assert trainer_mod.training_minutes(alone, spent_s=60, evaluation_s=120) == pytest.approx(7.0)
+    both = TimeBudget(train_minutes=40, budget_minutes=85)
+    assert both.training_minutes(spent_s=600, evaluation_s=600) == 40  # a fast CPU: the cap is loose
+    assert both.training_minutes(spent_s=1900, evaluation_s=1500) == pytest.approx((5100 - 3400) / 60)
+    alone = TimeBudget(budget_minutes=10)
+    assert alone.training_minutes(spent_s=60, evaluation_s=120) == pytest.approx(7.0)
+    with pytest.raises(RankingError, match=r"^no time budget: set train_minutes or budget_minutes"):
+        TimeBudget(warmup_steps=10)
     with pytest.raises(RankingError) as e:
-        trainer_mod.training_minutes(alone, spent_s=400, evaluation_s=200)
+        alone.training_minutes(spent_s=400, evaluation_s=200)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("budget_minutes=10 leaves no time to train") and "--steps" in msg
 
@@ -257,8 +260,8 @@ def test_schedule_progress_follows_the_moved_end():
     at100 = schedule_progress(100, 200, 10, moved)
     assert schedule_progress(100, 120, 10, two) == pytest.approx(at100)
     assert schedule_progress(120, 120, 10, two) == 1.0
-    cfg = RunConfig(steps=120, warmup_steps=10, lr_schedule="cosine")
-    lrs = [trainer_mod.lr_factor(cfg, s, two) for s in range(10, 120)]  # after the warm-up
+    cosine = LRSchedule(3e-4, "cosine", warmup_steps=10)
+    lrs = [cosine.factor(s, 120, two) for s in range(10, 120)]  # after the warm-up
     assert max(abs(a - b) for a, b in zip(lrs, lrs[1:])) < 0.05  # no jump where the end moved
 
 

@@ -15,7 +15,7 @@ from ranking_lib.models.inference import embed_images
 from ranking_lib.retrieval.metrics import triplet_accuracy_from_index
 from ranking_lib.models.model import build_model
 from ranking_lib.run_settings import model_kwargs
-from ranking_lib.training.optim import build_optimizer, lr_factor
+from ranking_lib.training.optim import LRSchedule, build_optimizer
 from ranking_lib.core.devices import array_on_device
 from ranking_lib.triplets.presampled import batch_triplets
 
@@ -118,24 +118,26 @@ def test_batches_walk_seeded_epochs():
 
 
 def test_lr_schedule():
-    cfg = RunConfig(steps=100, warmup_steps=10, lr_schedule="cosine")
-    assert lr_factor(cfg, 0) == pytest.approx(0.1)
-    assert lr_factor(cfg, 10) == pytest.approx(1.0)
-    assert lr_factor(cfg, 55) == pytest.approx(0.5)
-    assert lr_factor(cfg, 99) < 0.01
-    flat = cfg.replace(lr_schedule="constant")
-    assert lr_factor(flat, 0) == pytest.approx(0.1) and lr_factor(flat, 55) == lr_factor(flat, 99) == 1.0
+    cosine = LRSchedule(1e-3, "cosine", warmup_steps=10)
+    assert cosine.factor(0, 100) == pytest.approx(0.1)
+    assert cosine.factor(10, 100) == pytest.approx(1.0)
+    assert cosine.factor(55, 100) == pytest.approx(0.5)
+    assert cosine.factor(99, 100) < 0.01
+    flat = LRSchedule(1e-3, "constant", warmup_steps=10)
+    assert flat.factor(0, 100) == pytest.approx(0.1) and flat.factor(55, 100) == flat.factor(99, 100) == 1.0
     with pytest.raises(RankingError, match=r"^lr_schedule must be one of cosine, constant \(got 'step'\)$"):
-        lr_factor(cfg.replace(lr_schedule="step"), 55)
+        LRSchedule(1e-3, "step", warmup_steps=10)  # refused where it is built
 
 
 def test_optimizer_by_name_and_no_fallback_for_an_unknown_one():
     cfg = RunConfig(pretrained=False, input_size=32, embedding_dim=8)
     net = build_model(**model_kwargs(cfg))
     for name, kind in (("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)):
-        assert type(build_optimizer(cfg.replace(optimizer=name), net)) is kind
+        assert type(build_optimizer(net, name=name, lr=1e-3)) is kind
+    opt = build_optimizer(net, name="sgd", lr=0.1, weight_decay=1e-4, momentum=0.5, backbone_lr_scale=0.1)
+    assert opt.defaults["lr"] == 0.1 and opt.defaults["momentum"] == 0.5 and opt.defaults["weight_decay"] == 1e-4
     with pytest.raises(RankingError, match=r"^optimizer must be one of sgd, adam, adamw \(got 'lbfgs'\)$"):
-        build_optimizer(cfg.replace(optimizer="lbfgs"), net)
+        build_optimizer(net, name="lbfgs", lr=1e-3)
 
 
 @pytest.mark.parametrize("field,value,msg", [

@@ -13,10 +13,9 @@ from ranking_lib import workflow
 from ranking_lib.core.config import RunConfig
 from ranking_lib.core.errors import RankingError
 from ranking_lib.models.model import build_model
-from ranking_lib.run_settings import feature_options, model_kwargs
+from ranking_lib.run_settings import feature_options, make_trainer, model_kwargs
 from ranking_lib.models.stage_cache import compute_stage_features
 from ranking_lib.training.checkpoint import read_checkpoint
-from ranking_lib.training.trainer import Trainer
 from ranking_lib.triplets.presampled import PresampledTriplets
 from ranking_lib.training.views import (
     NUM_PARAMS,
@@ -177,7 +176,7 @@ def test_the_trainer_feeds_the_querys_view_as_positive(sample_dir, small_cache_d
                                       feature_options(cfg), instance_fraction=cfg.instance_fraction,
                                       views_per_image=cfg.views_per_image, batch_size=cfg.batch_size, seed=cfg.seed,
                                       candidates=kept, progress=False)
-    trainer = Trainer(cfg, net, cache.images, cache.labels, source, run_dir=cfg.run_dir, views=views)
+    trainer = make_trainer(cfg, net, cache.images, cache.labels, source, views=views)
     x, _, y = trainer._batch(3)
     t = source.batch(3)
     rows, _ = source.instance_rows(3)
