@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out}")
     from benchmark_card import write_benchmark_card
 
-    print(f"wrote {write_benchmark_card('bench_step_cost', args.out, argv)}")
+    # the card is named after the results (step_cost_backbone.json: docs/runs/bench_step_cost-backbone)
+    stem = Path(args.out).stem
+    name = "bench_step_cost" + (f"-{stem.removeprefix('step_cost_')}" if stem != "step_cost" else "")
+    print(f"wrote {write_benchmark_card(name, args.out, argv, script='bench_step_cost')}")
     return 0
 
 

@@ -141,6 +141,24 @@ def test_bench_budget_load_pins_a_load_that_ends_by_itself():
         bench.main(["--load-at", "1.5"])
 
 
+def test_bench_step_levers_times_the_profiles_step_and_each_lever(tmp_path, capsys):
+    bench = load_script("bench_step_levers")
+    out = tmp_path / "levers.json"
+    assert bench.main(["--levers", "fused-adamw", "no-channels-last", "--images", "32", "--warmup", "1",
+                       "--steps", "1", "--rounds", "1", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert [r["lever"] for r in d["rows"]] == ["profile", "fused-adamw", "no-channels-last"]  # profile first
+    assert all(r["steps_per_s"] > 0 for r in d["rows"]) and d["rows"][0]["x_profile"] == 1.0
+    assert d["top_ops_profile"] and 0 < d["top_ops_profile"][0]["share_pct"] <= 100
+    assert d["input_size"] == 192 and d["freeze_stages"] == 7 and d["isa"] == "native"
+    assert (tmp_path / "levers.card.json").is_file()
+    # a fused optimiser keeps the two parameter groups and their learning-rate scales
+    trainer = bench.trainer_for("fused-adamw", bench.resolve("cpu", {"data_dir": "unused"}).config, 8, str(tmp_path / "t"))
+    assert trainer.optimizer.defaults["fused"] and [g["lr_scale"] for g in trainer.optimizer.param_groups] == [1.0, 1.0]
+    with pytest.raises(SystemExit):
+        bench.main(["--steps", "0"])
+
+
 def test_bench_views_measures_the_cached_views_against_the_stage_pass(sample_dir, sample_cache_dir, tmp_path):
     out = tmp_path / "views.json"
     assert load_script("bench_views").main([

@@ -472,9 +472,10 @@ def t_trade_off(name: str = "ablation_fine.json") -> str:
 
 
 def t_backbones(name: str = "ablation_backbone.json", cost: str = "step_cost_backbone.json") -> str:
-    """The backbone sweep on the tuning split: each EfficientNet-Lite at the profile's training
-    time (steps cut by its measured time per step), beside the profile's Lite0, on every axis."""
-    from ranking_lib.reporting.ablation import SEMANTIC, SEMANTIC_TITLES, measured_columns, row as named
+    """The capacity sweep on the tuning split: larger EfficientNet-Lite backbones and one more
+    trained stage, each at the profile's training time (steps cut by its measured time per step),
+    beside the profile's row, on every axis."""
+    from ranking_lib.reporting.ablation import SEMANTIC, SEMANTIC_TITLES, measured_columns, override_flags, row as named
 
     d, c = figure_json(name), figure_json(cost)
     cols = measured_columns(SEMANTIC, d["rows"])
@@ -484,12 +485,11 @@ def t_backbones(name: str = "ablation_backbone.json", cost: str = "step_cost_bac
         step = named(c, base)
         if step is None:
             raise RankingError(f"{cost} has no step cost of row {base!r}")
-        m = r["metrics"]
-        rows.append([r["name"], f"`{r['overrides'].get('backbone', 'efficientnet_lite0')}`",
-                     n0(r["overrides"].get("steps", d["steps"])), f"{1000 * step['s_per_step']:.0f}",
-                     f"{step['ratio_to_profile']:.2f}", n0(r["train_s"]), f"**{f2(m['precision@30'])}**",
-                     f2(m["map@r"]), *(f2(m.get(k)) for k in cols)])
-    return table(["row", "backbone", "steps", "ms/step", "× Lite0", "train s", "**tune P@30**", "MAP@R",
+        m, over = r["metrics"], {k: v for k, v in r["overrides"].items() if k != "steps"}
+        rows.append([r["name"], f"`{' '.join(override_flags(over)) or DASH}`", n0(r["overrides"].get("steps", d["steps"])),
+                     f"{1000 * step['s_per_step']:.0f}", f"{step['ratio_to_profile']:.2f}", n0(r["train_s"]),
+                     f"**{f2(m['precision@30'])}**", f2(m["map@r"]), *(f2(m.get(k)) for k in cols)])
+    return table(["row", "flags", "steps", "ms/step", "× profile", "train s", "**tune P@30**", "MAP@R",
                   *(SEMANTIC_TITLES[k] for k in cols)], ["---", "---", *["---:"] * (6 + len(cols))], rows)
 
 

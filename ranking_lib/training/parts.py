@@ -1,6 +1,7 @@
 """What a `Trainer` is handed: the optimiser, the ranking loss, the miner and the optional
 fine-grained terms, built in one place (`build_parts`, from plain values that `run_settings` takes
-from the config), as pytorch-metric-learning's trainers are handed theirs. The trainer runs the loop; it builds none of them."""
+from the config), as pytorch-metric-learning's trainers are handed theirs. The trainer runs the
+loop; it builds none of them."""
 
 from __future__ import annotations
 

@@ -158,7 +158,8 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
-            "config": {**self.settings, **(self.time_budget.settings() if self.time_budget else {}), "steps": self.steps},
+            "config": {**self.settings, **(self.time_budget.settings() if self.time_budget else {}),
+                       "steps": self.steps},
             "sampler_seed": self.seed,
             "architecture": self.model.architecture(),
             "triplets_sha256": self.triplets_sha256,
@@ -241,8 +242,8 @@ class Trainer:
                 rate, n, spent = self.measure_step_rate(max_s=min(CALIBRATION_MAX_S, minutes * 60 / 10))
             else:
                 rate, n, spent = float(steps_per_s), 0, 0.0
-            self.budget = self.time_budget.plan(minutes, rate, calibration_steps=n, calibration_s=spent,
-                                                measured=steps_per_s is None, spent_s=spent_s, evaluation_s=evaluation_s)
+            self.budget = self.time_budget.plan(minutes, rate, calibration_steps=n, calibration_s=spent, spent_s=spent_s,
+                                                measured=steps_per_s is None, evaluation_s=evaluation_s)
             self.steps = self.budget.steps
             if self.resumed_from is None:
                 self.steps_history = [[0, self.budget.steps]]
