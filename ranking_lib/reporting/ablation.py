@@ -56,7 +56,6 @@ ROWS: dict[str, tuple[dict, str]] = {
               "EfficientNet-Lite1 backbone (ImageNet top-1 76.7 % against Lite0's 74.9 %; deeper), same frozen stages"),
     "lite2": ({"backbone": "efficientnet_lite2"},
               "EfficientNet-Lite2 backbone (ImageNet top-1 77.4 %; deeper and wider), same frozen stages"),
-    "freeze-6": ({"freeze_stages": 6}, "one backbone stage more trained (the first 6 of 9 frozen, not 7)"),
     "instance-0.5-live": ({"instance_fraction": 0.5, "cache_stage_features": False},
                           "half the triplets instance triplets, views made live (no stage cache)"),
 }
