@@ -493,6 +493,28 @@ def t_backbones(name: str = "ablation_backbone.json", cost: str = "step_cost_bac
                   *(SEMANTIC_TITLES[k] for k in cols)], ["---", "---", *["---:"] * (6 + len(cols))], rows)
 
 
+def t_step_levers(names=("step_levers.json", "step_levers_avx2.json")) -> str:
+    """The profile's training step and what each faster-step lever gives, natively and with the
+    kernels held to AVX2 (`benchmarks/bench_step_levers.py`), one column pair per measurement."""
+    runs = [figure_json(n) for n in names if (FIGURES / n).is_file()]
+    if not runs:
+        raise RankingError(f"none of {', '.join(names)} in {FIGURES}")
+    levers = list(dict.fromkeys(r["lever"] for d in runs for r in d["rows"]))
+    header, align = ["lever"], ["---"]
+    for d in runs:
+        what = "AVX2 kernels, fp32" if d["isa"] == "avx2" else f"native{', bf16' if d['bf16'] else ''}"
+        header += [f"steps/s ({what})", "× profile"]
+        align += ["---:", "---:"]
+    rows = []
+    for lever in levers:
+        cells = [lever]
+        for d in runs:
+            r = next((r for r in d["rows"] if r["lever"] == lever), None)
+            cells += [f2(r["steps_per_s"]), f2(r["x_profile"])] if r else [DASH, DASH]
+        rows.append(cells)
+    return table(header, align, rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "headline": t_headline, "cpu-budget": t_cpu_budget, "cpu-budget-avx2": t_cpu_budget_avx2,
     "cpu-budget-xeon": t_cpu_budget_xeon, "budget-check": t_budget_check,
@@ -501,7 +523,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "ablation-every-axis": t_ablation_every_axis, "ablation-fine": lambda: t_ablation_every_axis("ablation_fine.json"),
     "ablation-fine-trade-off": t_trade_off, "fine-full": t_fine_full,
     "ablation-val": t_ablation_val, "step-cost": t_step_cost, "search-scale": t_search_scale, "gpu-check": t_gpu_check,
-    "gpu-options": t_gpu_options, "backbones": t_backbones,
+    "gpu-options": t_gpu_options, "backbones": t_backbones, "step-levers": t_step_levers,
 }
 
 
