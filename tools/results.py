@@ -125,6 +125,7 @@ def t_cpu_budget_avx2() -> str:
 
 
 XEON_CARD = "cpu-budget85-xeon-quiet"  # the profile as committed, whole-pipeline budget, native-bf16 Xeon, alone
+LOADED_CARD = "cpu-budget85-xeon-loaded"  # the same with a known load (one core, 10 min) started half-way
 
 
 def t_cpu_budget_xeon() -> str:
@@ -136,6 +137,7 @@ def t_budget_check() -> str:
     against its plan, the evaluation against its estimate, and the schedule's moves."""
     rows = []
     for name, label in ((XEON_CARD, "`cpu`, native-bf16 Xeon, quiet"),
+                        (LOADED_CARD, "`cpu`, native-bf16 Xeon, one core taken for 10 min half-way"),
                         (FINE_CARD, "`cpu` + instance-0.2 + distill-5, native-bf16 Xeon, not alone")):
         c = card(name)
         b = c.get("budget_check")
@@ -169,6 +171,7 @@ FINE_CARD = "cpu-budget85-inst02-distill5"  # the fine-grained sweep's chosen po
 FINE_FULL = ((BUDGET_CARD, "`cpu` profile, training 40 min (native bf16 EPYC)"),
              (AVX2_CARD, "`cpu` profile, budget 85 min end to end (AVX2-only EPYC)"),
              (XEON_CARD, "`cpu` profile, budget 85 min end to end (native bf16 Xeon)"),
+             (LOADED_CARD, "`cpu` profile, budget 85 min end to end, a 10-min load half-way (native bf16 Xeon)"),
              (FINE_CARD, "`cpu` + instance-0.2 + distill-5, budget 85 min end to end (native bf16 Xeon)"))
 
 
