@@ -301,10 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(results_path, results)
     print(ablation.table(results).round(2).to_string())
     ablation.plot_out_of_class(results, results_path.with_name("ablation_out_of_class.png"))
-    from benchmark_card import write_benchmark_card
+    from benchmark_card import card_name, write_benchmark_card
 
-    # the card is named after the results (ablation_fine.json: docs/runs/bench_ablation-fine)
-    name = "bench_" + results_path.stem.replace("_", "-")
+    name = card_name("bench_ablation", results_path, "ablation")  # ablation_fine.json: bench_ablation-fine
     print(f"wrote {write_benchmark_card(name, results_path, argv, script='bench_ablation')}")
     return 0
 

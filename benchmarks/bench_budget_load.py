@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from ranking_lib.core.fileio import write_json
-from benchmark_card import write_benchmark_card
+from benchmark_card import card_name, write_benchmark_card
 from ranking_lib.core.runcard import cpu_info
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
           f"CPU {result['cpu']['model']} {' '.join(result['cpu']['flags'])}")
     write_json(args.out, result)
     print(f"wrote {args.out}")
-    print(f"wrote {write_benchmark_card('bench_budget_load', args.out, argv if argv is not None else sys.argv[1:])}")
+    print(f"wrote {write_benchmark_card(card_name('bench_budget_load', args.out, 'budget_load'), args.out, argv if argv is not None else sys.argv[1:], script='bench_budget_load')}")
     return 0 if result["returncode"] == 0 else result["returncode"]
 
 

@@ -20,11 +20,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the ablation bench beside this script
-from bench_ablation import REPO, hardware, run, tune_flags  # noqa: E402
+from bench_ablation import REPO, hardware, run, tune_flags  # beside this script: python puts its folder first
 
-from ranking_lib.reporting import ablation  # noqa: E402
-from ranking_lib.core.fileio import write_json  # noqa: E402
+from ranking_lib.reporting import ablation
+from ranking_lib.core.fileio import write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,11 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['name']:14s} {1000 * r['s_per_step']:8.0f} {r['ratio_to_profile']:9.3f}")
     print(f"wrote {args.out}")
-    from benchmark_card import write_benchmark_card
+    from benchmark_card import card_name, write_benchmark_card
 
-    # the card is named after the results (step_cost_backbone.json: docs/runs/bench_step_cost-backbone)
-    stem = Path(args.out).stem
-    name = "bench_step_cost" + (f"-{stem.removeprefix('step_cost_')}" if stem != "step_cost" else "")
+    name = card_name("bench_step_cost", args.out, "step_cost")  # step_cost_backbone.json: bench_step_cost-backbone
     print(f"wrote {write_benchmark_card(name, args.out, argv, script='bench_step_cost')}")
     return 0
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark_card import write_benchmark_card
+from benchmark_card import card_name, write_benchmark_card
 from ranking_lib.core.fileio import write_json
 from ranking_lib.core.runcard import cpu_info
 from ranking_lib.core.settings import resolve
@@ -44,7 +44,8 @@ AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 def trainer_for(lever: str, base, n_images: int, run_dir: str):
     """The profile's trainer with `lever` on top, over random stage maps of `n_images` images."""
     cfg = base.replace(bf16_cpu=False) if lever == "fp32" else \
-        base.replace(channels_last=False) if lever == "no-channels-last" else base
+        base.replace(channels_last=False) if lever == "no-channels-last" else \
+        base.replace(optimizer="adamw_fused") if lever == "fused-adamw" else base
     net = build_model(**model_kwargs(cfg))
     shape = stage_features_shape(net, np.zeros((1, 64, 64, 3), np.uint8))[1:]
     rng = np.random.default_rng(0)
@@ -52,9 +53,6 @@ def trainer_for(lever: str, base, n_images: int, run_dir: str):
     labels = np.arange(n_images) % 200
     triplets = rng.integers(0, n_images, size=(4096, 3))
     trainer = make_trainer(cfg, net, ModelInputs(maps, "stage_features"), labels, triplets, run_dir=run_dir)
-    if lever == "fused-adamw":
-        groups = [{"params": g["params"], "lr_scale": g["lr_scale"]} for g in trainer.optimizer.param_groups]
-        trainer.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     if lever == "compile":
         trainer.model.features_from_stage = torch.compile(trainer.model.features_from_stage)
     trainer.model.train()
@@ -130,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         # the kernels' instruction set is chosen when torch loads: a child process with it held
         code = subprocess.call([sys.executable, __file__, *given, "--out", str(out)], env={**os.environ, **AVX2_ENV})
         if code == 0:  # the card names the command as typed
-            print(f"wrote {write_benchmark_card('bench_step_levers-avx2', out, given, script='bench_step_levers')}")
+            print(f"wrote {write_benchmark_card(card_name('bench_step_levers', out, 'step_levers'), out, given, script='bench_step_levers')}")
         return code
     result = measure(args)
     print(f"{'lever':18s} {'steps/s':>8s} {'x profile':>9s} {'setup s':>8s}   ({result['cpu']['model']}; "
@@ -142,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out, result)
     print(f"wrote {out}")
     if args.isa == "native":  # the avx2 child's card is written by its parent
-        print(f"wrote {write_benchmark_card('bench_step_levers', out, given)}")
+        print(f"wrote {write_benchmark_card(card_name('bench_step_levers', out, 'step_levers'), out, given, script='bench_step_levers')}")
     return 0
 
 

@@ -16,7 +16,17 @@ from ranking_lib.core import paths
 from ranking_lib.core.fileio import write_bytes, write_json
 from ranking_lib.core.runcard import CARD_VERSION, git_state, machine, portable_arg
 
-__all__ = ["write_benchmark_card"]
+__all__ = ["card_name", "write_benchmark_card"]
+
+
+def card_name(script: str, results_path: str | Path, default_stem: str) -> str:
+    """The kept card's name for `script`'s results: the script's name for its default results
+    file (``<default_stem>.json``), else the script's name and the results' own part, so one
+    script keeps several cards (``step_cost_backbone.json`` -> ``bench_step_cost-backbone``,
+    ``ablation_fine.json`` -> ``bench_ablation-fine``)."""
+    stem = Path(results_path).stem
+    own = stem[len(default_stem):].lstrip("_") if stem.startswith(default_stem) else stem
+    return script + (f"-{own.replace('_', '-')}" if own else "")
 
 
 def write_benchmark_card(name: str, results_path: str | Path, argv: list[str] | None = None,

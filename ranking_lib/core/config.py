@@ -264,7 +264,7 @@ class RunConfig:
     freeze_bn: bool = True
     """Keep the pretrained BatchNorm statistics fixed (small triplet batches make poor ones)."""
     optimizer: str = "sgd"
-    """Optimiser: ``sgd`` (Nesterov momentum), ``adam`` or ``adamw``."""
+    """Optimiser: ``sgd`` (Nesterov momentum), ``adam``, ``adamw`` or ``adamw_fused`` (torch's fused AdamW kernel)."""
     weight_decay: float = 1e-4
     """Weight decay of the optimiser."""
     momentum: float = 0.9

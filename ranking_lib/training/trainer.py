@@ -151,6 +151,11 @@ class Trainer:
         self.loop_s = 0.0  # the loop's seconds in earlier attempts, up to the checkpoint resumed from
 
     # ---- checkpoints ---------------------------------------------------------------
+    def kept_settings(self) -> dict:
+        """The settings a checkpoint keeps and a resume compares: `settings`, with the time budget
+        the trainer was handed in place of any the settings name."""
+        return {**self.settings, **(self.time_budget.settings() if self.time_budget else {})}
+
     def save(self) -> Path:
         if not self.dist.is_main:  # rank 0 writes for all
             return self.checkpoint_path
@@ -158,8 +163,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
-            "config": {**self.settings, **(self.time_budget.settings() if self.time_budget else {}),
-                       "steps": self.steps},
+            "config": {**self.kept_settings(), "steps": self.steps},
             "sampler_seed": self.seed,
             "architecture": self.model.architecture(),
             "triplets_sha256": self.triplets_sha256,
@@ -184,7 +188,7 @@ class Trainer:
         start_over = "resume with the same settings, or start over with --no-resume (or another --run-dir)"
         saved = ckpt.get("config")
         if isinstance(saved, dict):
-            diff = resume_differences(saved, self.settings)
+            diff = resume_differences(saved, self.kept_settings())
             if diff:
                 desc = ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
                 raise CheckpointError(f"checkpoint {path} (step {step}) was trained with other settings: "

@@ -134,9 +134,11 @@ def test_optimizer_by_name_and_no_fallback_for_an_unknown_one():
     net = build_model(**model_kwargs(cfg))
     for name, kind in (("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)):
         assert type(build_optimizer(net, name=name, lr=1e-3)) is kind
+    fused = build_optimizer(net, name="adamw_fused", lr=1e-3)
+    assert type(fused) is torch.optim.AdamW and fused.defaults["fused"] is True
     opt = build_optimizer(net, name="sgd", lr=0.1, weight_decay=1e-4, momentum=0.5, backbone_lr_scale=0.1)
     assert opt.defaults["lr"] == 0.1 and opt.defaults["momentum"] == 0.5 and opt.defaults["weight_decay"] == 1e-4
-    with pytest.raises(RankingError, match=r"^optimizer must be one of sgd, adam, adamw \(got 'lbfgs'\)$"):
+    with pytest.raises(RankingError, match=r"^optimizer must be one of sgd, adam, adamw, adamw_fused \(got 'lbfgs'\)$"):
         build_optimizer(net, name="lbfgs", lr=1e-3)
 
 
