@@ -126,6 +126,7 @@ def t_cpu_budget_avx2() -> str:
 
 XEON_CARD = "cpu-budget85-xeon-quiet"  # the profile as committed, whole-pipeline budget, native-bf16 Xeon, alone
 LOADED_CARD = "cpu-budget85-xeon-loaded"  # the same with a known load (one core, 10 min) started half-way
+LITE2_CARD = "cpu-budget85-lite2-epyc"  # the capacity sweep's best backbone (Lite2) at the full budget, val once
 
 
 def t_cpu_budget_xeon() -> str:
@@ -138,6 +139,7 @@ def t_budget_check() -> str:
     rows = []
     for name, label in ((XEON_CARD, "`cpu`, native-bf16 Xeon, quiet"),
                         (LOADED_CARD, "`cpu`, native-bf16 Xeon, one core taken for 10 min half-way"),
+                        (LITE2_CARD, "`cpu` + Lite2 backbone, native-bf16 EPYC, quiet"),
                         (FINE_CARD, "`cpu` + instance-0.2 + distill-5, native-bf16 Xeon, not alone")):
         c = card(name)
         b = c.get("budget_check")
@@ -173,6 +175,10 @@ FINE_FULL = ((BUDGET_CARD, "`cpu` profile, training 40 min (native bf16 EPYC)"),
              (XEON_CARD, "`cpu` profile, budget 85 min end to end (native bf16 Xeon)"),
              (LOADED_CARD, "`cpu` profile, budget 85 min end to end, a 10-min load half-way (native bf16 Xeon)"),
              (FINE_CARD, "`cpu` + instance-0.2 + distill-5, budget 85 min end to end (native bf16 Xeon)"))
+CEILING_FULL = ((BUDGET_CARD, "`cpu` profile (Lite0), training 40 min (native bf16 EPYC)"),
+                (XEON_CARD, "`cpu` profile (Lite0), budget 85 min end to end (native bf16 Xeon)"),
+                (LOADED_CARD, "`cpu` profile (Lite0), budget 85 min, a 10-min load half-way (native bf16 Xeon)"),
+                (LITE2_CARD, "`cpu` + `--set backbone=efficientnet_lite2`, budget 85 min end to end (native bf16 EPYC)"))
 
 
 def t_fine_full(rows=FINE_FULL) -> str:
@@ -196,6 +202,10 @@ def t_fine_full(rows=FINE_FULL) -> str:
     return table(header, ["---", "---:", "---:", "---"] + ["---:"] * len(cols) + ["---"], out)
 
 
+def t_ceiling_full() -> str:
+    return t_fine_full(CEILING_FULL)
+
+
 def t_cpu_earlier() -> str:
     return split_table(card("cpu-128-fp32-20k"), "ranking-trained (20,000 steps)",
                        "frozen pretrained backbone (1280-d pooled)", with_score=False)
@@ -210,7 +220,7 @@ def _wall(c: dict) -> str:
 def t_headline() -> str:
     """The README's results table: val metrics of the headline runs, each with its card."""
     final, earlier, course = card("cpu-192-bf16-12k"), card("cpu-128-fp32-20k"), card("course-192-bf16-12k")
-    budget, avx2, xeon = card(BUDGET_CARD), card(AVX2_CARD), card(XEON_CARD)
+    budget, avx2, xeon, lite2 = card(BUDGET_CARD), card(AVX2_CARD), card(XEON_CARD), card(LITE2_CARD)
     spec = [
         ("frozen pretrained backbone, 128 px", "– (no training), 2-core CPU", DASH, earlier, "baseline", "cpu-128-fp32-20k"),
         ("frozen pretrained backbone, 192 px", "– (no training), 2-core CPU", DASH, final, "baseline", "cpu-192-bf16-12k"),
@@ -232,6 +242,10 @@ def t_headline() -> str:
          f"re-ranked ({metrics(xeon, 'trained', 'val').get('rerank')}, chosen on tune)",
          "**`cpu`**, 2-core CPU (Intel Xeon with AMX, native bf16)",
          f"**{_wall(xeon).replace(' (', '** (', 1)}", xeon, "trained", XEON_CARD),
+        (f"ranking-trained, **EfficientNet-Lite2**, 192 px bf16, budget 85 min end to end "
+         f"({lite2['train_summary']['steps']:,} steps), re-ranked ({metrics(lite2, 'trained', 'val').get('rerank')}, "
+         f"chosen on tune)", "`cpu --set backbone=efficientnet_lite2`, 2-core CPU (AMD EPYC, native bf16)",
+         _wall(lite2), lite2, "trained", LITE2_CARD),
     ]
     ms = [metrics(c, model, "val") for *_, c, model, _ in spec]
     cols = _present(ms, ("precision@1", "precision@10", "precision@30", "any_hit@30", "r_precision", "map@r"))
@@ -241,7 +255,7 @@ def t_headline() -> str:
               "val triplet acc", "card"]
     rows = []
     for (label, prof, wall, c, model, name), m in zip(spec, ms):
-        vals = [f"**{f2(m.get(k))}**" if k == "precision@30" and name in (AVX2_CARD, XEON_CARD) and model == "trained"
+        vals = [f"**{f2(m.get(k))}**" if k == "precision@30" and name in (AVX2_CARD, XEON_CARD, LITE2_CARD) and model == "trained"
                 else f2(m.get(k)) for k in cols]
         rows.append([label, prof, wall, *vals, f2(m.get("triplet_acc")), card_ref(name, c)])
     return table(header, ["---"] * len(header), rows)
@@ -525,7 +539,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "semantic-budget": t_semantic_budget, "semantic-budget-avx2": lambda: t_semantic_budget(AVX2_CARD), "cpu-final": t_cpu_final, "cpu-earlier": t_cpu_earlier, "steps": t_steps,
     "recipe-search": t_recipe_search, "tuning": t_tuning, "quality-time": t_quality_time, "ablation": t_ablation, "ablation-semantic": t_ablation_semantic,
     "ablation-every-axis": t_ablation_every_axis, "ablation-fine": lambda: t_ablation_every_axis("ablation_fine.json"),
-    "ablation-fine-trade-off": t_trade_off, "fine-full": t_fine_full,
+    "ablation-fine-trade-off": t_trade_off, "fine-full": t_fine_full, "ceiling-full": t_ceiling_full,
     "ablation-val": t_ablation_val, "step-cost": t_step_cost, "search-scale": t_search_scale, "gpu-check": t_gpu_check,
     "gpu-options": t_gpu_options, "backbones": t_backbones, "step-levers": t_step_levers,
 }

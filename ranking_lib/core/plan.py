@@ -16,7 +16,7 @@ from pathlib import Path
 from ranking_lib.core.config import RunConfig
 from ranking_lib.core.devices import cpu_has_bf16, openvino_available
 
-__all__ = ["ClassRates", "PIPELINE_STARTED", "RATES", "cpu_class", "count_images", "describe_plan",
+__all__ = ["BACKBONE_COSTS", "BackboneCost", "ClassRates", "PIPELINE_STARTED", "RATES", "cpu_class", "count_images", "describe_plan",
            "estimate_seconds", "evaluation_seconds", "pipeline_started"]
 
 PIPELINE_STARTED = "RANKING_PIPELINE_STARTED"
@@ -49,6 +49,26 @@ RATES = {
 }
 
 
+@dataclass(frozen=True)
+class BackboneCost:
+    """A backbone's frozen-stage pass and evaluation against the Lite0 the class rates were measured with."""
+    frozen: float        # x Lite0's seconds for the frozen-stage pass (same stages frozen, same input size)
+    evaluation: float    # x Lite0's seconds for the evaluation's part that grows with the data
+    source: str
+
+
+BACKBONE_COSTS = {
+    "efficientnet_lite2": BackboneCost(
+        1.148, 1.21, "docs/runs/cpu-budget85-lite2-epyc (native-bf16 EPYC: the frozen-stage pass 574 s, 174 img/s "
+        "against the class's 200; the evaluation 798 s against the 670 s the Lite0 rates estimate)"),
+}
+"""Measured backbones other than EfficientNet-Lite0; any other backbone is estimated at Lite0's rates."""
+
+
+def backbone_cost(backbone: str) -> BackboneCost:
+    return BACKBONE_COSTS.get(backbone, BackboneCost(1.0, 1.0, "Lite0's rates"))
+
+
 def cpu_class(bf16_cpu: bool = True) -> str:
     """The rates that apply: native bf16 where the CPU has it and the run uses it, else fp32."""
     return "native bf16" if bf16_cpu and cpu_has_bf16() else "AVX2 only"
@@ -76,7 +96,8 @@ def frozen_rate(cfg: RunConfig, r: ClassRates) -> float:
     """The frozen-stage pass's img/s: OpenVINO's where the run uses it (``frozen_runtime``
     openvino, or auto with OpenVINO installed, in a class that has an OpenVINO rate), else torch's."""
     use = cfg.frozen_runtime == "openvino" or (cfg.frozen_runtime == "auto" and openvino_available())
-    return r.frozen_img_s_openvino if use and r.frozen_img_s_openvino else r.frozen_img_s
+    rate = r.frozen_img_s_openvino if use and r.frozen_img_s_openvino else r.frozen_img_s
+    return rate / backbone_cost(cfg.backbone).frozen
 
 
 NEAR_DUP_TRANSFORMS = 9
@@ -103,7 +124,8 @@ def estimate_seconds(cfg: RunConfig, n_train: int, klass: str) -> dict[str, floa
     train = cfg.train_minutes * 60 if cfg.train_minutes is not None else cfg.steps / r.steps_per_s * scale
     size = n_train / 100_000
     decode = n_all / 1000 * r.decode_s_per_1k
-    evaluation = r.eval_fixed_s + (r.eval_s - r.eval_fixed_s) * size * scale + near_dup_extra_seconds(cfg, r)
+    grows = (r.eval_s - r.eval_fixed_s) * size * scale + near_dup_extra_seconds(cfg, r)
+    evaluation = r.eval_fixed_s + grows * backbone_cost(cfg.backbone).evaluation
     if cfg.budget_minutes is not None:  # training gets what the whole budget leaves
         left = cfg.budget_minutes * 60 - decode - frozen - evaluation
         train = max(0.0, left if cfg.train_minutes is None else min(train, left))
@@ -171,10 +193,12 @@ def describe_plan(cfg: RunConfig) -> list[str]:
     r = RATES[klass]
     parts = ", ".join(f"{k} ~{_m(v)}" + (f" (~{est_steps(cfg, v, r):,} steps)" if k == "training" and cfg.budgeted else "")
                       for k, v in est.items() if v)
+    cost = backbone_cost(cfg.backbone)
     lines.append(f"plan: {n:,} training images at {cfg.input_size} px, "
                  f"{'bf16 on a CPU with native bf16' if klass == 'native bf16' else 'fp32 (AVX2-only rates)'}: {parts} "
                  f"-> about {_m(sum(est.values()))} end to end (estimate from measured rates: "
-                 f"{frozen_rate(cfg, r):g} img/s frozen pass, {r.steps_per_s:g} steps/s; {r.source})")
+                 f"{frozen_rate(cfg, r):.0f} img/s frozen pass, {r.steps_per_s:g} steps/s; {r.source}"
+                 + (f"; {cfg.backbone}: {cost.source}" if cfg.backbone in BACKBONE_COSTS else "") + ")")
     return lines
 
 

@@ -74,3 +74,20 @@ def test_the_evaluation_estimate_counts_the_near_duplicate_transforms_evaluate_e
         extra = max(0, len(near_duplicates.ALL_TRANSFORMS) - r.near_dup_transforms) * 1000 * 2 / r.frozen_img_s
         assert abs(with_dups - without - extra) < 1e-6
     assert any(r.near_dup_transforms < plan.NEAR_DUP_TRANSFORMS for r in plan.RATES.values())  # the sum is exercised
+
+
+def test_a_measured_backbone_scales_the_frozen_pass_and_the_evaluation(tmp_path):
+    cfg = RunConfig(data_dir=str(tmp_path), input_size=192, freeze_stages=7, cache_stage_features=True,
+                    budget_minutes=85)
+    cost = plan.BACKBONE_COSTS["efficientnet_lite2"]
+    for klass, r in plan.RATES.items():
+        lite0 = plan.estimate_seconds(cfg, 100_000, klass)
+        lite2 = plan.estimate_seconds(cfg.replace(backbone="efficientnet_lite2"), 100_000, klass)
+        assert abs(lite2["frozen-stage pass"] - lite0["frozen-stage pass"] * cost.frozen) < 1e-6
+        grows = lite0["evaluation + report"] - r.eval_fixed_s
+        assert abs(lite2["evaluation + report"] - (r.eval_fixed_s + grows * cost.evaluation)) < 1e-6
+        assert lite2["training"] < lite0["training"]  # the whole budget still holds: training gets less
+        assert abs(sum(lite2.values()) - 85 * 60) < 1e-6
+    # a backbone nobody measured is estimated at Lite0's rates
+    assert plan.estimate_seconds(cfg.replace(backbone="efficientnet_lite1"), 100_000, "native bf16") == \
+        plan.estimate_seconds(cfg, 100_000, "native bf16")
