@@ -100,7 +100,9 @@ def test_every_config_flag_has_a_one_line_help_and_a_choice_flag_its_choices():
                    for a in parser._actions if not a.help]
     assert not unexplained, "flags without a line of help"
     text = commands["train"].format_help()
-    assert "--optimizer {sgd,adam,adamw}" in text and "Optimiser: sgd (Nesterov momentum), adam or adamw." in text
+    assert "--optimizer {sgd,adam,adamw,adamw_fused}" in text
+    assert "Optimiser: sgd (Nesterov momentum), adam, adamw or adamw_fused (torch's fused AdamW kernel)." in \
+        " ".join(text.split())  # argparse wraps the help
 
 
 def test_flag_help_is_the_first_sentence_with_the_default():
