@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     ablation.plot_out_of_class(results, results_path.with_name("ablation_out_of_class.png"))
     from benchmark_card import card_name, write_benchmark_card
 
-    name = card_name("bench_ablation", results_path, "ablation")  # ablation_fine.json: bench_ablation-fine
+    name = card_name("bench_ablation", results_path)  # ablation_fine.json: bench_ablation-fine
     print(f"wrote {write_benchmark_card(name, results_path, argv, script='bench_ablation')}")
     return 0
 

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
           f"CPU {result['cpu']['model']} {' '.join(result['cpu']['flags'])}")
     write_json(args.out, result)
     print(f"wrote {args.out}")
-    print(f"wrote {write_benchmark_card(card_name('bench_budget_load', args.out, 'budget_load'), args.out, argv if argv is not None else sys.argv[1:], script='bench_budget_load')}")
+    print(f"wrote {write_benchmark_card(card_name('bench_budget_load', args.out), args.out, argv if argv is not None else sys.argv[1:], script='bench_budget_load')}")
     return 0 if result["returncode"] == 0 else result["returncode"]
 
 

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out}")
     from benchmark_card import card_name, write_benchmark_card
 
-    name = card_name("bench_step_cost", args.out, "step_cost")  # step_cost_backbone.json: bench_step_cost-backbone
+    name = card_name("bench_step_cost", args.out)  # step_cost_backbone.json: bench_step_cost-backbone
     print(f"wrote {write_benchmark_card(name, args.out, argv, script='bench_step_cost')}")
     return 0
 

@@ -38,14 +38,14 @@ from ranking_lib.models.stage_cache import stage_features_shape
 from ranking_lib.run_settings import make_trainer, model_kwargs
 
 LEVERS = ("profile", "fp32", "no-channels-last", "fused-adamw", "compile")
+LEVER_SETTINGS = {"fp32": {"bf16_cpu": False}, "no-channels-last": {"channels_last": False},
+                  "fused-adamw": {"optimizer": "adamw_fused"}}  # the levers that are run settings; compile is not
 AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
 def trainer_for(lever: str, base, n_images: int, run_dir: str):
     """The profile's trainer with `lever` on top, over random stage maps of `n_images` images."""
-    cfg = base.replace(bf16_cpu=False) if lever == "fp32" else \
-        base.replace(channels_last=False) if lever == "no-channels-last" else \
-        base.replace(optimizer="adamw_fused") if lever == "fused-adamw" else base
+    cfg = base.replace(**LEVER_SETTINGS.get(lever, {}))
     net = build_model(**model_kwargs(cfg))
     shape = stage_features_shape(net, np.zeros((1, 64, 64, 3), np.uint8))[1:]
     rng = np.random.default_rng(0)
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         # the kernels' instruction set is chosen when torch loads: a child process with it held
         code = subprocess.call([sys.executable, __file__, *given, "--out", str(out)], env={**os.environ, **AVX2_ENV})
         if code == 0:  # the card names the command as typed
-            print(f"wrote {write_benchmark_card(card_name('bench_step_levers', out, 'step_levers'), out, given, script='bench_step_levers')}")
+            print(f"wrote {write_benchmark_card(card_name('bench_step_levers', out), out, given, script='bench_step_levers')}")
         return code
     result = measure(args)
     print(f"{'lever':18s} {'steps/s':>8s} {'x profile':>9s} {'setup s':>8s}   ({result['cpu']['model']}; "
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out, result)
     print(f"wrote {out}")
     if args.isa == "native":  # the avx2 child's card is written by its parent
-        print(f"wrote {write_benchmark_card(card_name('bench_step_levers', out, 'step_levers'), out, given, script='bench_step_levers')}")
+        print(f"wrote {write_benchmark_card(card_name('bench_step_levers', out), out, given, script='bench_step_levers')}")
     return 0
 
 

@@ -19,13 +19,13 @@ from ranking_lib.core.runcard import CARD_VERSION, git_state, machine, portable_
 __all__ = ["card_name", "write_benchmark_card"]
 
 
-def card_name(script: str, results_path: str | Path, default_stem: str) -> str:
+def card_name(script: str, results_path: str | Path) -> str:
     """The kept card's name for `script`'s results: the script's name for its default results
-    file (``<default_stem>.json``), else the script's name and the results' own part, so one
-    script keeps several cards (``step_cost_backbone.json`` -> ``bench_step_cost-backbone``,
+    file (``bench_x.py`` writes ``x.json``), else the script's name and the results' own part, so
+    one script keeps several cards (``step_cost_backbone.json`` -> ``bench_step_cost-backbone``,
     ``ablation_fine.json`` -> ``bench_ablation-fine``)."""
-    stem = Path(results_path).stem
-    own = stem[len(default_stem):].lstrip("_") if stem.startswith(default_stem) else stem
+    default, stem = script.removeprefix("bench_"), Path(results_path).stem
+    own = stem[len(default):].lstrip("_") if stem.startswith(default) else stem
     return script + (f"-{own.replace('_', '-')}" if own else "")
 
 

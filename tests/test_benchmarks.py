@@ -193,12 +193,12 @@ def test_benchmark_card_beside_its_results_and_kept_only_when_asked(tmp_path, mo
     assert (tmp_path / "runs" / "bench_x" / "bench.json").is_file()
 
 
-@pytest.mark.parametrize("script,results,default,name", [
-    ("bench_ablation", "benchmarks/results/ablation.json", "ablation", "bench_ablation"),
-    ("bench_ablation", "benchmarks/results/ablation_fine.json", "ablation", "bench_ablation-fine"),
-    ("bench_step_cost", "out/step_cost_backbone.json", "step_cost", "bench_step_cost-backbone"),
-    ("bench_step_levers", "step_levers_avx2.json", "step_levers", "bench_step_levers-avx2"),
-    ("bench_budget_load", "budget_quiet.json", "budget_load", "bench_budget_load-budget-quiet"),
+@pytest.mark.parametrize("script,results,name", [
+    ("bench_ablation", "benchmarks/results/ablation.json", "bench_ablation"),
+    ("bench_ablation", "benchmarks/results/ablation_fine.json", "bench_ablation-fine"),
+    ("bench_step_cost", "out/step_cost_backbone.json", "bench_step_cost-backbone"),
+    ("bench_step_levers", "step_levers_avx2.json", "bench_step_levers-avx2"),
+    ("bench_budget_load", "budget_quiet.json", "bench_budget_load-budget-quiet"),
 ])
-def test_one_script_keeps_a_card_per_results_file(script, results, default, name):
-    assert card_name(script, results, default) == name
+def test_one_script_keeps_a_card_per_results_file(script, results, name):
+    assert card_name(script, results) == name

@@ -6,13 +6,15 @@ import shutil
 import numpy as np
 import torch
 
+from ranking_lib.training.checkpoint import save_checkpoint
 from tools import compare_runs
 
 
 def _run(d, weight=1.0, loss="0.5", p30=61.0):
     (d / "checkpoints").mkdir(parents=True)
-    torch.save({"model": {"w": torch.full((3,), weight)}, "step": 10, "steps_history": [[0, 10]], "replans": [],
-                "config": {"steps": 10, "run_dir": str(d)}}, d / "checkpoints" / "last.pt")
+    save_checkpoint(d / "checkpoints" / "last.pt", {"model": {"w": torch.full((3,), weight)}, "step": 10,
+                                                    "steps_history": [[0, 10]], "replans": [],
+                                                    "config": {"steps": 10, "run_dir": str(d)}})
     (d / "loss_log.csv").write_text(f"step,loss,lr,elapsed_s\n0,{loss},0.001,{np.random.rand():.3f}\n")
     np.savez(d / "embeddings_trained_val.npz", embeddings=np.ones((4, 2), np.float32), paths=np.array([str(d)] * 4))
     (d / "metrics_trained.json").write_text(json.dumps({"val": {"precision@30": p30}, "run_dir": str(d),
@@ -35,3 +37,8 @@ def test_a_copy_is_equal_and_each_kind_of_difference_is_named(tmp_path, capsys):
     assert compare_runs.main([str(a), str(c)]) == 1
     assert "embeddings_trained_val.npz: missing in" in capsys.readouterr().out
     assert compare_runs.main([str(a), str(tmp_path / "none")]) == 2
+    capsys.readouterr()
+    (c / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")  # damaged: one line, exit 2
+    assert compare_runs.main([str(a), str(c)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot read checkpoint") and err.count("\n") == 1

@@ -7,7 +7,7 @@ compares, file by file: the checkpoint's weights (every tensor bit for bit) and 
 steps history and re-plans; the loss log; every ``embeddings_*.npz`` array; and the metrics
 JSON files. Paths and wall times are left out (they name the run directory and the moment);
 everything else must be equal. Prints one line per file and exits 0 when all are equal, 1 when
-one differs or is missing from one side, 2 on bad input.
+one differs or is missing from one side, 2 on bad input (not a run directory, a damaged file).
 """
 
 from __future__ import annotations
@@ -16,13 +16,16 @@ import argparse
 import csv
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-# what names the run directory or the moment, not the result
-VOLATILE = frozenset({"run_dir", "data_dir", "cache_dir", "path", "created", "elapsed_s", "wall_s", "seconds",
-                      "loop_s", "elapsed", "calibration_s", "started", "finished", "git"})
+from ranking_lib.core.errors import RankingError
+
+# what names the run directory or the moment, not the result (and every key ending in ``_s``: seconds)
+VOLATILE = frozenset({"run_dir", "data_dir", "cache_dir", "path", "created", "seconds", "elapsed", "started",
+                      "finished", "git"})
 CHECKPOINT = "checkpoints/last.pt"
 
 
@@ -38,7 +41,9 @@ def _strip(value):
 def compare_checkpoints(a: Path, b: Path) -> str | None:
     import torch
 
-    ca, cb = (torch.load(p, map_location="cpu", weights_only=False) for p in (a, b))
+    from ranking_lib.training.checkpoint import read_checkpoint
+
+    ca, cb = read_checkpoint(a), read_checkpoint(b)  # an unreadable one: a one-line CheckpointError
     ma, mb = ca["model"], cb["model"]
     if ma.keys() != mb.keys():
         return f"other tensors ({len(ma)} against {len(mb)})"
@@ -111,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         if not (d / CHECKPOINT).is_file():
             print(f"error: {d} is not a trained run directory (no {CHECKPOINT})", file=sys.stderr)
             return 2
-    results = compare(args.run_a, args.run_b)
+    try:
+        results = compare(args.run_a, args.run_b)
+    except (RankingError, OSError, ValueError, zipfile.BadZipFile) as e:  # a damaged file: which, in one line
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
     for name, why in results:
         print(f"{name}: {'equal' if why is None else why}")
     differ = [n for n, why in results if why is not None]
