@@ -12,13 +12,15 @@ import numpy as np
 
 from ranking_lib.core.config import RunConfig
 from ranking_lib.core.errors import RankingError
+from ranking_lib.core.plan import Workload
 from ranking_lib.models.stage_cache import FeatureOptions
 from ranking_lib.training.budget import TimeBudget
 from ranking_lib.training.optim import LRSchedule, build_optimizer
 from ranking_lib.training.parts import TrainingParts, build_parts
 from ranking_lib.training.trainer import Trainer
 
-__all__ = ["class_similarity", "feature_options", "make_trainer", "model_kwargs", "trainer_kwargs", "training_parts"]
+__all__ = ["class_similarity", "feature_options", "make_trainer", "model_kwargs", "trainer_kwargs", "training_parts",
+           "workload"]
 
 
 def model_kwargs(cfg: RunConfig, **over) -> dict:
@@ -34,6 +36,11 @@ def feature_options(cfg: RunConfig) -> FeatureOptions:
     """How the run computes its frozen stages' outputs and what its network reads."""
     return FeatureOptions(pretrained=cfg.pretrained, batch_size=cfg.embed_batch_size, device=cfg.device,
                           bf16_cpu=cfg.bf16_cpu, runtime=cfg.frozen_runtime, cache_stages=cfg.cache_stage_features)
+
+
+def workload(cfg: RunConfig) -> Workload:
+    """What the run will do, for its time estimate (`core.plan.describe_plan`, `evaluation_seconds`)."""
+    return Workload(**{name: getattr(cfg, name) for name in Workload.__dataclass_fields__})
 
 
 def class_similarity(cfg: RunConfig, wnids) -> np.ndarray | None:

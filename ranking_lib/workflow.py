@@ -44,7 +44,7 @@ from ranking_lib.models.model import (
     build_model,
 )
 from ranking_lib.models.stage_cache import model_inputs, stage_inputs  # noqa: F401 - stage_inputs re-exported
-from ranking_lib.run_settings import class_similarity, feature_options, make_trainer, model_kwargs
+from ranking_lib.run_settings import class_similarity, feature_options, make_trainer, model_kwargs, workload
 from ranking_lib.retrieval.index import EmbeddingIndex
 from ranking_lib.run_files import (check_embeddings, check_index_size, check_network, check_replacing_triplets,  # noqa: F401
                                    check_sample_size, embeddings_meta, embeddings_path, index_options, network_record,
@@ -260,7 +260,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = True, stop_at
                            views=views)
     if resume:
         trainer.resume()  # refuses changed settings before config.json is rewritten
-    evaluation_s = evaluation_seconds(cfg, len(caches["train"])) if cfg.budget_minutes is not None else 0.0
+    evaluation_s = evaluation_seconds(workload(cfg), len(caches["train"])) if cfg.budget_minutes is not None else 0.0
     # the budget's steps (a resumed run: its checkpoint's)
     trainer.apply_budget(steps_per_s, progress, spent_s=time.time() - started, evaluation_s=evaluation_s)
     cfg = cfg.replace(steps=trainer.steps)

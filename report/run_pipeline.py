@@ -390,8 +390,9 @@ def run_notebooks(args, settings: dict, runner: dict, notebooks: list[Path],
     ensure_kernel()
     if runner.get("config") is not None:
         from ranking_lib.core.plan import describe_plan
+        from ranking_lib.run_settings import workload
 
-        for line in describe_plan(runner["config"]):
+        for line in describe_plan(workload(runner["config"])):
             print(line, flush=True)
 
     import papermill as pm

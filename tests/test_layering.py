@@ -70,11 +70,13 @@ def test_imports_point_down_only():
 def test_the_config_stops_at_the_workflow_boundary():
     """Below `run_files` / `run_settings` (the layers that turn a `RunConfig` into plain arguments)
     nothing reads a config: data, models, triplets, training, retrieval and collection never import
-    `core.config`."""
-    below = {"data", "models", "triplets", "training", "retrieval", "collection"}
+    `core.config`, nor does `core` beyond the config itself and its one resolver (`core.plan`'s
+    estimate reads a plain `Workload`). `reporting` describes a finished run's config.json and may."""
+    below = {"data", "models", "triplets", "training", "retrieval", "collection", "core"}
+    allowed = {PACKAGE / "core" / "config.py", PACKAGE / "core" / "settings.py"}
     wrong = []
     for path in modules():
-        if unit(path) not in below:
+        if unit(path) not in below or path in allowed:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = ([node.module] if isinstance(node, ast.ImportFrom) else

@@ -13,15 +13,38 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ranking_lib.core.config import RunConfig
 from ranking_lib.core.devices import cpu_has_bf16, openvino_available
 
-__all__ = ["BACKBONE_COSTS", "BackboneCost", "ClassRates", "PIPELINE_STARTED", "RATES", "cpu_class", "count_images", "describe_plan",
-           "estimate_seconds", "evaluation_seconds", "pipeline_started"]
+__all__ = ["BACKBONE_COSTS", "BackboneCost", "ClassRates", "PIPELINE_STARTED", "RATES", "Workload", "cpu_class", "count_images",
+           "describe_plan", "estimate_seconds", "evaluation_seconds", "pipeline_started"]
 
 PIPELINE_STARTED = "RANKING_PIPELINE_STARTED"
 """Environment variable: the Unix time the pipeline runner started (its notebooks' kernels
 inherit it); a whole-pipeline budget (``budget_minutes``) counts from it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workload:
+    """What a run will do, as far as its time estimate goes: plain values (``run_settings.workload``
+    builds them from a run's config; the fields are the config's of the same names)."""
+    data_dir: str | Path
+    max_classes: int | None
+    device: str
+    bf16_cpu: bool
+    input_size: int
+    steps: int
+    train_minutes: float | None
+    budget_minutes: float | None
+    cache_stage_features: bool
+    backbone: str
+    frozen_runtime: str
+    semantic_metrics: bool
+    near_dup_queries: int
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether the steps are fixed from a time budget (``train_minutes`` or ``budget_minutes``)."""
+        return self.train_minutes is not None or self.budget_minutes is not None
 
 
 @dataclass(frozen=True)
@@ -92,12 +115,12 @@ def count_images(data_dir: str | Path, max_classes: int | None) -> int | None:
     return total
 
 
-def frozen_rate(cfg: RunConfig, r: ClassRates) -> float:
+def frozen_rate(work: Workload, r: ClassRates) -> float:
     """The frozen-stage pass's img/s: OpenVINO's where the run uses it (``frozen_runtime``
     openvino, or auto with OpenVINO installed, in a class that has an OpenVINO rate), else torch's."""
-    use = cfg.frozen_runtime == "openvino" or (cfg.frozen_runtime == "auto" and openvino_available())
+    use = work.frozen_runtime == "openvino" or (work.frozen_runtime == "auto" and openvino_available())
     rate = r.frozen_img_s_openvino if use and r.frozen_img_s_openvino else r.frozen_img_s
-    return rate / backbone_cost(cfg.backbone).frozen
+    return rate / backbone_cost(work.backbone).frozen
 
 
 NEAR_DUP_TRANSFORMS = 9
@@ -105,40 +128,40 @@ NEAR_DUP_TRANSFORMS = 9
 standard ones and the held-out family; a test keeps the two equal)."""
 
 
-def near_dup_extra_seconds(cfg: RunConfig, r: ClassRates) -> float:
+def near_dup_extra_seconds(work: Workload, r: ClassRates) -> float:
     """What the near-duplicate transforms added since `eval_s` was measured (`r.near_dup_transforms`
     of them) cost: each extra transform embeds ``near_dup_queries`` images for the trained network
     and for the baseline, at the measured torch frozen-stage rate (the bulk of embedding a new image)."""
-    if not cfg.semantic_metrics:
+    if not work.semantic_metrics:
         return 0.0
-    extra = max(0, NEAR_DUP_TRANSFORMS - r.near_dup_transforms) * cfg.near_dup_queries * 2
-    return extra * (cfg.input_size / 192) ** 2 / r.frozen_img_s
+    extra = max(0, NEAR_DUP_TRANSFORMS - r.near_dup_transforms) * work.near_dup_queries * 2
+    return extra * (work.input_size / 192) ** 2 / r.frozen_img_s
 
 
-def estimate_seconds(cfg: RunConfig, n_train: int, klass: str) -> dict[str, float]:
+def estimate_seconds(work: Workload, n_train: int, klass: str) -> dict[str, float]:
     """Seconds per phase for `n_train` training images on a CPU of class `klass` (an estimate)."""
     r = RATES[klass]
     n_all = n_train * 1.1  # + the val split (10 % of the training set in Tiny ImageNet)
-    scale = (cfg.input_size / 192) ** 2
-    frozen = n_train * scale / frozen_rate(cfg, r) if cfg.cache_stage_features else 0.0
-    train = cfg.train_minutes * 60 if cfg.train_minutes is not None else cfg.steps / r.steps_per_s * scale
+    scale = (work.input_size / 192) ** 2
+    frozen = n_train * scale / frozen_rate(work, r) if work.cache_stage_features else 0.0
+    train = work.train_minutes * 60 if work.train_minutes is not None else work.steps / r.steps_per_s * scale
     size = n_train / 100_000
     decode = n_all / 1000 * r.decode_s_per_1k
-    grows = (r.eval_s - r.eval_fixed_s) * size * scale + near_dup_extra_seconds(cfg, r)
-    evaluation = r.eval_fixed_s + grows * backbone_cost(cfg.backbone).evaluation
-    if cfg.budget_minutes is not None:  # training gets what the whole budget leaves
-        left = cfg.budget_minutes * 60 - decode - frozen - evaluation
-        train = max(0.0, left if cfg.train_minutes is None else min(train, left))
+    grows = (r.eval_s - r.eval_fixed_s) * size * scale + near_dup_extra_seconds(work, r)
+    evaluation = r.eval_fixed_s + grows * backbone_cost(work.backbone).evaluation
+    if work.budget_minutes is not None:  # training gets what the whole budget leaves
+        left = work.budget_minutes * 60 - decode - frozen - evaluation
+        train = max(0.0, left if work.train_minutes is None else min(train, left))
     return {"decode": decode, "frozen-stage pass": frozen, "training": train, "evaluation + report": evaluation}
 
 
-def evaluation_seconds(cfg: RunConfig, n_train: int) -> float:
+def evaluation_seconds(work: Workload, n_train: int) -> float:
     """The evaluation's estimated seconds (notebooks 03-05 and the PDF) for `n_train` training
     images on this CPU's class, what a whole-pipeline budget keeps free after training; 0 on a
     GPU (no measured rate)."""
-    if cfg.device not in ("cpu", "auto") or (cfg.device == "auto" and _has_cuda()):
+    if work.device not in ("cpu", "auto") or (work.device == "auto" and _has_cuda()):
         return 0.0
-    return estimate_seconds(cfg, n_train, cpu_class(cfg.bf16_cpu))["evaluation + report"]
+    return estimate_seconds(work, n_train, cpu_class(work.bf16_cpu))["evaluation + report"]
 
 
 def pipeline_started(default: float) -> float:
@@ -158,47 +181,47 @@ def pipeline_started(default: float) -> float:
     return value
 
 
-def est_steps(cfg: RunConfig, train_s: float, r: ClassRates) -> int:
+def est_steps(work: Workload, train_s: float, r: ClassRates) -> int:
     """About how many steps `train_s` seconds of training are at the class's rate (an estimate)."""
-    return int(round(train_s * r.steps_per_s / (cfg.input_size / 192) ** 2, -2))
+    return int(round(train_s * r.steps_per_s / (work.input_size / 192) ** 2, -2))
 
 
 def _m(s: float) -> str:
     return f"{s / 60:.0f} min" if s >= 60 else f"{s:.0f} s"
 
 
-def describe_plan(cfg: RunConfig) -> list[str]:
+def describe_plan(work: Workload) -> list[str]:
     """A few lines: the work, the budget or steps, the estimate per phase on this CPU class."""
-    if cfg.device not in ("cpu", "auto") or (cfg.device == "auto" and _has_cuda()):
-        return [f"plan: {cfg.steps:,} steps on {cfg.device} (no CPU estimate)" if not cfg.budgeted else
-                f"plan: budget {cfg.budget_minutes or cfg.train_minutes:g} min on {cfg.device} "
-                f"({'whole pipeline' if cfg.budget_minutes else 'training'}; no evaluation estimate off the CPU)"]
-    n = count_images(cfg.data_dir, cfg.max_classes)
-    klass = cpu_class(cfg.bf16_cpu)
+    if work.device not in ("cpu", "auto") or (work.device == "auto" and _has_cuda()):
+        return [f"plan: {work.steps:,} steps on {work.device} (no CPU estimate)" if not work.budgeted else
+                f"plan: budget {work.budget_minutes or work.train_minutes:g} min on {work.device} "
+                f"({'whole pipeline' if work.budget_minutes else 'training'}; no evaluation estimate off the CPU)"]
+    n = count_images(work.data_dir, work.max_classes)
+    klass = cpu_class(work.bf16_cpu)
     lines = []
-    if cfg.budget_minutes is not None:
-        lines.append(f"plan: budget {cfg.budget_minutes:g} min end to end -> training gets what is left after the "
+    if work.budget_minutes is not None:
+        lines.append(f"plan: budget {work.budget_minutes:g} min end to end -> training gets what is left after the "
                      f"decode and the frozen-stage pass (measured) and the evaluation (estimated)"
-                     + (f", at most {cfg.train_minutes:g} min" if cfg.train_minutes is not None else "")
+                     + (f", at most {work.train_minutes:g} min" if work.train_minutes is not None else "")
                      + "; the steps are fixed from the step rate measured when training starts (printed then, "
                        "saved in train_summary.json)")
-    elif cfg.train_minutes is not None:
-        lines.append(f"plan: training budget {cfg.train_minutes:g} min -> the steps are fixed from the step "
+    elif work.train_minutes is not None:
+        lines.append(f"plan: training budget {work.train_minutes:g} min -> the steps are fixed from the step "
                      f"rate measured when training starts (printed then, saved in train_summary.json)")
     else:
-        lines.append(f"plan: {cfg.steps:,} steps (no time budget)")
+        lines.append(f"plan: {work.steps:,} steps (no time budget)")
     if not n:
-        return lines + [f"plan: no estimate ({cfg.data_dir}/train not readable yet)"]
-    est = estimate_seconds(cfg, n, klass)
+        return lines + [f"plan: no estimate ({work.data_dir}/train not readable yet)"]
+    est = estimate_seconds(work, n, klass)
     r = RATES[klass]
-    parts = ", ".join(f"{k} ~{_m(v)}" + (f" (~{est_steps(cfg, v, r):,} steps)" if k == "training" and cfg.budgeted else "")
+    parts = ", ".join(f"{k} ~{_m(v)}" + (f" (~{est_steps(work, v, r):,} steps)" if k == "training" and work.budgeted else "")
                       for k, v in est.items() if v)
-    cost = backbone_cost(cfg.backbone)
-    lines.append(f"plan: {n:,} training images at {cfg.input_size} px, "
+    cost = backbone_cost(work.backbone)
+    lines.append(f"plan: {n:,} training images at {work.input_size} px, "
                  f"{'bf16 on a CPU with native bf16' if klass == 'native bf16' else 'fp32 (AVX2-only rates)'}: {parts} "
                  f"-> about {_m(sum(est.values()))} end to end (estimate from measured rates: "
-                 f"{frozen_rate(cfg, r):.0f} img/s frozen pass, {r.steps_per_s:g} steps/s; {r.source}"
-                 + (f"; {cfg.backbone}: {cost.source}" if cfg.backbone in BACKBONE_COSTS else "") + ")")
+                 f"{frozen_rate(work, r):.0f} img/s frozen pass, {r.steps_per_s:g} steps/s; {r.source}"
+                 + (f"; {work.backbone}: {cost.source}" if work.backbone in BACKBONE_COSTS else "") + ")")
     return lines
 
 
