@@ -83,6 +83,10 @@ def test_the_config_stops_at_the_workflow_boundary():
                      [a.name for a in node.names] if isinstance(node, ast.Import) else [])
             if "ranking_lib.core.config" in names:
                 wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):  # nor is one handed in untyped
+                params = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                wrong += [f"{path.relative_to(ROOT)}:{node.lineno} {node.name}({a.arg})" for a in params
+                          if a.arg == "cfg" or (a.annotation is not None and "RunConfig" in ast.unparse(a.annotation))]
     assert not wrong, "a config read below the workflow boundary: " + ", ".join(wrong)
 
 
