@@ -40,11 +40,7 @@ class Workload:
     frozen_runtime: str
     semantic_metrics: bool
     near_dup_queries: int
-
-    @property
-    def budgeted(self) -> bool:
-        """Whether the steps are fixed from a time budget (``train_minutes`` or ``budget_minutes``)."""
-        return self.train_minutes is not None or self.budget_minutes is not None
+    budgeted: bool  # the steps are fixed from a time budget (the config's ``budgeted``)
 
 
 @dataclass(frozen=True)
